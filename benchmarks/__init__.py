@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print tables; run them as modules (``python -m benchmarks.<name>``)."""

@@ -1,0 +1,38 @@
+"""Row scorers with one contract, and the registry that names them.
+
+Every detector follows :class:`~poisonguard.detectors.base.Detector`: parameters in the constructor,
+``fit(X, y=None)`` returns ``self``, ``decision_function(X, y=None)`` returns one float per row, higher
+meaning more suspicious. Adding a detector is one new module plus one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poisonguard.detectors.base import Detector
+from poisonguard.detectors.class_conditional import ClassConditional
+from poisonguard.detectors.outliers import ECODDetector, IForestDetector
+from poisonguard.errors import ConfigError
+
+REGISTRY: dict[str, type[Detector]] = {
+    "ecod": ECODDetector,
+    "iforest": IForestDetector,
+}
+
+
+def make_detector(name: str, seed: int | None = None, **params: Any) -> Detector:
+    """A new, unfitted detector registered as ``name``.
+
+    ``seed`` is passed as ``random_state`` to detectors that take one. Raises :class:`ConfigError` for an
+    unknown name.
+    """
+    try:
+        detector_class = REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown detector {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
+    if seed is not None and "random_state" in detector_class._param_names():
+        params.setdefault("random_state", seed)
+    return detector_class(**params)
+
+
+__all__ = ["REGISTRY", "ClassConditional", "Detector", "make_detector"]

@@ -1,0 +1,50 @@
+"""The contract every poisonguard detector follows (modelled on PyOD's ``BaseDetector``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Detector(ABC):
+    """Scores rows; higher means more suspicious.
+
+    Subclasses take only parameters in ``__init__`` (no data, no I/O), learn in ``fit`` and keep what they
+    learned in attributes ending in ``_``. ``reason`` is the family of the reason code a flag from this
+    detector gives a row (``outlier`` -> ``outlier:<name>``).
+    """
+
+    reason: str = "outlier"
+
+    @abstractmethod
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:
+        """Learn from ``X`` (n_rows x n_features, finite floats) and optional labels; return ``self``."""
+
+    @abstractmethod
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """One float per row of ``X``; higher is more suspicious. Requires :meth:`fit` first."""
+
+    def get_params(self) -> dict:
+        """The constructor parameters, so a detector can be cloned unfitted (as scikit-learn's ``clone``)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        import inspect
+
+        signature = inspect.signature(cls.__init__)
+        return [p for p in signature.parameters if p != "self"]
+
+    def clone(self) -> Detector:
+        return type(self)(**self.get_params())
+
+
+def check_matrix(X: np.ndarray, who: str) -> np.ndarray:
+    """``X`` as a 2-D float64 array with only finite values; raises ``ValueError`` naming ``who``."""
+    matrix = np.asarray(X, dtype="float64")
+    if matrix.ndim != 2:
+        raise ValueError(f"{who}: expected a 2-D feature matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{who}: features must be finite; encode or impute NaN and inf first")
+    return matrix

@@ -1,0 +1,61 @@
+"""Fit one copy of a detector per label class, so a row is judged against rows of its own class.
+
+A row that is ordinary overall but unusual for the class it claims (a flipped label, a backdoored row
+relabelled to a target class) stands out only under its class's model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from poisonguard.detectors.base import Detector, check_matrix
+from poisonguard.values import as_text
+
+
+class ClassConditional(Detector):
+    """Wraps ``base``: one fitted clone per class with at least ``min_class_rows`` rows, plus one on all rows.
+
+    ``decision_function(X, y)`` scores each row with its class's model; rows whose class had too few rows
+    (or never appeared, or ``y`` is ``None``) are scored by the all-class model.
+    """
+
+    def __init__(self, base: Detector, min_class_rows: int = 30) -> None:
+        self.base = base
+        self.min_class_rows = min_class_rows
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        return self.base.reason
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ClassConditional:
+        X = check_matrix(X, "class_conditional.fit")
+        self.overall_ = self.base.clone().fit(X)
+        self.per_class_: dict[str, Detector] = {}
+        if y is not None:
+            keys = _class_keys(y)
+            classes, counts = np.unique(keys, return_counts=True)
+            for label, count in zip(classes, counts):
+                if count >= self.min_class_rows:
+                    self.per_class_[str(label)] = self.base.clone().fit(X[keys == label])
+        return self
+
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        X = check_matrix(X, "class_conditional.decision_function")
+        if y is None or not self.per_class_:
+            return self.overall_.decision_function(X)
+        keys = _class_keys(y)
+        scores = np.empty(len(X), dtype="float64")
+        covered = np.zeros(len(X), dtype=bool)
+        for label, model in self.per_class_.items():
+            rows = keys == label
+            if rows.any():
+                scores[rows] = model.decision_function(X[rows])
+                covered |= rows
+        if not covered.all():
+            scores[~covered] = self.overall_.decision_function(X[~covered])
+        return scores
+
+
+def _class_keys(y: np.ndarray) -> np.ndarray:
+    """Labels as strings, so 1, 1.0 and "1" name the same class; a missing label is a key of its own."""
+    return as_text(np.asarray(y)).fillna("<missing>").to_numpy(dtype=object)

@@ -1,0 +1,156 @@
+"""Infer a Great Expectations suite from trusted reference data and keep it as JSON.
+
+A suite records, for one dataset: the exact column set, each column's kind (numeric, categorical, text)
+and the GX type list that kind allows, not-null where the reference has no nulls, numeric ranges widened
+by a margin, and the allowed values of the label and of categorical columns. poisonguard's own settings
+(label column, kinds) ride in the suite's and expectations' ``meta`` so the JSON file is the one source of
+truth for a dataset's schema.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard import ROW_ID
+from poisonguard.errors import ConfigError, InputError
+from poisonguard.store import atomic_write_text
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+TEXT = "text"
+# Text kinds live in object columns, which GX checks value by value against Python type names.
+KIND_TYPES = {NUMERIC: ["int64", "float64"], CATEGORICAL: ["str"], TEXT: ["str"]}
+MAX_CATEGORIES = 50  # more distinct values than this and a string column is free text, not a category
+MAX_LABEL_VALUES = 1000
+
+
+def _gx():
+    # Great Expectations takes ~3 s to import; load it only when a suite is built or run.
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx, gxe
+
+
+def column_kind(series: pd.Series) -> str:
+    """The kind poisonguard treats a reference column as."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return NUMERIC
+    return CATEGORICAL if series.nunique(dropna=True) <= MAX_CATEGORIES else TEXT
+
+
+def infer_suite(
+    reference: pd.DataFrame,
+    dataset: str,
+    label_col: str | None,
+    range_margin: float = 0.1,
+    source: str | None = None,
+):
+    """Build a suite for ``dataset`` from the trusted ``reference`` frame.
+
+    ``reference`` holds the file's columns (a ``_row_id`` column, if present, is ignored). Raises
+    :class:`InputError` when ``label_col`` is not a column of the reference or looks continuous.
+    """
+    gx, gxe = _gx()
+    columns = [c for c in reference.columns if c != ROW_ID]
+    if label_col is not None and label_col not in columns:
+        raise InputError(
+            f"{source or 'reference'}: label column {label_col!r} not found; columns are: {', '.join(columns)}"
+        )
+    expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
+    for column in columns:
+        series = reference[column]
+        kind = column_kind(series)
+        if column == label_col and kind == TEXT:
+            kind = CATEGORICAL
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=column, type_list=KIND_TYPES[kind], meta={"kind": kind}
+            )
+        )
+        if not series.isna().any():
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        if kind == NUMERIC and column != label_col:
+            finite = series[np.isfinite(series.astype("float64"))]
+            if len(finite):
+                low, high = float(finite.min()), float(finite.max())
+                margin = range_margin * ((high - low) or max(abs(high), 1.0))
+                expectations.append(
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column=column, min_value=low - margin, max_value=high + margin
+                    )
+                )
+        if column == label_col or kind == CATEGORICAL:
+            values = series.dropna().unique()
+            if column == label_col and len(values) > MAX_LABEL_VALUES:
+                raise InputError(
+                    f"{source or 'reference'}: label column {label_col!r} has {len(values)} distinct values; "
+                    "poisonguard expects a classification label"
+                )
+            expectations.append(
+                gxe.ExpectColumnValuesToBeInSet(column=column, value_set=_plain_values(values, kind))
+            )
+    meta = {
+        "poisonguard": {
+            "dataset": dataset,
+            "label_col": label_col,
+            "inferred_from": source,
+            "reference_rows": int(len(reference)),
+            "range_margin": range_margin,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    }
+    return gx.ExpectationSuite(name=dataset, expectations=expectations, meta=meta)
+
+
+def _plain_values(values: np.ndarray, kind: str) -> list[Any]:
+    if kind == NUMERIC:
+        return sorted(v.item() if hasattr(v, "item") else v for v in values)
+    return sorted(str(v) for v in values)
+
+
+def suite_label_col(suite) -> str | None:
+    """The label column recorded in the suite's meta, if any."""
+    return (suite.meta or {}).get("poisonguard", {}).get("label_col")
+
+
+def suite_columns(suite) -> list[str]:
+    """The exact column set the suite expects."""
+    for expectation in suite.expectations:
+        if expectation.expectation_type == "expect_table_columns_to_match_set":
+            return list(expectation.column_set)
+    return []
+
+
+def suite_kinds(suite) -> dict[str, str]:
+    """Column -> kind, as recorded in the suite's type-list expectations."""
+    return {
+        e.column: (e.meta or {}).get("kind", NUMERIC)
+        for e in suite.expectations
+        if e.expectation_type == "expect_column_values_to_be_in_type_list"
+    }
+
+
+def save_suite(suite, path: Path) -> Path:
+    """Write ``suite`` as indented JSON at ``path`` atomically; return the path."""
+    atomic_write_text(path, json.dumps(suite.to_json_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_suite(path: Path):
+    """Read a suite written by :func:`save_suite`; raises :class:`ConfigError` naming the file."""
+    gx, _ = _gx()
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data.pop("id", None)
+        return gx.ExpectationSuite(**data)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: suite file not found") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a valid expectation suite: {exc}") from None

@@ -1,0 +1,191 @@
+"""Run a dataset's suite on a batch: structural failures reject the batch, row failures become reasons.
+
+Validation happens in three steps, each on the frame the previous one accepted:
+
+1. the column set (a table-level expectation): any missing or extra column rejects the whole batch;
+2. coercion of every column to the kind the suite records: a numeric column whose values mostly fail to
+   parse rejects the batch; a few unparsable cells become ``schema:type:<column>`` on their rows;
+3. the row-level expectations (not-null, ranges, allowed values), run with GX's COMPLETE result format so
+   every failing ``_row_id`` comes back, each becoming ``schema:<check>:<column>`` on that row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.expectations.suite import NUMERIC, suite_columns, suite_kinds
+from poisonguard import ROW_ID
+from poisonguard.values import as_text
+
+TABLE_COLUMNS = "expect_table_columns_to_match_set"
+SHORT_NAMES = {
+    "expect_column_values_to_not_be_null": "not_null",
+    "expect_column_values_to_be_between": "range",
+    "expect_column_values_to_be_in_set": "in_set",
+    "expect_column_values_to_be_in_type_list": "type",
+}
+# A numeric column in which more than this share of the non-null cells cannot be parsed as numbers is a
+# wrong type for the whole column (a shifted or mislabelled column), not a handful of bad cells.
+MAX_UNPARSABLE_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class StructuralFailure:
+    code: str
+    message: str
+
+
+@dataclass
+class SchemaOutcome:
+    """What schema validation decided about one batch.
+
+    ``frame`` is the coerced frame (``None`` when the batch is rejected), ``row_reasons`` maps a reason
+    code to the ``_row_id`` values that fail it, ``raw_values`` keeps, per row id, the original text of
+    cells that could not be coerced, and ``expectations`` summarises each expectation for the report.
+    """
+
+    frame: pd.DataFrame | None
+    structural: list[StructuralFailure] = field(default_factory=list)
+    row_reasons: dict[str, np.ndarray] = field(default_factory=dict)
+    raw_values: dict[int, dict[str, str]] = field(default_factory=dict)
+    expectations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.structural)
+
+
+class SchemaValidator:
+    """Holds one ephemeral GX context; reuse it for every validation in a process step."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._batch_definition = (
+            context.data_sources.add_pandas("poisonguard")
+            .add_dataframe_asset("batch")
+            .add_batch_definition_whole_dataframe("whole")
+        )
+
+    def run(self, frame: pd.DataFrame, expectations: list) -> list:
+        """Validate ``frame`` against ``expectations``; return GX's per-expectation results."""
+        import great_expectations as gx
+
+        if not expectations:
+            return []
+        suite = gx.ExpectationSuite(name="poisonguard-run", expectations=expectations)
+        result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]}
+        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        return list(batch.validate(suite, result_format=result_format).results)
+
+
+def validate_batch(
+    frame: pd.DataFrame, suite, label_col: str | None, validator: SchemaValidator
+) -> SchemaOutcome:
+    """Validate ``frame`` (file columns plus ``_row_id``) against ``suite``; see the module docstring."""
+    import great_expectations.expectations as gxe
+
+    expected = suite_columns(suite)
+    columns_check = gxe.ExpectTableColumnsToMatchSet(column_set=[*expected, ROW_ID], exact_match=True)
+    (columns_result,) = validator.run(frame, [columns_check])
+    summary = [_summarise(columns_result)]
+    if not columns_result.success:
+        return SchemaOutcome(None, _column_failures(list(frame.columns), expected, label_col), expectations=summary)
+
+    coerced, type_failures, row_reasons, raw_values = coerce_to_kinds(frame, suite_kinds(suite))
+    if type_failures:
+        return SchemaOutcome(None, type_failures, expectations=summary)
+
+    row_level = [e for e in suite.expectations if e.expectation_type in SHORT_NAMES]
+    for result in validator.run(coerced, row_level):
+        summary.append(_summarise(result))
+        if result.success:
+            continue
+        config = result.expectation_config
+        ids = np.array([d[ROW_ID] for d in result.result.get("unexpected_index_list") or []], dtype="int64")
+        if len(ids):
+            code = f"schema:{SHORT_NAMES[config.type]}:{config.kwargs['column']}"
+            row_reasons[code] = np.union1d(row_reasons.get(code, np.empty(0, "int64")), ids)
+    return SchemaOutcome(coerced, [], row_reasons, raw_values, summary)
+
+
+def coerce_to_kinds(
+    frame: pd.DataFrame, kinds: dict[str, str]
+) -> tuple[pd.DataFrame, list[StructuralFailure], dict[str, np.ndarray], dict[int, dict[str, str]]]:
+    """Cast each column to its recorded kind: numeric to int64/float64, the others to text (object).
+
+    Returns the coerced frame, whole-column type failures, per-row ``schema:type:<column>`` failures and
+    the original text of every cell that failed to parse, keyed by row id.
+    """
+    coerced = frame.copy()
+    structural: list[StructuralFailure] = []
+    row_reasons: dict[str, np.ndarray] = {}
+    raw_values: dict[int, dict[str, str]] = {}
+    row_ids = frame[ROW_ID].to_numpy()
+    for column, kind in kinds.items():
+        series = frame[column]
+        if kind != NUMERIC:
+            coerced[column] = as_text(series)
+            continue
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            if series.dtype not in (np.dtype("int64"), np.dtype("float64")):
+                coerced[column] = series.astype("float64")
+            continue
+        numbers = pd.to_numeric(series, errors="coerce")
+        unparsable = (series.notna() & numbers.isna()).to_numpy()
+        present = int(series.notna().sum())
+        if present and unparsable.sum() > MAX_UNPARSABLE_SHARE * present:
+            sample = series[unparsable].iloc[0]
+            structural.append(
+                StructuralFailure(
+                    f"structural:type:{column}",
+                    f"column {column!r} should be numeric but {int(unparsable.sum())} of {present} values "
+                    f"are not numbers (first: {_shorten(sample)!r})",
+                )
+            )
+            continue
+        coerced[column] = numbers.astype("float64") if numbers.dtype != np.dtype("int64") else numbers
+        if unparsable.any():
+            failing = row_ids[unparsable]
+            row_reasons[f"schema:type:{column}"] = failing
+            for row_id, value in zip(failing.tolist(), series[unparsable].tolist()):
+                raw_values.setdefault(int(row_id), {})[column] = _shorten(value)
+    return coerced, structural, row_reasons, raw_values
+
+
+def _column_failures(actual: list[str], expected: list[str], label_col: str | None) -> list[StructuralFailure]:
+    actual_set = set(actual) - {ROW_ID}
+    failures = []
+    for column in [c for c in expected if c not in actual_set]:
+        kind = "missing_label" if column == label_col else "missing_column"
+        failures.append(StructuralFailure(f"structural:{kind}:{column}", f"column {column!r} is missing"))
+    for column in sorted(actual_set - set(expected)):
+        failures.append(
+            StructuralFailure(f"structural:extra_column:{column}", f"column {column!r} is not in the suite")
+        )
+    return failures
+
+
+def _summarise(result) -> dict[str, Any]:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id")}
+    return {
+        "expectation": config.type,
+        "column": config.kwargs.get("column"),
+        "success": bool(result.success),
+        "unexpected_count": int(result.result.get("unexpected_count") or 0),
+        "kwargs": json.loads(json.dumps(kwargs, default=str)),
+    }
+
+
+def _shorten(value: Any, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

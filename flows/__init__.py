@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration over poisonguard's plain functions."""

@@ -1,0 +1,159 @@
+"""The ``scan_batch`` flow: one batch file from ingest to clean and quarantine Parquet plus a report.
+
+Each task wraps plain functions from the core package and the detectors; the flow only orders them and
+measures their time. Only the tasks that touch the file system retry, and only on transient I/O errors.
+Tasks use ``cache_policy=NONE``: their inputs are data frames, and hashing them for a cache key would
+cost more than the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from poisonguard import ROW_ID
+from poisonguard.config import ScanConfig
+from poisonguard.decide import QUARANTINED, build_result_table, reason_counts
+from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
+from poisonguard.ingest import Batch, read_batch
+from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split
+from poisonguard.plan import ScanPlan, plan_scan
+from poisonguard.report import CLEAN, REJECTED, ROWS_QUARANTINED, ScanSummary, build_report, read_report
+from poisonguard.scoring import DetectorScores, score_rows
+from poisonguard.store import atomic_write_json
+
+progress = logging.getLogger("poisonguard.progress")
+_PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _transient_io_error(task, task_run, state) -> bool:
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, _PERMANENT_IO_ERRORS)
+
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": _transient_io_error}
+
+
+@task(name="ingest", cache_policy=NONE, **IO_RETRIES)
+def ingest(path: Path, config: ScanConfig) -> Batch:
+    progress.info("reading %s", path)
+    return read_batch(path, dataset=config.dataset, file_format=config.file_format)
+
+
+@task(name="plan", cache_policy=NONE, **IO_RETRIES)
+def plan(batch: Batch, config: ScanConfig) -> ScanPlan:
+    progress.info("loading suite and reference")
+    return plan_scan(batch, config)
+
+
+@task(name="validate", cache_policy=NONE)
+def validate(batch: Batch, scan_plan: ScanPlan) -> SchemaOutcome:
+    progress.info("validating %s rows against the schema", batch.n_rows)
+    if batch.unreadable is not None:
+        return SchemaOutcome(None, [StructuralFailure(batch.unreadable.code, str(batch.unreadable))])
+    if scan_plan.suite is None:
+        return SchemaOutcome(batch.frame)
+    return validate_batch(batch.frame, scan_plan.suite, scan_plan.label_col, SchemaValidator())
+
+
+@task(name="score", cache_policy=NONE)
+def score(outcome: SchemaOutcome, scan_plan: ScanPlan, config: ScanConfig) -> DetectorScores:
+    progress.info("scoring rows with %s", ", ".join(config.detectors))
+    frame = outcome.frame
+    failing = np.concatenate([np.empty(0, "int64"), *outcome.row_reasons.values()])
+    fit_mask = ~np.isin(frame[ROW_ID].to_numpy(), failing)
+    return score_rows(frame, scan_plan.reference, scan_plan.kinds, scan_plan.label_col, config, fit_mask)
+
+
+@task(name="write", cache_policy=NONE, **IO_RETRIES)
+def write(batch: Batch, outcome: SchemaOutcome, scores: DetectorScores, paths: OutputPaths, scanned_at: datetime):
+    progress.info("writing clean and quarantined rows")
+    result = build_result_table(outcome.frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
+    clean, quarantined = split_rows(outcome.frame, result, batch.batch_id, scanned_at, outcome.raw_values)
+    write_split(paths, clean, quarantined, batch)
+    detectors = {
+        name: {"reason": scores.reasons[name], "flagged": int(result[f"{name}_flag"].sum())} for name in scores.scores
+    }
+    return len(clean), len(quarantined), reason_counts(result), detectors
+
+
+@task(name="reject", cache_policy=NONE, **IO_RETRIES)
+def reject(batch: Batch, outcome: SchemaOutcome, paths: OutputPaths) -> list[dict[str, str]]:
+    failures = [{"code": f.code, "message": f.message} for f in outcome.structural]
+    progress.info("rejecting the whole batch: %s", "; ".join(f["code"] for f in failures))
+    write_rejected(paths, batch, failures)
+    return failures
+
+
+@task(name="report", cache_policy=NONE, **IO_RETRIES)
+def report(path: Path, data: dict) -> Path:
+    progress.info("writing the report")
+    return atomic_write_json(path, data)
+
+
+@flow(name="scan-batch", validate_parameters=False)
+def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
+    """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone."""
+    config = config or ScanConfig()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+
+    batch = ingest(Path(path), config)
+    lap("ingest")
+    scan_plan = plan(batch, config)
+    lap("plan")
+    paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
+    previous = read_report(paths.report)
+    if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
+        progress.info("batch %s was already scanned with these settings", batch.batch_id)
+        return ScanSummary.from_report(previous, paths.report, already_scanned=True)
+
+    scanned_at = datetime.now(timezone.utc)
+    outcome = validate(batch, scan_plan)
+    lap("validate")
+    if outcome.rejected:
+        failures = reject(batch, outcome, paths)
+        lap("write")
+        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+        reasons = {f["code"]: batch.n_rows or 0 for f in failures}
+        detectors, calibration = {}, {}
+    else:
+        scores = score(outcome, scan_plan, config)
+        lap("score")
+        rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
+        lap("write")
+        status = ROWS_QUARANTINED if rows_quarantined else CLEAN
+        failures, calibration = [], scores.calibration
+    data = build_report(
+        batch,
+        paths,
+        config.out_dir,
+        status=status,
+        rows_clean=rows_clean,
+        rows_quarantined=rows_quarantined,
+        reasons=reasons,
+        scanned_at=scanned_at,
+        fingerprint=scan_plan.fingerprint,
+        settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
+        suite_origin=scan_plan.suite_origin,
+        label_col=scan_plan.label_col,
+        expectations=outcome.expectations,
+        structural_failures=failures,
+        detectors=detectors,
+        calibration=calibration,
+        timings=timings,
+    )
+    report(paths.report, data)
+    return ScanSummary.from_report(data, paths.report)

@@ -1,0 +1,23 @@
+"""poisonguard: find poisoned rows in a training batch before they reach training."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("poisonguard")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+ROW_ID = "_row_id"
+BATCH_ID = "_batch_id"
+REASONS = "_reasons"
+STATUS = "_status"
+QUARANTINED_AT = "_quarantined_at"
+RAW_VALUES = "_raw_values"
+SCORE_PREFIX = "_score_"
+# Columns poisonguard adds to its outputs; an input batch may not carry them.
+RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, STATUS, QUARANTINED_AT, RAW_VALUES})
+
+
+def is_reserved_column(name: str) -> bool:
+    """True when ``name`` would clash with a column poisonguard writes."""
+    return name in RESERVED_COLUMNS or name.startswith(SCORE_PREFIX)

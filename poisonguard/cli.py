@@ -1,0 +1,246 @@
+"""``poisonguard`` command line: scan a batch, build a schema suite.
+
+Exit codes (see README): 0 nothing quarantined, 1 rows quarantined, 3 whole batch rejected,
+2 usage or input error, 70 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from poisonguard import __version__
+from poisonguard.config import ScanConfig, load_config
+from poisonguard.errors import ExitCode, PoisonguardError
+from poisonguard.prefect_env import prepare_prefect_environment
+
+app = typer.Typer(
+    name="poisonguard",
+    help="Find poisoned rows in a training batch before it reaches training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+expectations_app = typer.Typer(help="Build and inspect the schema suites of datasets.", no_args_is_help=True)
+app.add_typer(expectations_app, name="expectations")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Great Expectations logs at INFO on its first validation; set its level once it is imported."""
+    import great_expectations  # noqa: F401 - imported for its logger configuration
+
+    logging.getLogger("great_expectations").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _fail(error: BaseException, debug: bool) -> None:
+    if isinstance(error, PoisonguardError):
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(error.exit_code))
+    if debug:
+        traceback.print_exception(error)
+    console.print(
+        f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in poisonguard; "
+        "rerun with --debug for the traceback and report it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+class _StatusHandler(logging.Handler):
+    """Shows each progress message of the scan on the live status line."""
+
+    def __init__(self, status) -> None:
+        super().__init__(logging.INFO)
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.status.update(f"[bold]poisonguard[/] {record.getMessage()}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"poisonguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    """Find poisoned rows in a training batch before it reaches training."""
+
+
+@app.command()
+def scan(
+    file: Annotated[Path, typer.Argument(help="Batch file: CSV, Parquet or JSON Lines.")],
+    label_col: Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")] = None,
+    reference: Annotated[
+        Optional[Path], typer.Option("--reference", "-r", help="Trusted data: fit and calibrate on it.")
+    ] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the file name).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
+    file_format: Annotated[
+        Optional[str], typer.Option("--format", help="csv, parquet or jsonl (default: from the suffix).")
+    ] = None,
+    suite: Annotated[Optional[Path], typer.Option(help="Expectation suite JSON to validate against.")] = None,
+    suite_dir: Annotated[
+        Optional[Path], typer.Option(help="Where suites live as <dataset>.json [expectations/suites].")
+    ] = None,
+    detectors: Annotated[
+        Optional[str], typer.Option(help="Comma-separated detectors [ecod,iforest].")
+    ] = None,
+    max_false_quarantine: Annotated[
+        Optional[float], typer.Option(help="Share of clean reference rows the detectors may quarantine [0.01].")
+    ] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [scan] table.")] = None,
+    force: Annotated[bool, typer.Option(help="Rescan even if this batch was scanned with these settings.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Scan FILE: validate, score and split its rows into clean and quarantine Parquet files."""
+    try:
+        base = load_config(config_file) if config_file else ScanConfig()
+        config = base.with_overrides(
+            label_col=label_col,
+            reference=reference,
+            dataset=dataset,
+            out_dir=out_dir,
+            file_format=file_format,
+            suite=suite,
+            suite_dir=suite_dir,
+            detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
+            max_false_quarantine=max_false_quarantine,
+            force=force or None,
+        )
+        _check_paths(file, config)
+        prepare_prefect_environment(verbose)
+        from poisonguard.flows.scan import scan_batch
+
+        _quiet_libraries(verbose)
+        progress = logging.getLogger("poisonguard.progress")
+        progress.setLevel(logging.INFO)
+        progress.propagate = verbose
+        with console.status("[bold]poisonguard[/] starting Prefect", spinner="dots") as status:
+            handler = _StatusHandler(status)
+            progress.addHandler(handler)
+            try:
+                summary = scan_batch(file, config)
+            finally:
+                progress.removeHandler(handler)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001 - every error ends in one clear line and an exit code
+        _fail(error, debug)
+    if as_json:
+        out.print_json(json.dumps(summary.__dict__ | {"exit_code": int(summary.exit_code)}))
+    else:
+        _print_summary(summary)
+    raise typer.Exit(int(summary.exit_code))
+
+
+def _check_paths(file: Path, config: ScanConfig) -> None:
+    """Fail fast, before Prefect starts, on the mistakes a user makes most."""
+    from poisonguard.errors import InputError
+    from poisonguard.ingest import detect_format
+
+    for label, path in (("batch file", file), ("reference", config.reference), ("suite", config.suite)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{path}: {label} not found; check the path")
+    detect_format(file, config.file_format)
+    if config.reference is not None:
+        detect_format(Path(config.reference))
+    from poisonguard.detectors import REGISTRY
+
+    unknown = [d for d in config.detectors if d not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))}")
+
+
+def _print_summary(summary) -> None:
+    if summary.already_scanned:
+        out.print("[dim]already scanned with these settings; showing the earlier result (--force rescans)[/]")
+    table = Table(title=f"{summary.dataset} / batch {summary.batch_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    colour = {"clean": "green", "rows_quarantined": "yellow", "rejected": "red"}[summary.status]
+    table.add_row("status", f"[{colour}]{summary.status.replace('_', ' ')}[/]")
+    table.add_row("rows in", _count(summary.rows_in))
+    table.add_row("clean", _count(summary.rows_clean))
+    table.add_row("quarantined", _count(summary.rows_quarantined))
+    out.print(table)
+    if summary.reasons:
+        reasons = Table(show_header=True, title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("rows", justify="right")
+        for code, count in summary.reasons.items():
+            reasons.add_row(code, _count(count))
+        out.print(reasons)
+    out.print(f"report: {summary.report_path}", highlight=False, soft_wrap=True)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+@expectations_app.command("init")
+def expectations_init(
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Trusted data to infer the suite from.")],
+    label_col: Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the reference's file name).")] = None,
+    suite_dir: Annotated[Path, typer.Option(help="Directory to write <dataset>.json in.")] = Path(
+        "expectations/suites"
+    ),
+    range_margin: Annotated[
+        float, typer.Option(help="Widen inferred numeric ranges by this share of their span.")
+    ] = 0.1,
+    file_format: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing suite.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Infer a dataset's schema suite from trusted data and save it as JSON."""
+    try:
+        from poisonguard.errors import ConfigError, InputError
+        from poisonguard.expectations.suite import infer_suite, save_suite
+        from poisonguard.ingest import read_batch
+
+        if range_margin < 0:
+            raise InputError("--range-margin must be zero or more")
+        batch = read_batch(reference, dataset=dataset, file_format=file_format)
+        if batch.frame is None:
+            raise InputError(f"reference {reference}: {batch.unreadable}")
+        target = suite_dir / f"{batch.dataset}.json"
+        if target.exists() and not force:
+            raise ConfigError(f"{target}: a suite already exists; pass --force to replace it")
+        suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference))
+        save_suite(suite, target)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        _fail(error, debug)
+    out.print(
+        f"wrote {target}: {len(suite.expectations)} expectations over {batch.n_rows:,} reference rows",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="poisonguard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The one typed configuration of a scan, loadable from a TOML file and overridable from the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from poisonguard.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+DEFAULT_DETECTORS = ("ecod", "iforest")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Everything a scan needs besides the batch file itself.
+
+    Paths are kept as given; ``resolve_paths`` makes them absolute against a base directory.
+    """
+
+    label_col: str | None = None
+    dataset: str | None = None
+    out_dir: Path = Path("poisonguard-out")
+    reference: Path | None = None
+    file_format: str | None = None
+    suite: Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
+    suite_dir: Path = Path("expectations/suites")
+    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
+    holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
+    robust_z: float = 3.5  # no-reference rule: flag scores above median + robust_z * 1.4826 * MAD
+    min_class_rows: int = 30  # fewer rows than this in a class: score it with the all-class model
+    range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
+    seed: int = 0
+    force: bool = False  # rescan even when the same batch was already scanned with the same settings
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_false_quarantine < 0.5:
+            raise ConfigError(
+                f"max_false_quarantine must be between 0 and 0.5, got {self.max_false_quarantine}"
+            )
+        if not 0.1 <= self.holdout_fraction <= 0.9:
+            raise ConfigError(f"holdout_fraction must be between 0.1 and 0.9, got {self.holdout_fraction}")
+        if self.robust_z <= 0:
+            raise ConfigError(f"robust_z must be positive, got {self.robust_z}")
+        if self.min_class_rows < 2:
+            raise ConfigError(f"min_class_rows must be at least 2, got {self.min_class_rows}")
+        if self.range_margin < 0:
+            raise ConfigError(f"range_margin must be zero or more, got {self.range_margin}")
+        if not self.detectors:
+            raise ConfigError("at least one detector must be enabled")
+
+    def with_overrides(self, **overrides: Any) -> ScanConfig:
+        """Return a copy with every override that is not ``None`` applied."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **given)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that change a scan's result (not where it is written, not ``force``)."""
+        settings = dataclasses.asdict(self)
+        for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format"):
+            settings.pop(name)
+        settings["detectors"] = list(self.detectors)
+        return settings
+
+
+_PATH_FIELDS = {"out_dir", "reference", "suite", "suite_dir"}
+
+
+def load_config(path: Path) -> ScanConfig:
+    """Read a ``[scan]`` table from a TOML file into a :class:`ScanConfig`.
+
+    Relative paths inside the file are taken relative to the file's own directory.
+    Raises :class:`ConfigError` naming the file and the offending key.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    table = data.get("scan", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [scan] must be a table")
+    known = {f.name for f in dataclasses.fields(ScanConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in [scan]: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _PATH_FIELDS:
+            value = (path.parent / value).resolve()
+        elif key == "detectors":
+            value = tuple(value)
+        values[key] = value
+    try:
+        return ScanConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,169 @@
+"""Read a candidate batch (CSV, Parquet, JSON Lines) into a frame with stable row ids.
+
+The batch id is derived from the sha256 of the file's bytes and each row's ``_row_id`` is its 0-based
+position in the file, so scanning the same file twice yields the same ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from poisonguard import ROW_ID, is_reserved_column
+from poisonguard.errors import InputError, UnreadableBatchError
+
+FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+FORMATS = ("csv", "parquet", "jsonl")
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One candidate batch as read from disk.
+
+    ``frame`` holds the file's columns as parsed plus ``_row_id``; it is ``None`` when the file could not
+    be parsed, in which case ``unreadable`` holds the reason code and message.
+    """
+
+    dataset: str
+    batch_id: str
+    source_path: Path
+    file_format: str
+    sha256: str
+    size_bytes: int
+    frame: pd.DataFrame | None
+    unreadable: UnreadableBatchError | None = None
+
+    @property
+    def n_rows(self) -> int | None:
+        return None if self.frame is None else len(self.frame)
+
+
+def detect_format(path: Path, file_format: str | None = None) -> str:
+    """Return the format name for ``path``: ``file_format`` if given, else from the file's suffix."""
+    if file_format is not None:
+        name = file_format.lower()
+        if name not in FORMATS:
+            raise InputError(f"unknown format {file_format!r}; use one of: {', '.join(FORMATS)}")
+        return name
+    name = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+    if name is None:
+        raise InputError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+            f"pass --format with one of: {', '.join(FORMATS)}"
+        )
+    return name
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_name_from_path(path: Path) -> str:
+    """Default dataset name: the file name without its suffixes (``loans_2026-11.csv`` -> ``loans_2026-11``)."""
+    name = path.name
+    while Path(name).suffix:
+        name = Path(name).stem
+    return name or "dataset"
+
+
+def read_batch(path: Path, dataset: str | None = None, file_format: str | None = None) -> Batch:
+    """Read the batch at ``path``.
+
+    Raises :class:`InputError` when the path is missing or not a file or the format is unknown (the user
+    must fix the command). A file that exists but cannot be parsed, or whose header repeats a column name
+    or uses a reserved ``_`` column, is returned with ``frame=None`` and the reason in ``unreadable``: it
+    is a bad batch, to be quarantined whole.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    name = detect_format(path, file_format)
+    try:
+        sha256 = file_sha256(path)
+        size = path.stat().st_size
+    except PermissionError:
+        raise InputError(f"{path}: permission denied; check the file's permissions") from None
+    batch = Batch(
+        dataset=dataset or dataset_name_from_path(path),
+        batch_id=sha256[:16],
+        source_path=path.resolve(),
+        file_format=name,
+        sha256=sha256,
+        size_bytes=size,
+        frame=None,
+    )
+    try:
+        frame = _parse(path, name, size)
+        _check_column_names(path, list(frame.columns))
+    except UnreadableBatchError as exc:
+        return replace(batch, unreadable=exc)
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(column) for column in frame.columns]
+    frame.insert(0, ROW_ID, pd.RangeIndex(len(frame)).to_numpy(dtype="int64"))
+    return replace(batch, frame=frame)
+
+
+def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
+    if size == 0:
+        raise UnreadableBatchError("structural:empty_file", f"{path}: the file is empty (0 bytes)")
+    try:
+        if file_format == "csv":
+            _check_column_names(path, _csv_header(path))
+            return pd.read_csv(path, low_memory=False)
+        if file_format == "parquet":
+            table = pq.read_table(path)
+            _check_column_names(path, table.column_names)
+            return table.to_pandas()
+        return pd.read_json(path, lines=True, orient="records")
+    except UnreadableBatchError:
+        raise
+    except Exception as exc:  # any parser error means the batch is unreadable, whatever the library
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableBatchError(
+            "structural:unreadable", f"{path}: cannot be read as {file_format}: {message}"
+        ) from exc
+
+
+def _csv_header(path: Path) -> list[str]:
+    # pandas renames a repeated column "a" to "a.1" silently; read the raw header to catch it.
+    csv.field_size_limit(1 << 30)
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+        first_line = handle.readline()
+    return next(csv.reader(io.StringIO(first_line)), [])
+
+
+def _check_column_names(path: Path, columns: list[object]) -> None:
+    seen: set[str] = set()
+    for column in columns:
+        label = str(column)
+        if label in seen:
+            raise UnreadableBatchError(
+                "structural:duplicate_column", f"{path}: column {label!r} appears more than once"
+            )
+        seen.add(label)
+        if is_reserved_column(label):
+            raise UnreadableBatchError(
+                "structural:reserved_column",
+                f"{path}: column {label!r} is reserved by poisonguard; rename it in the source",
+            )

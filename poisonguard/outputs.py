@@ -1,0 +1,109 @@
+"""Where a scan's results live under ``--out``, and writing them so no row is lost or duplicated.
+
+Layout::
+
+    clean/<dataset>/<batch_id>.parquet        rows training may read
+    quarantine/<dataset>/<batch_id>.parquet   rows held back, with reasons and scores (only if any)
+    quarantine/<dataset>/<batch_id>.rejected/ the raw file and reason.json of a batch rejected whole
+    reports/<dataset>/<batch_id>.json         the summary; written last, so its presence means complete
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard.decide import QUARANTINED
+from poisonguard.ingest import Batch
+from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet
+
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    clean: Path
+    quarantine: Path
+    rejected: Path
+    report: Path
+
+    @classmethod
+    def for_batch(cls, out_dir: Path, dataset: str, batch_id: str) -> OutputPaths:
+        out_dir = Path(out_dir)
+        return cls(
+            clean=out_dir / "clean" / dataset / f"{batch_id}.parquet",
+            quarantine=out_dir / "quarantine" / dataset / f"{batch_id}.parquet",
+            rejected=out_dir / "quarantine" / dataset / f"{batch_id}.rejected",
+            report=out_dir / "reports" / dataset / f"{batch_id}.json",
+        )
+
+
+def split_rows(
+    frame: pd.DataFrame,
+    result: pd.DataFrame,
+    batch_id: str,
+    quarantined_at: datetime,
+    raw_values: dict[int, dict[str, str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Partition ``frame`` by the result table into (clean, quarantined) frames ready to write.
+
+    Both keep the batch's columns plus ``_row_id`` (last but one) and ``_batch_id``; the quarantined frame
+    adds ``_reasons``, one ``_score_<detector>`` column per detector, ``_quarantined_at``, ``_status``
+    (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null).
+    """
+    if not np.array_equal(frame[ROW_ID].to_numpy(), result[ROW_ID].to_numpy()):
+        raise ValueError("result table rows do not match the batch rows")
+    columns = [c for c in frame.columns if c != ROW_ID] + [ROW_ID]
+    held = result[QUARANTINED].to_numpy()
+    clean = frame.loc[~held, columns].reset_index(drop=True)
+    clean[BATCH_ID] = batch_id
+    quarantined = frame.loc[held, columns].reset_index(drop=True)
+    quarantined[BATCH_ID] = batch_id
+    held_result = result.loc[held].reset_index(drop=True)
+    quarantined[REASONS] = held_result[REASONS].array
+    for column in held_result.columns:
+        if column.endswith("_score"):
+            quarantined[SCORE_PREFIX + column.removesuffix("_score")] = held_result[column].to_numpy()
+    quarantined[QUARANTINED_AT] = pd.Timestamp(quarantined_at)
+    quarantined[STATUS] = PENDING
+    raw_values = raw_values or {}
+    quarantined[RAW_VALUES] = pd.Series(
+        [json.dumps(raw_values[i], sort_keys=True) if i in raw_values else None for i in quarantined[ROW_ID]],
+        dtype=object,
+    )
+    return clean, quarantined
+
+
+def write_split(paths: OutputPaths, clean: pd.DataFrame, quarantined: pd.DataFrame, batch: Batch) -> None:
+    """Write the clean and (if any) quarantined rows together: both files appear, or neither changes.
+
+    A quarantine file left by an earlier scan of the same batch that now quarantines nothing is removed,
+    and so is an earlier whole-batch rejection, so the outputs always reflect the latest scan.
+    """
+    metadata = {"poisonguard.batch_id": batch.batch_id, "poisonguard.source_sha256": batch.sha256}
+    writers = [(paths.clean, lambda tmp: write_parquet(tmp, clean, metadata))]
+    if len(quarantined):
+        writers.append((paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata)))
+    write_all_or_none(writers)
+    if not len(quarantined):
+        paths.quarantine.unlink(missing_ok=True)
+    if paths.rejected.exists():
+        shutil.rmtree(paths.rejected)
+
+
+def write_rejected(paths: OutputPaths, batch: Batch, failures: list[dict[str, str]]) -> None:
+    """Keep the raw file and a ``reason.json`` for a batch quarantined whole; remove stale row outputs."""
+    atomic_copy(batch.source_path, paths.rejected / batch.source_path.name)
+    atomic_write_json(
+        paths.rejected / "reason.json",
+        {"batch_id": batch.batch_id, "source": str(batch.source_path), "sha256": batch.sha256, "failures": failures},
+    )
+    paths.clean.unlink(missing_ok=True)
+    paths.quarantine.unlink(missing_ok=True)

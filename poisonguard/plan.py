@@ -1,0 +1,140 @@
+"""Decide, before any row is scored, what a scan of one batch will use: suite, label, reference, kinds.
+
+Suite lookup order: ``config.suite`` (an explicit file), else ``<suite_dir>/<dataset>.json``, else one
+inferred in memory from the reference, else none (then only the label column's presence is checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from poisonguard import ROW_ID, __version__
+from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError, InputError
+from poisonguard.expectations.suite import infer_suite, load_suite, suite_columns, suite_kinds, suite_label_col
+from poisonguard.expectations.validate import coerce_to_kinds
+from poisonguard.features import infer_kinds
+from poisonguard.ingest import Batch, read_batch
+
+
+@dataclass
+class ScanPlan:
+    """What the scan of one batch will use; ``fingerprint`` changes whenever the result could."""
+
+    label_col: str | None
+    suite: Any | None
+    suite_origin: str
+    kinds: dict[str, str]
+    reference: pd.DataFrame | None
+    reference_sha256: str | None
+    fingerprint: str
+
+
+def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
+    """Resolve suite, label column and reference for ``batch``.
+
+    Raises :class:`InputError` or :class:`ConfigError` naming the file or column when the options do not
+    fit together (label column absent everywhere, suite and reference disagree, reference unreadable).
+    """
+    reference_batch = _read_reference(config, batch.dataset)
+    suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
+    label_col = _resolve_label(config, suite, origin, batch, reference_batch)
+
+    reference = None
+    if reference_batch is not None:
+        reference = reference_batch.frame
+        if suite is not None:
+            reference = _coerce_reference(reference, suite, config.reference)
+    if suite is not None:
+        kinds = {c: k for c, k in suite_kinds(suite).items() if c != label_col}
+    elif batch.frame is not None:
+        kinds = infer_kinds(batch.frame, label_col)
+    else:
+        kinds = {}
+    fingerprint_source = {
+        "version": __version__,
+        "settings": config.fingerprint_fields() | {"label_col": label_col},
+        "reference_sha256": reference_batch.sha256 if reference_batch else None,
+        "suite": suite.to_json_dict() if suite is not None else None,
+    }
+    if suite is not None and origin.startswith("inferred"):
+        fingerprint_source["suite"]["meta"]["poisonguard"].pop("created_at", None)
+    fingerprint = hashlib.sha256(json.dumps(fingerprint_source, sort_keys=True, default=str).encode()).hexdigest()
+    return ScanPlan(
+        label_col=label_col,
+        suite=suite,
+        suite_origin=origin,
+        kinds=kinds,
+        reference=reference,
+        reference_sha256=reference_batch.sha256 if reference_batch else None,
+        fingerprint=fingerprint[:16],
+    )
+
+
+def _read_reference(config: ScanConfig, dataset: str) -> Batch | None:
+    if config.reference is None:
+        return None
+    reference = read_batch(Path(config.reference), dataset=dataset)
+    if reference.frame is None:
+        raise ConfigError(f"reference {config.reference}: {reference.unreadable}")
+    return reference
+
+
+def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) -> tuple[Any | None, str]:
+    if config.suite is not None:
+        return load_suite(Path(config.suite)), str(config.suite)
+    stored = Path(config.suite_dir) / f"{dataset}.json"
+    if stored.exists():
+        return load_suite(stored), str(stored)
+    if reference is not None:
+        suite = infer_suite(
+            reference.frame, dataset, config.label_col, config.range_margin, source=str(config.reference)
+        )
+        return suite, f"inferred from {config.reference}"
+    return None, "none (no suite file and no reference: schema checks limited to the label column)"
+
+
+def _resolve_label(
+    config: ScanConfig, suite: Any | None, origin: str, batch: Batch, reference: Batch | None
+) -> str | None:
+    recorded = suite_label_col(suite) if suite is not None else None
+    if config.label_col is None:
+        return recorded
+    if suite is not None:
+        if config.label_col not in suite_columns(suite):
+            raise InputError(
+                f"label column {config.label_col!r} is not a column of the suite {origin}; "
+                f"its columns are: {', '.join(suite_columns(suite))}"
+            )
+        if recorded is not None and recorded != config.label_col:
+            raise ConfigError(
+                f"suite {origin} names {recorded!r} as the label column, not {config.label_col!r}; "
+                "drop --label-col or fix the suite"
+            )
+        return config.label_col
+    if batch.frame is not None and config.label_col not in batch.frame.columns:
+        columns = ", ".join(c for c in batch.frame.columns if c != ROW_ID)
+        raise InputError(
+            f"{batch.source_path}: label column {config.label_col!r} not found; columns are: {columns}"
+        )
+    return config.label_col
+
+
+def _coerce_reference(reference: pd.DataFrame, suite: Any, path: Path | None) -> pd.DataFrame:
+    expected = set(suite_columns(suite))
+    actual = set(reference.columns) - {ROW_ID}
+    if expected != actual:
+        raise ConfigError(
+            f"reference {path} does not match the suite's columns "
+            f"(missing: {sorted(expected - actual)}, extra: {sorted(actual - expected)})"
+        )
+    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite))
+    if structural:
+        raise ConfigError(f"reference {path}: {structural[0].message}")
+    return coerced

@@ -1,0 +1,143 @@
+"""The JSON report of one scan, and the short summary the CLI prints and the flow returns."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from poisonguard import __version__
+from poisonguard.errors import ExitCode
+from poisonguard.ingest import Batch
+from poisonguard.outputs import OutputPaths
+
+CLEAN = "clean"
+ROWS_QUARANTINED = "rows_quarantined"
+REJECTED = "rejected"
+_PACKAGES = ("pandas", "numpy", "scikit-learn", "pyod", "great-expectations", "prefect", "pyarrow")
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    """What one scan decided, in a form the CLI prints and the flow returns."""
+
+    dataset: str
+    batch_id: str
+    status: str
+    rows_in: int | None
+    rows_clean: int
+    rows_quarantined: int | None
+    reasons: dict[str, int] = field(default_factory=dict)
+    report_path: str = ""
+    already_scanned: bool = False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {
+            CLEAN: ExitCode.CLEAN,
+            ROWS_QUARANTINED: ExitCode.ROWS_QUARANTINED,
+            REJECTED: ExitCode.BATCH_REJECTED,
+        }[self.status]
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], report_path: Path, already_scanned: bool = False) -> ScanSummary:
+        rows = report["rows"]
+        return cls(
+            dataset=report["dataset"],
+            batch_id=report["batch_id"],
+            status=report["status"],
+            rows_in=rows["in"],
+            rows_clean=rows["clean"],
+            rows_quarantined=rows["quarantined"],
+            reasons=report["reasons"],
+            report_path=str(report_path),
+            already_scanned=already_scanned,
+        )
+
+
+def build_report(
+    batch: Batch,
+    paths: OutputPaths,
+    out_dir: Path,
+    *,
+    status: str,
+    rows_clean: int,
+    rows_quarantined: int | None,
+    reasons: dict[str, int],
+    scanned_at: datetime,
+    fingerprint: str,
+    settings: dict[str, Any],
+    suite_origin: str,
+    label_col: str | None,
+    expectations: list[dict[str, Any]],
+    structural_failures: list[dict[str, str]],
+    detectors: dict[str, dict[str, Any]],
+    calibration: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Everything a reviewer or a later stage needs to know about one scan, JSON-ready."""
+    outputs = (
+        {"rejected": _relative(paths.rejected, out_dir)}
+        if status == REJECTED
+        else {
+            "clean": _relative(paths.clean, out_dir),
+            "quarantine": _relative(paths.quarantine, out_dir) if rows_quarantined else None,
+        }
+    )
+    return {
+        "poisonguard_version": __version__,
+        "dataset": batch.dataset,
+        "batch_id": batch.batch_id,
+        "status": status,
+        "scanned_at": scanned_at.isoformat(timespec="seconds"),
+        "source": {
+            "path": str(batch.source_path),
+            "format": batch.file_format,
+            "sha256": batch.sha256,
+            "size_bytes": batch.size_bytes,
+        },
+        "rows": {"in": batch.n_rows, "clean": rows_clean, "quarantined": rows_quarantined},
+        "reasons": reasons,
+        "detectors": detectors,
+        "calibration": calibration,
+        "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations},
+        "structural_failures": structural_failures,
+        "outputs": outputs,
+        "settings": settings,
+        "fingerprint": fingerprint,
+        "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "poisonguard": __version__}
+    for package in _PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """The report at ``path``, or ``None`` if there is none or it cannot be parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def summary_dict(summary: ScanSummary) -> dict[str, Any]:
+    return asdict(summary)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,240 @@
+"""Fit the configured detectors, score every batch row, and set each detector's flag threshold.
+
+Two modes:
+
+* **reference** (trusted data given): the reference is split into a fit part and a held-out calibration
+  part. Each batch row gets a conformal p-value per detector against the held-out scores of its own class
+  (all held-out rows when its class is too small). One p-value threshold is chosen so that, on the held-out
+  rows, the union of all detectors' flags stays within ``max_false_quarantine``: the budget holds for the
+  combined decision, not for each detector alone.
+* **batch** (no reference): detectors are fitted on the batch rows that passed the schema, and a detector
+  flags a row whose score exceeds ``median + robust_z * 1.4826 * MAD`` of its class's scores (all rows when
+  the class is small). No clean data means no calibrated false-quarantine rate; the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from poisonguard.config import ScanConfig
+from poisonguard.detectors import ClassConditional, make_detector
+from poisonguard.features import FeatureEncoder
+from poisonguard.values import as_text
+
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass
+class DetectorScores:
+    """Per-detector scores and flags aligned with the batch rows, plus what set the thresholds."""
+
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
+    p_values: dict[str, np.ndarray] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # detector -> reason code
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def score_rows(
+    batch: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    kinds: dict[str, str],
+    label_col: str | None,
+    config: ScanConfig,
+    fit_mask: np.ndarray | None = None,
+) -> DetectorScores:
+    """Score every row of ``batch`` with each detector in ``config.detectors``.
+
+    ``fit_mask`` marks the batch rows that may be used for fitting when there is no reference (rows that
+    passed the schema). Returns empty scores for an empty batch.
+    """
+    if len(batch) == 0:
+        return DetectorScores(calibration={"mode": "empty batch"})
+    if reference is not None and len(reference) >= 2 * config.min_class_rows:
+        return _score_against_reference(batch, reference, kinds, label_col, config)
+    usable = batch if fit_mask is None else batch[fit_mask]
+    return _score_against_batch(batch, usable, kinds, label_col, config)
+
+
+def _detector(name: str, label_col: str | None, config: ScanConfig):
+    detector = make_detector(name, seed=config.seed)
+    return ClassConditional(detector, config.min_class_rows) if label_col else detector
+
+
+def _labels(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
+    if label_col is None:
+        return None
+    return as_text(frame[label_col]).fillna("<missing>").to_numpy(dtype=object)
+
+
+def _score_against_reference(
+    batch: pd.DataFrame, reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+) -> DetectorScores:
+    labels = _labels(reference, label_col)
+    fit_part, holdout = _split(reference, labels, config)
+    encoder = FeatureEncoder(kinds, label_col).fit(fit_part)
+    X_fit, X_hold, X_batch = (encoder.transform(f) for f in (fit_part, holdout, batch))
+    y_fit, y_hold, y_batch = (_labels(f, label_col) for f in (fit_part, holdout, batch))
+
+    result = DetectorScores()
+    holdout_p: dict[str, np.ndarray] = {}
+    groups_hold = _calibration_groups(y_hold, config.min_class_rows)
+    for name in config.detectors:
+        detector = _detector(name, label_col, config).fit(X_fit, y_fit)
+        hold_scores = detector.decision_function(X_hold, y_hold)
+        batch_scores = detector.decision_function(X_batch, y_batch)
+        holdout_p[name], result.p_values[name] = _conformal_p_values(
+            hold_scores, groups_hold, batch_scores, _batch_groups(y_batch, groups_hold)
+        )
+        result.scores[name] = batch_scores
+        result.reasons[name] = f"{detector.reason}:{name}"
+
+    alpha = _union_threshold(np.vstack(list(holdout_p.values())).min(axis=0), config.max_false_quarantine)
+    for name in config.detectors:
+        result.flags[name] = result.p_values[name] <= alpha
+    combined_hold = np.vstack(list(holdout_p.values())).min(axis=0) <= alpha
+    result.calibration = {
+        "mode": "reference",
+        "reference_rows": int(len(reference)),
+        "fit_rows": int(len(fit_part)),
+        "holdout_rows": int(len(holdout)),
+        "max_false_quarantine": config.max_false_quarantine,
+        "p_value_threshold": float(alpha),
+        "holdout_quarantine_rate": float(combined_hold.mean()),
+        "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
+    }
+    if alpha == 0.0:
+        result.calibration["warning"] = (
+            f"the calibration part of the reference ({len(holdout)} rows) is too small to flag anything "
+            f"at a {config.max_false_quarantine:.2%} budget; give a larger reference or a larger budget"
+        )
+    return result
+
+
+def _split(reference: pd.DataFrame, labels: np.ndarray | None, config: ScanConfig):
+    stratify = labels
+    if labels is not None:
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() < 2:
+            stratify = None  # a class with one row cannot be split both ways
+    return train_test_split(
+        reference, test_size=config.holdout_fraction, random_state=config.seed, stratify=stratify
+    )
+
+
+def _calibration_groups(y_hold: np.ndarray | None, min_rows: int) -> np.ndarray:
+    """Per held-out row, the calibration group: its class when that class has enough rows, else ``*``."""
+    if y_hold is None:
+        return np.full(0, "*", dtype=object)
+    classes, counts = np.unique(y_hold, return_counts=True)
+    big = set(classes[counts >= min_rows].tolist())
+    return np.where(np.isin(y_hold, list(big)), y_hold, "*").astype(object)
+
+
+def _batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> np.ndarray | None:
+    if y_batch is None or len(groups_hold) == 0:
+        return None
+    known = list(set(groups_hold.tolist()) - {"*"})
+    return np.where(np.isin(y_batch, known), y_batch, "*").astype(object)
+
+
+def _conformal_p_values(
+    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """p-values of held-out rows (leave-one-out) and of batch rows, within calibration groups.
+
+    A batch row's p-value is ``(1 + #held-out scores >= its score) / (n + 1)`` over the held-out rows of its
+    group; ``*`` (small or unknown classes) compares against all held-out rows.
+    """
+    hold_p = np.empty(len(hold_scores))
+    batch_p = np.empty(len(batch_scores))
+    if batch_groups is None or len(hold_groups) == 0:
+        hold_p[:] = _count_at_least(hold_scores, hold_scores) / len(hold_scores)
+        batch_p[:] = (1 + _count_at_least(hold_scores, batch_scores)) / (len(hold_scores) + 1)
+        return hold_p, batch_p
+    for group in np.unique(np.concatenate([hold_groups, batch_groups])):
+        in_hold = hold_groups == group
+        reference_scores = hold_scores[in_hold] if group != "*" else hold_scores
+        if in_hold.any():
+            hold_p[in_hold] = _count_at_least(reference_scores, hold_scores[in_hold]) / len(reference_scores)
+        in_batch = batch_groups == group
+        if in_batch.any():
+            batch_p[in_batch] = (1 + _count_at_least(reference_scores, batch_scores[in_batch])) / (
+                len(reference_scores) + 1
+            )
+    return hold_p, batch_p
+
+
+def _count_at_least(reference_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    ordered = np.sort(reference_scores)
+    return len(ordered) - np.searchsorted(ordered, scores, side="left")
+
+
+def _union_threshold(min_p_hold: np.ndarray, budget: float) -> float:
+    """Largest p-value threshold at which at most ``budget`` of held-out rows have any detector flag."""
+    allowed = int(np.floor(budget * len(min_p_hold)))
+    if allowed == 0:
+        return 0.0
+    values = np.sort(min_p_hold)
+    candidates = np.unique(values)
+    flagged = np.searchsorted(values, candidates, side="right")
+    fitting = candidates[flagged <= allowed]
+    return float(fitting[-1]) if len(fitting) else 0.0
+
+
+def _score_against_batch(
+    batch: pd.DataFrame, usable: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+) -> DetectorScores:
+    result = DetectorScores()
+    if len(usable) < config.min_class_rows:
+        result.calibration = {
+            "mode": "batch",
+            "warning": f"only {len(usable)} rows passed the schema; too few to fit detectors, none run",
+        }
+        return result
+    encoder = FeatureEncoder(kinds, label_col).fit(usable)
+    X_fit, X_batch = encoder.transform(usable), encoder.transform(batch)
+    y_fit, y_batch = _labels(usable, label_col), _labels(batch, label_col)
+    groups_fit = _calibration_groups(y_fit, config.min_class_rows)
+    groups_batch = _batch_groups(y_batch, groups_fit)
+    thresholds: dict[str, dict[str, float]] = {}
+    for name in config.detectors:
+        detector = _detector(name, label_col, config).fit(X_fit, y_fit)
+        fit_scores = detector.decision_function(X_fit, y_fit)
+        batch_scores = detector.decision_function(X_batch, y_batch)
+        limits = _robust_limits(fit_scores, groups_fit, config.robust_z)
+        if groups_batch is None:
+            row_limits = np.full(len(batch_scores), limits["*"])
+        else:
+            row_limits = pd.Series(groups_batch).map(limits).fillna(limits["*"]).to_numpy(dtype="float64")
+        result.scores[name] = batch_scores
+        result.flags[name] = batch_scores > row_limits
+        result.reasons[name] = f"{detector.reason}:{name}"
+        thresholds[name] = limits
+    result.calibration = {
+        "mode": "batch",
+        "rule": f"score > median + {config.robust_z} x 1.4826 x MAD, per class",
+        "fit_rows": int(len(usable)),
+        "score_thresholds": thresholds,
+        "note": "no trusted reference: the false-quarantine rate is not calibrated",
+    }
+    return result
+
+
+def _robust_limits(scores: np.ndarray, groups: np.ndarray, z: float) -> dict[str, float]:
+    def limit(values: np.ndarray) -> float:
+        median = float(np.median(values))
+        mad = float(np.median(np.abs(values - median)))
+        return median + z * MAD_TO_SIGMA * mad
+
+    limits = {"*": limit(scores)}
+    if len(groups):
+        for group in np.unique(groups):
+            if group != "*":
+                limits[str(group)] = limit(scores[groups == group])
+    return limits

@@ -1,0 +1,103 @@
+"""Atomic writes of every file poisonguard produces.
+
+Each file is written to a temporary sibling, flushed to disk and renamed over its final name, so a crash
+or an error mid-write leaves either the previous complete file or nothing, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _stage(final: Path) -> Path:
+    """Create an empty temporary file beside ``final`` (same directory, so the rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _flush(temporary: Path) -> None:
+    with temporary.open("rb+") as written:
+        os.fsync(written.fileno())
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it to ``final``, on error remove it."""
+    final = Path(final)
+    temporary = _stage(final)
+    try:
+        yield temporary
+        _flush(temporary)
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    """Write ``frame`` (without its index) as one Parquet file at ``path``, with optional key/value metadata.
+
+    Not atomic by itself: use :func:`atomic_write_parquet` or :func:`write_all_or_none` around it.
+    """
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # The Arrow schema alone describes the columns; pandas' own metadata would record dtype names such as
+    # "list<item: string>[pyarrow]" that pandas itself cannot read back, and that other readers ignore.
+    kept = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
+    kept.update({k.encode(): v.encode() for k, v in (metadata or {}).items()})
+    pq.write_table(table.replace_schema_metadata(kept), path)
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:
+    with atomic_path(path) as temporary:
+        write_parquet(temporary, frame, metadata)
+    return Path(path)
+
+
+def atomic_copy(source: Path, destination: Path) -> Path:
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(source, temporary)
+    return Path(destination)
+
+
+def write_all_or_none(writers: list[tuple[Path, Callable[[Path], Any]]]) -> list[Path]:
+    """Run each ``writer(temporary_path)`` and rename all results into place only if every one succeeded.
+
+    A failure in any writer removes every temporary file and leaves the final paths as they were.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, writer in writers:
+            temporary = _stage(Path(final))
+            staged.append((temporary, Path(final)))
+            writer(temporary)
+            _flush(temporary)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, final in staged:
+        os.replace(temporary, final)
+    return [final for _, final in staged]

@@ -1,0 +1,62 @@
+"""Shared fixtures: one Prefect test harness per run, the bundled sample, small frame builders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Prefect reads its settings when first imported: point it at a throwaway home before any test imports it.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="poisonguard-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+# As the CLI does: Prefect's console handler stays quiet, so a user error shows as poisonguard's one line.
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect server for the whole run; only flow and CLI tests ask for it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def sample_reference() -> Path:
+    return SAMPLES / "loans_reference.csv"
+
+
+@pytest.fixture(scope="session")
+def sample_batch() -> Path:
+    return SAMPLES / "loans_batch.csv"
+
+
+@pytest.fixture(scope="session")
+def sample_truth() -> pd.DataFrame:
+    return pd.read_csv(SAMPLES / "loans_batch_truth.csv")
+
+
+def make_frame(n_rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A small two-class tabular frame with numeric and categorical columns and no nulls."""
+    rng = np.random.default_rng(seed)
+    label = rng.choice(["yes", "no"], size=n_rows)
+    shift = np.where(label == "yes", 2.0, -2.0)
+    return pd.DataFrame(
+        {
+            "x1": rng.normal(shift, 1.0),
+            "x2": rng.normal(0.0, 1.0, n_rows),
+            "count": rng.integers(0, 20, n_rows),
+            "colour": rng.choice(["red", "green", "blue"], size=n_rows),
+            "label": label,
+        }
+    )

@@ -1,0 +1,107 @@
+"""The command line: the sample scan, exit codes, one-line errors and suite initialisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_frame
+from poisonguard.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_scanning_the_sample_prints_the_summary_and_exits_1_when_rows_are_quarantined(
+    tmp_path, sample_batch, sample_reference
+):
+    args = ["scan", str(sample_batch), "--dataset", "loans", "--label-col", "risk_grade"]
+    args += ["--reference", str(sample_reference), "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "rows quarantined" in result.output and "2,000" in result.output
+    assert "schema:not_null:annual_income" in result.output
+    as_json = runner.invoke(app, [*args, "--json"])
+    summary = json.loads(as_json.stdout)
+    assert summary["already_scanned"] and summary["exit_code"] == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_clean_batch_exits_0(tmp_path):
+    make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(40, seed=2).to_csv(tmp_path / "batch.csv", index=False)
+    args = ["scan", str(tmp_path / "batch.csv"), "-y", "label", "-r", str(tmp_path / "ref.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--max-false-quarantine", "0.001"])
+    assert result.exit_code == 0, result.output
+    assert "clean" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rejected_batch_exits_3(tmp_path):
+    make_frame(300).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(30).drop(columns="x1").to_csv(tmp_path / "batch.csv", index=False)
+    args = ["scan", str(tmp_path / "batch.csv"), "-y", "label", "-r", str(tmp_path / "ref.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3, result.output
+    assert "structural:missing_column:x1" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d: ["scan", str(d / "missing.csv")], "missing.csv: batch file not found"),
+        (lambda d: ["scan", str(d / "batch.xlsx")], "pass --format"),
+        (lambda d: ["scan", str(d / "batch.csv"), "--label-col", "target"], "label column 'target' not found"),
+        (lambda d: ["scan", str(d / "batch.csv"), "--detectors", "ecod,magic"], "unknown detector(s) magic"),
+        (lambda d: ["scan", str(d / "batch.csv"), "--max-false-quarantine", "2"], "max_false_quarantine"),
+        (lambda d: ["scan", str(d / "batch.csv"), "-r", str(d / "nope.csv")], "nope.csv: reference not found"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(tmp_path, make_args, message):
+    make_frame(20).to_csv(tmp_path / "batch.csv", index=False)
+    (tmp_path / "batch.xlsx").write_bytes(b"not a spreadsheet")
+    result = runner.invoke(app, make_args(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_expectations_init_writes_a_suite_and_refuses_to_overwrite(tmp_path):
+    make_frame(100).to_csv(tmp_path / "trusted.csv", index=False)
+    args = ["expectations", "init", "--reference", str(tmp_path / "trusted.csv"), "--label-col", "label"]
+    args += ["--suite-dir", str(tmp_path / "suites")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    suite = json.loads((tmp_path / "suites" / "trusted.json").read_text())
+    assert suite["meta"]["poisonguard"]["label_col"] == "label"
+    second = runner.invoke(app, args)
+    assert second.exit_code == 2 and "--force" in second.output
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--label-col", "target"], "label column 'target' not found"), ([], "absent.csv: batch file not found")],
+)
+def test_the_installed_console_script_reports_user_errors_without_a_traceback(tmp_path, extra, message):
+    make_frame(20).to_csv(tmp_path / "batch.csv", index=False)
+    target = tmp_path / ("batch.csv" if extra else "absent.csv")
+    executable = shutil.which("poisonguard") or f"{sys.prefix}/bin/poisonguard"
+    completed = subprocess.run(
+        [executable, "scan", str(target), *extra, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")},
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr + completed.stdout
+    assert len(completed.stderr.strip().splitlines()) == 1

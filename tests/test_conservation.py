@@ -1,0 +1,44 @@
+"""Property: whatever the frame and the flags, every row lands exactly once in clean or quarantine."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poisonguard import ROW_ID
+from poisonguard.decide import build_result_table
+from poisonguard.outputs import split_rows
+from poisonguard.scoring import DetectorScores
+
+
+@st.composite
+def frames_and_flags(draw):
+    n_rows = draw(st.integers(min_value=0, max_value=60))
+    values = draw(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=n_rows, max_size=n_rows))
+    text = draw(st.lists(st.one_of(st.none(), st.text(max_size=5)), min_size=n_rows, max_size=n_rows))
+    frame = pd.DataFrame({ROW_ID: np.arange(n_rows, dtype="int64"), "value": values, "text": text})
+    flags = draw(st.lists(st.booleans(), min_size=n_rows, max_size=n_rows))
+    failing = draw(st.sets(st.integers(min_value=0, max_value=max(n_rows - 1, 0)), max_size=n_rows))
+    return frame, np.array(flags, dtype=bool), np.array(sorted(i for i in failing if i < n_rows), dtype="int64")
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames_and_flags())
+def test_rows_are_conserved(case):
+    frame, flags, failing = case
+    scores = DetectorScores(
+        scores={"iforest": np.zeros(len(frame))}, flags={"iforest": flags}, reasons={"iforest": "outlier:iforest"}
+    )
+    table = build_result_table(frame[ROW_ID].to_numpy(), {"schema:not_null:value": failing}, scores)
+    clean, quarantined = split_rows(frame, table, "b1", datetime.now(timezone.utc))
+    ids = clean[ROW_ID].tolist() + quarantined[ROW_ID].tolist()
+    assert sorted(ids) == list(range(len(frame)))
+    expected_held = set(failing.tolist()) | set(np.flatnonzero(flags).tolist())
+    assert set(quarantined[ROW_ID]) == expected_held
+    for row_id, reasons in zip(quarantined[ROW_ID], quarantined["_reasons"]):
+        assert ("schema:not_null:value" in reasons) == (row_id in failing)
+        assert ("outlier:iforest" in reasons) == bool(flags[row_id])

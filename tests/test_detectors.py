@@ -1,0 +1,112 @@
+"""The detector contract, planted outliers, class-conditional scoring and calibration to the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_frame
+from poisonguard.config import ScanConfig
+from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
+from poisonguard.errors import ConfigError
+from poisonguard.features import FeatureEncoder, infer_kinds
+from poisonguard.scoring import score_rows
+
+
+def blob_with_outlier(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(300, 4))
+    X[17] = [8.0, -8.0, 8.0, -8.0]
+    return X
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_detector_follows_the_contract_and_ranks_a_planted_outlier_first(name):
+    X = blob_with_outlier()
+    detector = make_detector(name, seed=0)
+    assert detector.fit(X) is detector
+    scores = detector.decision_function(X)
+    assert scores.shape == (300,)
+    assert np.isfinite(scores).all()
+    assert int(np.argmax(scores)) == 17
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_detectors_are_deterministic_with_a_fixed_seed(name):
+    X = blob_with_outlier(1)
+    first = make_detector(name, seed=3).fit(X).decision_function(X)
+    second = make_detector(name, seed=3).fit(X).decision_function(X)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_detectors_refuse_non_finite_features():
+    X = blob_with_outlier()
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        make_detector("iforest").fit(X)
+
+
+def test_unknown_detector_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown detector 'lof'"):
+        make_detector("lof")
+
+
+def test_class_conditional_scoring_exposes_a_row_that_looks_like_another_class():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-3, 1, (200, 2)), rng.normal(3, 1, (200, 2))])
+    y = np.array(["a"] * 200 + ["b"] * 200, dtype=object)
+    flipped = X[250].copy()  # an ordinary "b" row claiming to be "a"
+    X_test, y_test = np.vstack([X[:5], flipped]), np.array(["a"] * 6, dtype=object)
+    pooled = make_detector("iforest").fit(X).decision_function(X_test)
+    per_class = ClassConditional(make_detector("iforest"), min_class_rows=30).fit(X, y).decision_function(X_test, y_test)
+    assert int(np.argmax(per_class)) == 5
+    assert per_class[5] - per_class[:5].max() > pooled[5] - pooled[:5].max()
+
+
+def test_class_conditional_falls_back_to_the_all_class_model_for_small_or_unseen_classes():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 3))
+    y = np.array(["big"] * 110 + ["tiny"] * 10, dtype=object)
+    detector = ClassConditional(make_detector("ecod"), min_class_rows=30).fit(X, y)
+    assert set(detector.per_class_) == {"big"}
+    scores = detector.decision_function(X[:3], np.array(["tiny", "never-seen", None], dtype=object))
+    np.testing.assert_allclose(scores, detector.overall_.decision_function(X[:3]))
+
+
+def test_calibrated_thresholds_keep_clean_rows_within_the_false_quarantine_budget():
+    reference = make_frame(4000, seed=10)
+    clean_batch = make_frame(4000, seed=11)
+    kinds = infer_kinds(reference, "label")
+    config = ScanConfig(label_col="label", max_false_quarantine=0.02)
+    result = score_rows(clean_batch, reference, kinds, "label", config)
+    flagged = np.column_stack(list(result.flags.values())).any(axis=1)
+    assert result.calibration["mode"] == "reference"
+    assert result.calibration["holdout_quarantine_rate"] <= 0.02
+    assert flagged.mean() <= 0.02 * 1.5  # a fresh clean sample: the budget holds up to sampling noise
+    for p_values in result.p_values.values():
+        assert ((p_values > 0) & (p_values <= 1)).all()
+
+
+def test_without_a_reference_the_robust_rule_flags_planted_outliers_and_few_clean_rows():
+    batch = make_frame(1000, seed=12)
+    batch.loc[:9, "x2"] = 25.0
+    kinds = infer_kinds(batch, "label")
+    result = score_rows(batch, None, kinds, "label", ScanConfig(label_col="label"))
+    flagged = np.column_stack(list(result.flags.values())).any(axis=1)
+    assert flagged[:10].all()
+    assert flagged[10:].mean() < 0.05
+    assert result.calibration["mode"] == "batch"
+
+
+def test_feature_encoder_turns_nan_inf_and_unseen_categories_into_finite_numbers():
+    train = make_frame(100)
+    encoder = FeatureEncoder(infer_kinds(train, "label"), "label").fit(train)
+    batch = make_frame(5, seed=4)
+    batch.loc[0, "x1"] = np.nan
+    batch.loc[1, "x2"] = np.inf
+    batch.loc[2, "x2"] = -1e308
+    batch.loc[3, "colour"] = "x" * 10_000
+    batch.loc[4, "colour"] = None
+    matrix = encoder.transform(batch)
+    assert matrix.shape[0] == 5
+    assert np.isfinite(matrix).all()

@@ -1,0 +1,165 @@
+"""The scan flow end to end under a real Prefect server: poison found, rows conserved, bad batches held."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_frame
+from poisonguard import REASONS, ROW_ID, STATUS
+from poisonguard.config import ScanConfig
+from poisonguard.flows.scan import scan_batch
+from poisonguard.outputs import OutputPaths
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def outputs(summary, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    paths = OutputPaths.for_batch(out_dir, summary.dataset, summary.batch_id)
+    clean = pd.read_parquet(paths.clean)
+    quarantined = pd.read_parquet(paths.quarantine) if paths.quarantine.exists() else clean.iloc[0:0]
+    return clean, quarantined
+
+
+def assert_conserved(summary, out_dir: Path, n_rows: int) -> None:
+    clean, quarantined = outputs(summary, out_dir)
+    ids = np.concatenate([clean[ROW_ID].to_numpy(), quarantined[ROW_ID].to_numpy()])
+    assert len(ids) == n_rows
+    assert sorted(ids.tolist()) == list(range(n_rows))
+    assert summary.rows_clean == len(clean) and summary.rows_quarantined == len(quarantined)
+
+
+@pytest.fixture(scope="module")
+def sample_scan(tmp_path_factory, sample_batch, sample_reference):
+    out_dir = tmp_path_factory.mktemp("sample")
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
+    return scan_batch(sample_batch, config), out_dir, config
+
+
+def test_injected_rows_in_the_sample_are_quarantined(sample_scan, sample_truth):
+    summary, out_dir, _ = sample_scan
+    _, quarantined = outputs(summary, out_dir)
+    caught = sample_truth[ROW_ID].isin(quarantined[ROW_ID])
+    by_kind = caught.groupby(sample_truth["injection"]).mean()
+    # Every schema violation is caught; the detectors find most implausible rows and part of the flips.
+    assert by_kind[["out_of_range", "null_value", "unknown_category"]].min() == 1.0
+    assert by_kind["implausible_outlier"] >= 0.8
+    assert caught.mean() >= 0.65
+    clean_ids = set(range(2000)) - set(sample_truth[ROW_ID])
+    false_quarantine = len(clean_ids & set(quarantined[ROW_ID])) / len(clean_ids)
+    assert false_quarantine <= 0.015
+
+
+def test_sample_rows_are_conserved_and_quarantine_rows_carry_reasons(sample_scan):
+    summary, out_dir, _ = sample_scan
+    assert summary.status == "rows_quarantined" and summary.rows_in == 2000
+    assert_conserved(summary, out_dir, 2000)
+    clean, quarantined = outputs(summary, out_dir)
+    assert quarantined[REASONS].map(len).min() >= 1
+    assert (quarantined[STATUS] == "pending").all()
+    assert {"_score_ecod", "_score_iforest", "_quarantined_at", "_batch_id"} <= set(quarantined.columns)
+    assert list(clean.columns)[-2:] == [ROW_ID, "_batch_id"]
+
+
+def test_report_counts_match_the_parquet_files(sample_scan):
+    summary, out_dir, _ = sample_scan
+    report = json.loads(Path(summary.report_path).read_text())
+    clean, quarantined = outputs(summary, out_dir)
+    assert report["rows"] == {"in": 2000, "clean": len(clean), "quarantined": len(quarantined)}
+    flat = pd.Series([code for codes in quarantined[REASONS] for code in codes]).value_counts().to_dict()
+    assert report["reasons"] == flat
+    assert report["calibration"]["mode"] == "reference"
+    assert report["calibration"]["holdout_quarantine_rate"] <= 0.01
+    assert report["versions"]["great-expectations"].startswith("1.")
+
+
+def test_rescanning_is_idempotent(sample_scan, sample_batch):
+    summary, out_dir, config = sample_scan
+    before = outputs(summary, out_dir)
+    again = scan_batch(sample_batch, config)
+    assert again.already_scanned and again.rows_quarantined == summary.rows_quarantined
+    forced = scan_batch(sample_batch, ScanConfig(**{**config.__dict__, "force": True}))
+    after = outputs(forced, out_dir)
+    assert not forced.already_scanned
+    for old, new in zip(before, after):
+        assert old[ROW_ID].tolist() == new[ROW_ID].tolist()
+    assert len(list((out_dir / "clean" / "loans").iterdir())) == 1
+    assert len(list((out_dir / "quarantine" / "loans").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda f: f.drop(columns="x2"), "structural:missing_column:x2"),
+        (lambda f: f.drop(columns="label"), "structural:missing_label:label"),
+        (lambda f: f.assign(surprise=1), "structural:extra_column:surprise"),
+        (lambda f: f.assign(x1="not a number"), "structural:type:x1"),
+    ],
+)
+def test_structural_failures_quarantine_the_whole_batch(tmp_path, change, code):
+    make_frame(300, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    change(make_frame(80, seed=2)).to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
+    summary = scan_batch(tmp_path / "batch.csv", config)
+    assert summary.status == "rejected" and summary.rows_quarantined == 80 and summary.rows_clean == 0
+    paths = OutputPaths.for_batch(tmp_path / "out", "batch", summary.batch_id)
+    assert (paths.rejected / "batch.csv").read_bytes() == (tmp_path / "batch.csv").read_bytes()
+    reason = json.loads((paths.rejected / "reason.json").read_text())
+    assert code in [failure["code"] for failure in reason["failures"]]
+    assert not paths.clean.exists() and not paths.quarantine.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [(b"", "structural:empty_file"), (b"x1,x1,label\n1,2,yes\n", "structural:duplicate_column")],
+)
+def test_unreadable_files_are_kept_whole_in_quarantine(tmp_path, content, code):
+    (tmp_path / "batch.csv").write_bytes(content)
+    summary = scan_batch(tmp_path / "batch.csv", ScanConfig(label_col="label", out_dir=tmp_path / "out"))
+    assert summary.status == "rejected"
+    assert list(summary.reasons) == [code]
+    rejected = OutputPaths.for_batch(tmp_path / "out", "batch", summary.batch_id).rejected
+    assert (rejected / "batch.csv").read_bytes() == content
+
+
+def test_header_only_file_scans_to_an_empty_clean_file(tmp_path):
+    make_frame(300).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(0).to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
+    summary = scan_batch(tmp_path / "batch.csv", config)
+    assert (summary.status, summary.rows_in, summary.rows_clean) == ("clean", 0, 0)
+    assert_conserved(summary, tmp_path / "out", 0)
+
+
+def test_nan_inf_and_a_10_megabyte_cell_are_quarantined_without_crashing(tmp_path):
+    make_frame(300).to_csv(tmp_path / "ref.csv", index=False)
+    batch = make_frame(60, seed=5).astype({"colour": object})
+    batch.loc[0, "x1"] = np.nan
+    batch.loc[1, "x2"] = np.inf
+    batch.loc[2, "x2"] = -np.inf
+    batch.loc[3, "colour"] = "<script>" + "z" * 10_000_000
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
+    summary = scan_batch(tmp_path / "batch.csv", config)
+    assert_conserved(summary, tmp_path / "out", 60)
+    _, quarantined = outputs(summary, tmp_path / "out")
+    reasons = dict(zip(quarantined[ROW_ID], quarantined[REASONS].map(list)))
+    assert "schema:not_null:x1" in reasons[0]
+    assert "schema:range:x2" in reasons[1] and "schema:range:x2" in reasons[2]
+    assert "schema:in_set:colour" in reasons[3]
+
+
+def test_jsonl_and_parquet_batches_scan_like_csv(tmp_path):
+    reference, batch = make_frame(300, seed=6), make_frame(120, seed=7)
+    reference.to_parquet(tmp_path / "ref.parquet", index=False)
+    batch.to_json(tmp_path / "batch.jsonl", orient="records", lines=True)
+    batch.to_parquet(tmp_path / "batch.parquet", index=False)
+    for name in ("batch.jsonl", "batch.parquet"):
+        out_dir = tmp_path / f"out-{name}"
+        config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=out_dir)
+        summary = scan_batch(tmp_path / name, config)
+        assert_conserved(summary, out_dir, 120)

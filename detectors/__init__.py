@@ -11,12 +11,14 @@ from typing import Any
 
 from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
+from poisonguard.detectors.label_model import LabelModelDetector
 from poisonguard.detectors.outliers import ECODDetector, IForestDetector
 from poisonguard.errors import ConfigError
 
 REGISTRY: dict[str, type[Detector]] = {
     "ecod": ECODDetector,
     "iforest": IForestDetector,
+    "label_model": LabelModelDetector,
 }
 
 

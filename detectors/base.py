@@ -12,10 +12,14 @@ class Detector(ABC):
 
     Subclasses take only parameters in ``__init__`` (no data, no I/O), learn in ``fit`` and keep what they
     learned in attributes ending in ``_``. ``reason`` is the family of the reason code a flag from this
-    detector gives a row (``outlier`` -> ``outlier:<name>``).
+    detector gives a row (``outlier`` -> ``outlier:<name>``); the ``per_class``, ``needs_labels`` and
+    ``needs_reference`` flags tell the scoring step how and when to run it.
     """
 
     reason: str = "outlier"
+    per_class: bool = True  # fit one copy per label class when a label column is given
+    needs_labels: bool = False  # cannot run without a label column
+    needs_reference: bool = False  # cannot run without trusted reference data
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-DEFAULT_DETECTORS = ("ecod", "iforest")
+DEFAULT_DETECTORS = ("ecod", "iforest", "label_model")
 
 
 @dataclass(frozen=True)

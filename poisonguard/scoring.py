@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from poisonguard.config import ScanConfig
-from poisonguard.detectors import ClassConditional, make_detector
+from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
 from poisonguard.features import FeatureEncoder
 from poisonguard.values import as_text
 
@@ -63,7 +63,23 @@ def score_rows(
 
 def _detector(name: str, label_col: str | None, config: ScanConfig):
     detector = make_detector(name, seed=config.seed)
-    return ClassConditional(detector, config.min_class_rows) if label_col else detector
+    if label_col and detector.per_class:
+        return ClassConditional(detector, config.min_class_rows)
+    return detector
+
+
+def _runnable(config: ScanConfig, label_col: str | None, has_reference: bool) -> tuple[list[str], dict[str, str]]:
+    """The configured detectors that can run here, and why each of the others cannot."""
+    runnable, skipped = [], {}
+    for name in config.detectors:
+        detector_class = REGISTRY[name]
+        if detector_class.needs_labels and label_col is None:
+            skipped[name] = "needs a label column (--label-col)"
+        elif detector_class.needs_reference and not has_reference:
+            skipped[name] = "needs trusted reference data (--reference)"
+        else:
+            runnable.append(name)
+    return runnable, skipped
 
 
 def _labels(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
@@ -84,7 +100,10 @@ def _score_against_reference(
     result = DetectorScores()
     holdout_p: dict[str, np.ndarray] = {}
     groups_hold = _calibration_groups(y_hold, config.min_class_rows)
-    for name in config.detectors:
+    names, skipped = _runnable(config, label_col, has_reference=True)
+    if not names:
+        return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped})
+    for name in names:
         detector = _detector(name, label_col, config).fit(X_fit, y_fit)
         hold_scores = detector.decision_function(X_hold, y_hold)
         batch_scores = detector.decision_function(X_batch, y_batch)
@@ -95,7 +114,7 @@ def _score_against_reference(
         result.reasons[name] = f"{detector.reason}:{name}"
 
     alpha = _union_threshold(np.vstack(list(holdout_p.values())).min(axis=0), config.max_false_quarantine)
-    for name in config.detectors:
+    for name in names:
         result.flags[name] = result.p_values[name] <= alpha
     combined_hold = np.vstack(list(holdout_p.values())).min(axis=0) <= alpha
     result.calibration = {
@@ -107,6 +126,7 @@ def _score_against_reference(
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
+        "skipped_detectors": skipped,
     }
     if alpha == 0.0:
         result.calibration["warning"] = (
@@ -176,9 +196,15 @@ def _count_at_least(reference_scores: np.ndarray, scores: np.ndarray) -> np.ndar
 
 
 def _union_threshold(min_p_hold: np.ndarray, budget: float) -> float:
-    """Largest p-value threshold at which at most ``budget`` of held-out rows have any detector flag."""
-    allowed = int(np.floor(budget * len(min_p_hold)))
-    if allowed == 0:
+    """Largest p-value threshold at which few enough held-out rows have any detector flag.
+
+    "Few enough" is split conformal's finite-sample rule: at most ``n - ceil((1 - budget) * (n + 1))`` of
+    the ``n`` held-out rows, which keeps the expected false-quarantine rate of new clean rows within
+    ``budget`` rather than only the rate on the held-out rows themselves.
+    """
+    n_rows = len(min_p_hold)
+    allowed = n_rows - int(np.ceil((1.0 - budget) * (n_rows + 1)))
+    if allowed <= 0:
         return 0.0
     values = np.sort(min_p_hold)
     candidates = np.unique(values)
@@ -203,7 +229,8 @@ def _score_against_batch(
     groups_fit = _calibration_groups(y_fit, config.min_class_rows)
     groups_batch = _batch_groups(y_batch, groups_fit)
     thresholds: dict[str, dict[str, float]] = {}
-    for name in config.detectors:
+    names, skipped = _runnable(config, label_col, has_reference=False)
+    for name in names:
         detector = _detector(name, label_col, config).fit(X_fit, y_fit)
         fit_scores = detector.decision_function(X_fit, y_fit)
         batch_scores = detector.decision_function(X_batch, y_batch)
@@ -222,6 +249,7 @@ def _score_against_batch(
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
         "note": "no trusted reference: the false-quarantine rate is not calibrated",
+        "skipped_detectors": skipped,
     }
     return result
 

@@ -13,6 +13,9 @@ from poisonguard.features import FeatureEncoder, infer_kinds
 from poisonguard.scoring import score_rows
 
 
+OUTLIER_DETECTORS = sorted(name for name, cls in REGISTRY.items() if not cls.needs_labels)
+
+
 def blob_with_outlier(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(300, 4))
@@ -20,8 +23,8 @@ def blob_with_outlier(seed: int = 0) -> np.ndarray:
     return X
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_each_detector_follows_the_contract_and_ranks_a_planted_outlier_first(name):
+@pytest.mark.parametrize("name", OUTLIER_DETECTORS)
+def test_each_outlier_detector_follows_the_contract_and_ranks_a_planted_outlier_first(name):
     X = blob_with_outlier()
     detector = make_detector(name, seed=0)
     assert detector.fit(X) is detector
@@ -34,8 +37,9 @@ def test_each_detector_follows_the_contract_and_ranks_a_planted_outlier_first(na
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_detectors_are_deterministic_with_a_fixed_seed(name):
     X = blob_with_outlier(1)
-    first = make_detector(name, seed=3).fit(X).decision_function(X)
-    second = make_detector(name, seed=3).fit(X).decision_function(X)
+    y = np.where(X[:, 0] > 0, "up", "down").astype(object)
+    first = make_detector(name, seed=3).fit(X, y).decision_function(X, y)
+    second = make_detector(name, seed=3).fit(X, y).decision_function(X, y)
     np.testing.assert_array_equal(first, second)
 
 
@@ -110,3 +114,36 @@ def test_feature_encoder_turns_nan_inf_and_unseen_categories_into_finite_numbers
     matrix = encoder.transform(batch)
     assert matrix.shape[0] == 5
     assert np.isfinite(matrix).all()
+
+
+def test_label_model_ranks_a_flipped_label_first():
+    rng = np.random.default_rng(2)
+    X = np.vstack([rng.normal(-2, 1, (200, 3)), rng.normal(2, 1, (200, 3))])
+    y = np.array(["a"] * 200 + ["b"] * 200, dtype=object)
+    detector = make_detector("label_model", seed=0).fit(X, y)
+    y_batch = y.copy()
+    y_batch[10] = "b"  # a typical "a" row now labelled "b"
+    scores = detector.decision_function(X, y_batch)
+    assert int(np.argmax(scores)) == 10
+    assert np.isfinite(scores).all() and scores.shape == (400,)
+    unseen = detector.decision_function(X[:2], np.array(["a", "zzz"], dtype=object))
+    assert unseen[1] > unseen[0]  # a label the model never saw is as improbable as it gets
+
+
+def test_label_model_refuses_to_run_without_labels_or_with_one_class():
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    with pytest.raises(ValueError, match="needs the label column"):
+        make_detector("label_model").fit(X)
+    with pytest.raises(ValueError, match="at least two label classes"):
+        make_detector("label_model").fit(X, np.array(["a"] * 50, dtype=object))
+
+
+def test_detectors_that_need_a_reference_or_labels_are_skipped_and_reported():
+    batch = make_frame(300, seed=13)
+    kinds = infer_kinds(batch, "label")
+    without_reference = score_rows(batch, None, kinds, "label", ScanConfig(label_col="label"))
+    assert "label_model" not in without_reference.scores
+    assert "reference" in without_reference.calibration["skipped_detectors"]["label_model"]
+    without_labels = score_rows(batch, make_frame(300, seed=14), infer_kinds(batch, None), None, ScanConfig())
+    assert set(without_labels.scores) == {"ecod", "iforest"}
+    assert "label column" in without_labels.calibration["skipped_detectors"]["label_model"]

@@ -45,13 +45,15 @@ def test_injected_rows_in_the_sample_are_quarantined(sample_scan, sample_truth):
     _, quarantined = outputs(summary, out_dir)
     caught = sample_truth[ROW_ID].isin(quarantined[ROW_ID])
     by_kind = caught.groupby(sample_truth["injection"]).mean()
-    # Every schema violation is caught; the detectors find most implausible rows and part of the flips.
+    # Schema checks catch every bad value; outlier detectors the implausible rows; the reference-trained
+    # label model the flipped labels. Measured: all 100 caught, 15 of 1,900 clean rows held (0.79%).
     assert by_kind[["out_of_range", "null_value", "unknown_category"]].min() == 1.0
-    assert by_kind["implausible_outlier"] >= 0.8
-    assert caught.mean() >= 0.65
+    assert by_kind["implausible_outlier"] >= 0.9
+    assert by_kind["label_flip_C_to_A"] >= 0.9
+    assert caught.mean() >= 0.95
     clean_ids = set(range(2000)) - set(sample_truth[ROW_ID])
     false_quarantine = len(clean_ids & set(quarantined[ROW_ID])) / len(clean_ids)
-    assert false_quarantine <= 0.015
+    assert false_quarantine <= 0.0125
 
 
 def test_sample_rows_are_conserved_and_quarantine_rows_carry_reasons(sample_scan):
@@ -61,7 +63,7 @@ def test_sample_rows_are_conserved_and_quarantine_rows_carry_reasons(sample_scan
     clean, quarantined = outputs(summary, out_dir)
     assert quarantined[REASONS].map(len).min() >= 1
     assert (quarantined[STATUS] == "pending").all()
-    assert {"_score_ecod", "_score_iforest", "_quarantined_at", "_batch_id"} <= set(quarantined.columns)
+    assert {"_score_ecod", "_score_iforest", "_score_label_model", "_quarantined_at"} <= set(quarantined.columns)
     assert list(clean.columns)[-2:] == [ROW_ID, "_batch_id"]
 
 

@@ -1,0 +1,50 @@
+"""Label consistency against a model of the trusted reference.
+
+A classifier trained on trusted rows only has never seen a poisoned label, so a row whose given label it
+finds improbable (a flipped label, a backdoored row relabelled to a target class) scores high. The score
+is the negative log-probability of the given label. A model trained on the batch itself would partly
+learn the poison, so this detector runs only when a reference is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from poisonguard.detectors.base import Detector, check_matrix
+
+_PROBABILITY_FLOOR = 1e-12
+
+
+class LabelModelDetector(Detector):
+    """``-log P(given label | row)`` under a logistic regression fitted on trusted rows."""
+
+    reason = "label"
+    per_class = False  # it models all classes at once
+    needs_labels = True
+    needs_reference = True
+
+    def __init__(self, C: float = 1.0, random_state: int = 0) -> None:
+        self.C = C
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LabelModelDetector:
+        if y is None:
+            raise ValueError("label_model needs the label column")
+        labels = np.asarray(y, dtype=object)
+        if len(np.unique(labels)) < 2:
+            raise ValueError("label_model needs at least two label classes in the training rows")
+        self.model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
+        self.model_.fit(check_matrix(X, "label_model.fit"), labels)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        if y is None:
+            raise ValueError("label_model needs the label column to score rows")
+        probabilities = self.model_.predict_proba(check_matrix(X, "label_model.decision_function"))
+        labels = np.asarray(y, dtype=object)
+        position = np.clip(np.searchsorted(self.classes_, labels), 0, len(self.classes_) - 1)
+        known = self.classes_[position] == labels
+        given = np.where(known, probabilities[np.arange(len(labels)), position], 0.0)
+        return -np.log(np.maximum(given, _PROBABILITY_FLOOR))

@@ -60,3 +60,12 @@ def make_frame(n_rows: int = 400, seed: int = 0) -> pd.DataFrame:
             "label": label,
         }
     )
+
+
+# Ways to break a batch's structure, with the reason code each must give; used by validation and flow tests.
+STRUCTURAL_BREAKS = [
+    (lambda f: f.drop(columns="x2"), "structural:missing_column:x2"),
+    (lambda f: f.drop(columns="label"), "structural:missing_label:label"),
+    (lambda f: f.assign(extra=1), "structural:extra_column:extra"),
+    (lambda f: f.assign(x1="not a number"), "structural:type:x1"),
+]

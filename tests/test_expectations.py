@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_frame
+from conftest import STRUCTURAL_BREAKS, make_frame
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.suite import infer_suite, load_suite, save_suite, suite_kinds
@@ -65,15 +65,7 @@ def test_a_few_unparsable_numbers_fail_only_their_rows_and_keep_the_raw_text(val
     assert outcome.raw_values == {4: {"x2": "n/a-ish"}}
 
 
-@pytest.mark.parametrize(
-    ("change", "code"),
-    [
-        (lambda f: f.drop(columns="x2"), "structural:missing_column:x2"),
-        (lambda f: f.drop(columns="label"), "structural:missing_label:label"),
-        (lambda f: f.assign(extra=1), "structural:extra_column:extra"),
-        (lambda f: f.assign(x1="text"), "structural:type:x1"),
-    ],
-)
+@pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)
 def test_structural_failures_reject_the_batch(validator, suite, change, code):
     outcome = validate_batch(change(with_ids(make_frame(50, seed=4))), suite, "label", validator)
     assert outcome.rejected

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_frame
+from conftest import STRUCTURAL_BREAKS, make_frame
 from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.config import ScanConfig
 from poisonguard.flows.scan import scan_batch
@@ -93,15 +93,7 @@ def test_rescanning_is_idempotent(sample_scan, sample_batch):
     assert len(list((out_dir / "quarantine" / "loans").iterdir())) == 1
 
 
-@pytest.mark.parametrize(
-    ("change", "code"),
-    [
-        (lambda f: f.drop(columns="x2"), "structural:missing_column:x2"),
-        (lambda f: f.drop(columns="label"), "structural:missing_label:label"),
-        (lambda f: f.assign(surprise=1), "structural:extra_column:surprise"),
-        (lambda f: f.assign(x1="not a number"), "structural:type:x1"),
-    ],
-)
+@pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)
 def test_structural_failures_quarantine_the_whole_batch(tmp_path, change, code):
     make_frame(300, seed=1).to_csv(tmp_path / "ref.csv", index=False)
     change(make_frame(80, seed=2)).to_csv(tmp_path / "batch.csv", index=False)

@@ -22,19 +22,24 @@ REGISTRY: dict[str, type[Detector]] = {
 }
 
 
+def detector_class(name: str) -> type[Detector]:
+    """The class registered as ``name``; raises :class:`ConfigError` for an unknown name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown detector {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
+
+
 def make_detector(name: str, seed: int | None = None, **params: Any) -> Detector:
     """A new, unfitted detector registered as ``name``.
 
     ``seed`` is passed as ``random_state`` to detectors that take one. Raises :class:`ConfigError` for an
     unknown name.
     """
-    try:
-        detector_class = REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown detector {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
-    if seed is not None and "random_state" in detector_class._param_names():
+    detector_class_ = detector_class(name)
+    if seed is not None and "random_state" in detector_class_._param_names():
         params.setdefault("random_state", seed)
-    return detector_class(**params)
+    return detector_class_(**params)
 
 
-__all__ = ["REGISTRY", "ClassConditional", "Detector", "make_detector"]
+__all__ = ["REGISTRY", "ClassConditional", "Detector", "detector_class", "make_detector"]

@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from poisonguard.config import ScanConfig
-from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
+from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
 from poisonguard.values import as_text
 
@@ -55,10 +55,18 @@ def score_rows(
     """
     if len(batch) == 0:
         return DetectorScores(calibration={"mode": "empty batch"})
-    if reference is not None and len(reference) >= 2 * config.min_class_rows:
-        return _score_against_reference(batch, reference, kinds, label_col, config)
-    usable = batch if fit_mask is None else batch[fit_mask]
-    return _score_against_batch(batch, usable, kinds, label_col, config)
+    has_reference = reference is not None and len(reference) >= 2 * config.min_class_rows
+    names, skipped = _runnable(config, label_col, has_reference)
+    mode = "reference" if has_reference else "batch"
+    if not names:
+        return DetectorScores(calibration={"mode": mode, "skipped_detectors": skipped})
+    if has_reference:
+        result = _score_against_reference(batch, reference, kinds, label_col, config, names)
+    else:
+        usable = batch if fit_mask is None else batch[fit_mask]
+        result = _score_against_batch(batch, usable, kinds, label_col, config, names)
+    result.calibration["skipped_detectors"] = skipped
+    return result
 
 
 def _detector(name: str, label_col: str | None, config: ScanConfig):
@@ -72,10 +80,10 @@ def _runnable(config: ScanConfig, label_col: str | None, has_reference: bool) ->
     """The configured detectors that can run here, and why each of the others cannot."""
     runnable, skipped = [], {}
     for name in config.detectors:
-        detector_class = REGISTRY[name]
-        if detector_class.needs_labels and label_col is None:
+        registered = detector_class(name)
+        if registered.needs_labels and label_col is None:
             skipped[name] = "needs a label column (--label-col)"
-        elif detector_class.needs_reference and not has_reference:
+        elif registered.needs_reference and not has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
         else:
             runnable.append(name)
@@ -89,7 +97,12 @@ def _labels(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
 
 
 def _score_against_reference(
-    batch: pd.DataFrame, reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+    batch: pd.DataFrame,
+    reference: pd.DataFrame,
+    kinds: dict[str, str],
+    label_col: str | None,
+    config: ScanConfig,
+    names: list[str],
 ) -> DetectorScores:
     labels = _labels(reference, label_col)
     fit_part, holdout = _split(reference, labels, config)
@@ -100,9 +113,6 @@ def _score_against_reference(
     result = DetectorScores()
     holdout_p: dict[str, np.ndarray] = {}
     groups_hold = _calibration_groups(y_hold, config.min_class_rows)
-    names, skipped = _runnable(config, label_col, has_reference=True)
-    if not names:
-        return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped})
     for name in names:
         detector = _detector(name, label_col, config).fit(X_fit, y_fit)
         hold_scores = detector.decision_function(X_hold, y_hold)
@@ -113,10 +123,11 @@ def _score_against_reference(
         result.scores[name] = batch_scores
         result.reasons[name] = f"{detector.reason}:{name}"
 
-    alpha = _union_threshold(np.vstack(list(holdout_p.values())).min(axis=0), config.max_false_quarantine)
+    min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
+    alpha = _union_threshold(min_p_hold, config.max_false_quarantine)
     for name in names:
         result.flags[name] = result.p_values[name] <= alpha
-    combined_hold = np.vstack(list(holdout_p.values())).min(axis=0) <= alpha
+    combined_hold = min_p_hold <= alpha
     result.calibration = {
         "mode": "reference",
         "reference_rows": int(len(reference)),
@@ -126,7 +137,6 @@ def _score_against_reference(
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
-        "skipped_detectors": skipped,
     }
     if alpha == 0.0:
         result.calibration["warning"] = (
@@ -214,7 +224,12 @@ def _union_threshold(min_p_hold: np.ndarray, budget: float) -> float:
 
 
 def _score_against_batch(
-    batch: pd.DataFrame, usable: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+    batch: pd.DataFrame,
+    usable: pd.DataFrame,
+    kinds: dict[str, str],
+    label_col: str | None,
+    config: ScanConfig,
+    names: list[str],
 ) -> DetectorScores:
     result = DetectorScores()
     if len(usable) < config.min_class_rows:
@@ -229,7 +244,6 @@ def _score_against_batch(
     groups_fit = _calibration_groups(y_fit, config.min_class_rows)
     groups_batch = _batch_groups(y_batch, groups_fit)
     thresholds: dict[str, dict[str, float]] = {}
-    names, skipped = _runnable(config, label_col, has_reference=False)
     for name in names:
         detector = _detector(name, label_col, config).fit(X_fit, y_fit)
         fit_scores = detector.decision_function(X_fit, y_fit)
@@ -249,7 +263,6 @@ def _score_against_batch(
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
         "note": "no trusted reference: the false-quarantine rate is not calibrated",
-        "skipped_detectors": skipped,
     }
     return result
 

@@ -147,3 +147,9 @@ def test_detectors_that_need_a_reference_or_labels_are_skipped_and_reported():
     without_labels = score_rows(batch, make_frame(300, seed=14), infer_kinds(batch, None), None, ScanConfig())
     assert set(without_labels.scores) == {"ecod", "iforest"}
     assert "label column" in without_labels.calibration["skipped_detectors"]["label_model"]
+
+
+def test_an_unknown_detector_in_the_config_is_a_config_error_not_a_crash():
+    batch = make_frame(100, seed=15)
+    with pytest.raises(ConfigError, match="unknown detector 'magic'"):
+        score_rows(batch, None, infer_kinds(batch, "label"), "label", ScanConfig(detectors=("ecod", "magic")))

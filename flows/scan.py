@@ -22,11 +22,23 @@ from poisonguard.config import ScanConfig
 from poisonguard.decide import QUARANTINED, build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest import Batch, read_batch
-from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split
+from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
+from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split, write_whole_quarantine
 from poisonguard.plan import ScanPlan, plan_scan
-from poisonguard.report import CLEAN, REJECTED, ROWS_QUARANTINED, ScanSummary, build_report, read_report
+from poisonguard.provenance import ProvenanceOutcome, assess_provenance
+from poisonguard.report import (
+    CLEAN,
+    REJECTED,
+    REPLAY,
+    ROWS_QUARANTINED,
+    ScanSummary,
+    build_report,
+    read_report,
+    replay_summary,
+)
 from poisonguard.scoring import DetectorScores, score_rows
 from poisonguard.store import atomic_write_json
+from poisonguard.trust import load_trust_store
 
 progress = logging.getLogger("poisonguard.progress")
 _PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -50,6 +62,26 @@ def ingest(path: Path, config: ScanConfig) -> Batch:
 def plan(batch: Batch, config: ScanConfig) -> ScanPlan:
     progress.info("loading suite and reference")
     return plan_scan(batch, config)
+
+
+@task(name="provenance", cache_policy=NONE, **IO_RETRIES)
+def provenance(batch: Batch, config: ScanConfig, now: datetime) -> ProvenanceOutcome | None:
+    """Check the batch's manifest and the replay ledger; ``None`` when no trust store is configured."""
+    if config.trust_store is None:
+        return None
+    progress.info("checking provenance against %s", config.trust_store)
+    return assess_provenance(
+        batch,
+        batch.dataset,
+        load_trust_store(config.trust_store),
+        Ledger(config.ledger_path),
+        required=config.require_provenance,
+        max_age_seconds=config.manifest_max_age_hours * 3600,
+        clock_skew_seconds=config.clock_skew_seconds,
+        now=now,
+        validator=SchemaValidator(),
+        rescan_of=batch.batch_id if config.force else None,
+    )
 
 
 @task(name="validate", cache_policy=NONE)
@@ -84,11 +116,37 @@ def write(batch: Batch, outcome: SchemaOutcome, scores: DetectorScores, paths: O
 
 
 @task(name="reject", cache_policy=NONE, **IO_RETRIES)
-def reject(batch: Batch, outcome: SchemaOutcome, paths: OutputPaths) -> list[dict[str, str]]:
-    failures = [{"code": f.code, "message": f.message} for f in outcome.structural]
+def reject(batch: Batch, failures: list[dict[str, str]], paths: OutputPaths, scanned_at: datetime) -> None:
+    """Quarantine the whole batch: every row with the failures' codes, or the raw file if it has no rows."""
     progress.info("rejecting the whole batch: %s", "; ".join(f["code"] for f in failures))
-    write_rejected(paths, batch, failures)
-    return failures
+    if batch.frame is not None and all(f["code"].startswith("provenance:") for f in failures):
+        write_whole_quarantine(paths, batch, [f["code"] for f in failures], scanned_at)
+    else:
+        write_rejected(paths, batch, failures)
+
+
+@task(name="record", cache_policy=NONE, **IO_RETRIES)
+def record(batch: Batch, status: str, checked: ProvenanceOutcome | None, config: ScanConfig, rows: tuple) -> None:
+    """Append the scan's outcome to the replay ledger."""
+    content = checked.content_sha256 if checked else None
+    if content is None and batch.frame is not None:
+        content = content_sha256(batch.frame)
+    Ledger(config.ledger_path).record(
+        LedgerEntry(
+            recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            dataset=batch.dataset,
+            batch_id=batch.batch_id,
+            sha256=batch.sha256,
+            content_sha256=content,
+            source_id=checked.source_id if checked else None,
+            key_id=checked.key_id if checked else None,
+            source_path=str(batch.source_path),
+            outcome=status,
+            rows_in=batch.n_rows,
+            rows_clean=rows[0],
+            rows_quarantined=rows[1],
+        )
+    )
 
 
 @task(name="report", cache_policy=NONE, **IO_RETRIES)
@@ -115,27 +173,43 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
     scan_plan = plan(batch, config)
     lap("plan")
     paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
-    previous = read_report(paths.report)
-    if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
-        progress.info("batch %s was already scanned with these settings", batch.batch_id)
-        return ScanSummary.from_report(previous, paths.report, already_scanned=True)
-
     scanned_at = datetime.now(timezone.utc)
-    outcome = validate(batch, scan_plan)
-    lap("validate")
-    if outcome.rejected:
-        failures = reject(batch, outcome, paths)
+    checked = provenance(batch, config, scanned_at)
+    lap("provenance")
+    if checked is None:
+        previous = read_report(paths.report)
+        if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
+            progress.info("batch %s was already scanned with these settings", batch.batch_id)
+            return ScanSummary.from_report(previous, paths.report, already_scanned=True)
+    elif checked.exact_replay:
+        # The same bytes were delivered before: their outputs stay as they are and nothing is written.
+        progress.info("batch %s is a replay; nothing is written", batch.batch_id)
+        record(batch, REPLAY, checked, config, (0, batch.n_rows))
+        return replay_summary(batch, checked, paths.report)
+
+    detectors, calibration, expectations, structural = {}, {}, [], []
+    if checked is not None and not checked.passed:
+        reject(batch, checked.failures, paths, scanned_at)
         lap("write")
         status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
-        reasons = {f["code"]: batch.n_rows or 0 for f in failures}
-        detectors, calibration = {}, {}
+        reasons = {f["code"]: batch.n_rows or 0 for f in checked.failures}
     else:
-        scores = score(outcome, scan_plan, config)
-        lap("score")
-        rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
-        lap("write")
-        status = ROWS_QUARANTINED if rows_quarantined else CLEAN
-        failures, calibration = [], scores.calibration
+        outcome = validate(batch, scan_plan)
+        lap("validate")
+        expectations = outcome.expectations
+        if outcome.rejected:
+            structural = [{"code": f.code, "message": f.message} for f in outcome.structural]
+            reject(batch, structural, paths, scanned_at)
+            lap("write")
+            status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+            reasons = {f["code"]: batch.n_rows or 0 for f in structural}
+        else:
+            scores = score(outcome, scan_plan, config)
+            lap("score")
+            rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
+            lap("write")
+            status = ROWS_QUARANTINED if rows_quarantined else CLEAN
+            calibration = scores.calibration
     data = build_report(
         batch,
         paths,
@@ -149,11 +223,13 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
         suite_origin=scan_plan.suite_origin,
         label_col=scan_plan.label_col,
-        expectations=outcome.expectations,
-        structural_failures=failures,
+        expectations=expectations,
+        structural_failures=structural,
         detectors=detectors,
         calibration=calibration,
+        provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
         timings=timings,
     )
     report(paths.report, data)
+    record(batch, status, checked, config, (rows_clean, rows_quarantined))
     return ScanSummary.from_report(data, paths.report)

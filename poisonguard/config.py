@@ -16,6 +16,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 DEFAULT_DETECTORS = ("ecod", "iforest", "label_model")
+_PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hours", "clock_skew_seconds", "ledger")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class ScanConfig:
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
     seed: int = 0
     force: bool = False  # rescan even when the same batch was already scanned with the same settings
+    trust_store: Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
+    require_provenance: bool = False  # refuse batches without a valid manifest (needs trust_store)
+    manifest_max_age_hours: float = 168.0  # a manifest older than this is refused
+    clock_skew_seconds: float = 300.0  # how far in the future a manifest's created_at may lie
+    ledger: Path | None = None  # the replay ledger; default <out_dir>/ledger.sqlite
 
     def __post_init__(self) -> None:
         if not 0.0 < self.max_false_quarantine < 0.5:
@@ -56,6 +62,16 @@ class ScanConfig:
             raise ConfigError(f"range_margin must be zero or more, got {self.range_margin}")
         if not self.detectors:
             raise ConfigError("at least one detector must be enabled")
+        if self.require_provenance and self.trust_store is None:
+            raise ConfigError("require_provenance needs a trust store: pass --trust-store")
+        if self.manifest_max_age_hours <= 0:
+            raise ConfigError(f"manifest_max_age_hours must be positive, got {self.manifest_max_age_hours}")
+        if self.clock_skew_seconds < 0:
+            raise ConfigError(f"clock_skew_seconds must be zero or more, got {self.clock_skew_seconds}")
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.ledger) if self.ledger is not None else Path(self.out_dir) / "ledger.sqlite"
 
     def with_overrides(self, **overrides: Any) -> ScanConfig:
         """Return a copy with every override that is not ``None`` applied."""
@@ -66,15 +82,18 @@ class ScanConfig:
         return dataclasses.replace(self, **given)
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """The settings that change a scan's result (not where it is written, not ``force``)."""
+        """The settings that change a scan's rows result (not where it is written, not ``force``).
+
+        Provenance settings are left out: with a trust store, provenance is checked on every scan anyway.
+        """
         settings = dataclasses.asdict(self)
-        for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format"):
+        for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format", *_PROVENANCE_FIELDS):
             settings.pop(name)
         settings["detectors"] = list(self.detectors)
         return settings
 
 
-_PATH_FIELDS = {"out_dir", "reference", "suite", "suite_dir"}
+_PATH_FIELDS = {"out_dir", "reference", "suite", "suite_dir", "trust_store", "ledger"}
 
 
 def load_config(path: Path) -> ScanConfig:

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
-from poisonguard.decide import QUARANTINED
+from poisonguard.decide import QUARANTINED, build_result_table
 from poisonguard.ingest import Batch
+from poisonguard.scoring import DetectorScores
 from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet
 
 PENDING = "pending"
@@ -107,3 +108,19 @@ def write_rejected(paths: OutputPaths, batch: Batch, failures: list[dict[str, st
     )
     paths.clean.unlink(missing_ok=True)
     paths.quarantine.unlink(missing_ok=True)
+
+
+def write_whole_quarantine(paths: OutputPaths, batch: Batch, codes: list[str], quarantined_at: datetime) -> None:
+    """Put every row of ``batch`` in quarantine with ``codes`` as reasons (an untrusted batch).
+
+    The rows are kept as read, not coerced; any clean file or rejection left by an earlier scan of the
+    same batch is removed, so no row of it stays where training reads.
+    """
+    row_ids = batch.frame[ROW_ID].to_numpy()
+    result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
+    _, quarantined = split_rows(batch.frame, result, batch.batch_id, quarantined_at)
+    metadata = {"poisonguard.batch_id": batch.batch_id, "poisonguard.source_sha256": batch.sha256}
+    write_all_or_none([(paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata))])
+    paths.clean.unlink(missing_ok=True)
+    if paths.rejected.exists():
+        shutil.rmtree(paths.rejected)

@@ -18,6 +18,7 @@ from poisonguard.outputs import OutputPaths
 CLEAN = "clean"
 ROWS_QUARANTINED = "rows_quarantined"
 REJECTED = "rejected"
+REPLAY = "replay"  # the same file was delivered before; nothing written
 _PACKAGES = ("pandas", "numpy", "scikit-learn", "pyod", "great-expectations", "prefect", "pyarrow")
 
 
@@ -34,6 +35,7 @@ class ScanSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     report_path: str = ""
     already_scanned: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -41,6 +43,7 @@ class ScanSummary:
             CLEAN: ExitCode.CLEAN,
             ROWS_QUARANTINED: ExitCode.ROWS_QUARANTINED,
             REJECTED: ExitCode.BATCH_REJECTED,
+            REPLAY: ExitCode.BATCH_REJECTED,
         }[self.status]
 
     @classmethod
@@ -56,7 +59,31 @@ class ScanSummary:
             reasons=report["reasons"],
             report_path=str(report_path),
             already_scanned=already_scanned,
+            provenance=_provenance_brief(report.get("provenance") or {}),
         )
+
+
+def _provenance_brief(provenance: dict[str, Any]) -> dict[str, Any]:
+    keys = ("status", "source_id", "key_id", "failures", "replay_of")
+    return {k: provenance[k] for k in keys if provenance.get(k) is not None}
+
+
+def replay_summary(batch: Batch, provenance: Any, first_report: Path) -> ScanSummary:
+    """The summary of a batch whose very file was delivered before: nothing is written for it.
+
+    ``first_report`` is the report of the earlier delivery, whose outputs stay as they were.
+    """
+    return ScanSummary(
+        dataset=batch.dataset,
+        batch_id=batch.batch_id,
+        status=REPLAY,
+        rows_in=batch.n_rows,
+        rows_clean=0,
+        rows_quarantined=0,
+        reasons={"provenance:replay": batch.n_rows or 0},
+        report_path=str(first_report),
+        provenance=_provenance_brief(provenance.to_dict()),
+    )
 
 
 def build_report(
@@ -77,6 +104,7 @@ def build_report(
     structural_failures: list[dict[str, str]],
     detectors: dict[str, dict[str, Any]],
     calibration: dict[str, Any],
+    provenance: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Everything a reviewer or a later stage needs to know about one scan, JSON-ready."""
@@ -104,6 +132,7 @@ def build_report(
         "reasons": reasons,
         "detectors": detectors,
         "calibration": calibration,
+        "provenance": provenance,
         "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations},
         "structural_failures": structural_failures,
         "outputs": outputs,

@@ -1,24 +1,18 @@
-"""``poisonguard`` command line: scan a batch, build a schema suite.
-
-Exit codes (see README): 0 nothing quarantined, 1 rows quarantined, 3 whole batch rejected,
-2 usage or input error, 70 internal error.
-"""
+"""The ``poisonguard`` app and its ``scan`` and ``expectations init`` commands."""
 
 from __future__ import annotations
 
 import json
 import logging
-import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from poisonguard import __version__
+from poisonguard.cli.common import console, count, fail, out, quiet_libraries
 from poisonguard.config import ScanConfig, load_config
-from poisonguard.errors import ExitCode, PoisonguardError
 from poisonguard.prefect_env import prepare_prefect_environment
 
 app = typer.Typer(
@@ -30,31 +24,6 @@ app = typer.Typer(
 )
 expectations_app = typer.Typer(help="Build and inspect the schema suites of datasets.", no_args_is_help=True)
 app.add_typer(expectations_app, name="expectations")
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    """Great Expectations logs at INFO on its first validation; set its level once it is imported."""
-    import great_expectations  # noqa: F401 - imported for its logger configuration
-
-    logging.getLogger("great_expectations").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def _fail(error: BaseException, debug: bool) -> None:
-    if isinstance(error, PoisonguardError):
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(int(error.exit_code))
-    if debug:
-        traceback.print_exception(error)
-    console.print(
-        f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in poisonguard; "
-        "rerun with --debug for the traceback and report it.",
-        highlight=False,
-        soft_wrap=True,
-    )
-    raise typer.Exit(int(ExitCode.INTERNAL))
 
 
 class _StatusHandler(logging.Handler):
@@ -105,6 +74,13 @@ def scan(
     max_false_quarantine: Annotated[
         Optional[float], typer.Option(help="Share of clean reference rows the detectors may quarantine [0.01].")
     ] = None,
+    trust_store: Annotated[
+        Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
+    ] = None,
+    require_provenance: Annotated[
+        Optional[bool],
+        typer.Option("--require-provenance/--no-require-provenance", help="Refuse batches without a valid manifest."),
+    ] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [scan] table.")] = None,
     force: Annotated[bool, typer.Option(help="Rescan even if this batch was scanned with these settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -124,13 +100,15 @@ def scan(
             suite_dir=suite_dir,
             detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
             max_false_quarantine=max_false_quarantine,
+            trust_store=trust_store,
+            require_provenance=require_provenance,
             force=force or None,
         )
         _check_paths(file, config)
         prepare_prefect_environment(verbose)
         from poisonguard.flows.scan import scan_batch
 
-        _quiet_libraries(verbose)
+        quiet_libraries(verbose)
         progress = logging.getLogger("poisonguard.progress")
         progress.setLevel(logging.INFO)
         progress.propagate = verbose
@@ -144,7 +122,7 @@ def scan(
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001 - every error ends in one clear line and an exit code
-        _fail(error, debug)
+        fail(error, debug)
     if as_json:
         out.print_json(json.dumps(summary.__dict__ | {"exit_code": int(summary.exit_code)}))
     else:
@@ -163,6 +141,10 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
     detect_format(file, config.file_format)
     if config.reference is not None:
         detect_format(Path(config.reference))
+    if config.trust_store is not None:
+        from poisonguard.trust import load_trust_store
+
+        load_trust_store(config.trust_store)  # a missing or broken store fails here, before Prefect starts
     from poisonguard.detectors import REGISTRY
 
     unknown = [d for d in config.detectors if d not in REGISTRY]
@@ -173,27 +155,36 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
 def _print_summary(summary) -> None:
     if summary.already_scanned:
         out.print("[dim]already scanned with these settings; showing the earlier result (--force rescans)[/]")
+    if summary.status == "replay":
+        out.print(
+            "[red]replay:[/] this very file was delivered before; nothing was written "
+            "(--force rescans it and replaces its outputs)",
+            highlight=False,
+        )
     table = Table(title=f"{summary.dataset} / batch {summary.batch_id}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    colour = {"clean": "green", "rows_quarantined": "yellow", "rejected": "red"}[summary.status]
+    colour = {"clean": "green", "rows_quarantined": "yellow", "rejected": "red", "replay": "red"}[summary.status]
     table.add_row("status", f"[{colour}]{summary.status.replace('_', ' ')}[/]")
-    table.add_row("rows in", _count(summary.rows_in))
-    table.add_row("clean", _count(summary.rows_clean))
-    table.add_row("quarantined", _count(summary.rows_quarantined))
+    table.add_row("rows in", count(summary.rows_in))
+    table.add_row("clean", count(summary.rows_clean))
+    table.add_row("quarantined", count(summary.rows_quarantined))
+    provenance = summary.provenance
+    if provenance:
+        signer = f" ({provenance['source_id']}, key {provenance.get('key_id')})" if provenance.get("source_id") else ""
+        table.add_row("provenance", f"{provenance['status'].replace('_', ' ')}{signer}")
     out.print(table)
+    for failure in provenance.get("failures", []):
+        out.print(f"[red]{failure['code']}[/]: {failure['message']}", highlight=False, soft_wrap=True)
     if summary.reasons:
         reasons = Table(show_header=True, title_justify="left")
         reasons.add_column("reason")
         reasons.add_column("rows", justify="right")
-        for code, count in summary.reasons.items():
-            reasons.add_row(code, _count(count))
+        for code, rows in summary.reasons.items():
+            reasons.add_row(code, count(rows))
         out.print(reasons)
-    out.print(f"report: {summary.report_path}", highlight=False, soft_wrap=True)
-
-
-def _count(value: int | None) -> str:
-    return "?" if value is None else f"{value:,}"
+    label = "report of the earlier delivery" if summary.status == "replay" else "report"
+    out.print(f"{label}: {summary.report_path}", highlight=False, soft_wrap=True)
 
 
 @expectations_app.command("init")
@@ -230,17 +221,8 @@ def expectations_init(
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001
-        _fail(error, debug)
+        fail(error, debug)
     out.print(
         f"wrote {target}: {len(suite.expectations)} expectations over {batch.n_rows:,} reference rows",
         highlight=False,
     )
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="poisonguard")
-
-
-if __name__ == "__main__":
-    main()

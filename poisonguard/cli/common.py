@@ -1,0 +1,41 @@
+"""What every ``poisonguard`` command shares: the consoles and the one way an error ends a command."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import typer
+from rich.console import Console
+
+from poisonguard.errors import ExitCode, PoisonguardError
+
+console = Console(stderr=True)  # progress and errors
+out = Console()  # results
+
+
+def fail(error: BaseException, debug: bool) -> None:
+    """End the command: one line for an error the user can fix, a hint to ``--debug`` for a bug."""
+    if isinstance(error, PoisonguardError):
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(error.exit_code))
+    if debug:
+        traceback.print_exception(error)
+    console.print(
+        f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in poisonguard; "
+        "rerun with --debug for the traceback and report it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Great Expectations logs at INFO on its first validation; set its level once it is imported."""
+    import great_expectations  # noqa: F401 - imported for its logger configuration
+
+    logging.getLogger("great_expectations").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"

@@ -9,6 +9,7 @@ cost more than the work.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from poisonguard import ROW_ID
+from poisonguard.batch_stats import class_balance, score_distributions
 from poisonguard.config import ScanConfig
 from poisonguard.decide import QUARANTINED, build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
@@ -35,7 +37,11 @@ from poisonguard.report import (
     build_report,
     read_report,
     replay_summary,
+    summary_markdown,
+    summary_table,
 )
+from poisonguard.html_report import render_batch_report, render_index
+from poisonguard.review import refuse_rescan_of_reviewed
 from poisonguard.scoring import DetectorScores, score_rows
 from poisonguard.store import atomic_write_json
 from poisonguard.trust import load_trust_store
@@ -103,6 +109,24 @@ def score(outcome: SchemaOutcome, scan_plan: ScanPlan, config: ScanConfig) -> De
     return score_rows(frame, scan_plan.reference, scan_plan.kinds, scan_plan.label_col, config, fit_mask)
 
 
+@task(name="describe", cache_policy=NONE)
+def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan) -> dict:
+    """Batch-level figures for the report: score histograms, class balance against the reference."""
+    figures = {
+        "distributions": score_distributions(
+            scores.evidence,
+            scores.flags,
+            scores.calibration.get("evidence_threshold"),
+            scores.calibration.get("evidence_axis", "score"),
+        )
+    }
+    label = scan_plan.label_col
+    if label is not None and label in outcome.frame:
+        reference = scan_plan.reference[label] if scan_plan.reference is not None else None
+        figures["class_balance"] = class_balance(outcome.frame[label], reference)
+    return figures
+
+
 @task(name="write", cache_policy=NONE, **IO_RETRIES)
 def write(batch: Batch, outcome: SchemaOutcome, scores: DetectorScores, paths: OutputPaths, scanned_at: datetime):
     progress.info("writing clean and quarantined rows")
@@ -150,9 +174,37 @@ def record(batch: Batch, status: str, checked: ProvenanceOutcome | None, config:
 
 
 @task(name="report", cache_policy=NONE, **IO_RETRIES)
-def report(path: Path, data: dict) -> Path:
+def report(path: Path, data: dict, out_dir: Path) -> Path:
+    """Write the HTML report, then the JSON report (whose presence marks a complete scan), then the index."""
     progress.info("writing the report")
-    return atomic_write_json(path, data)
+    html = render_batch_report(data, out_dir)
+    atomic_write_json(path, data)
+    render_index(out_dir, data["dataset"])
+    return html
+
+
+@task(name="publish", cache_policy=NONE)
+def publish(summary: ScanSummary, html_report: Path | None) -> None:
+    """Show the outcome in the Prefect UI: a markdown summary and a reasons table, keyed per dataset."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = artifact_key(summary.dataset)
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=summary_markdown(summary, html_report),
+        description=f"poisonguard scan of {summary.dataset} batch {summary.batch_id}",
+    )
+    create_table_artifact(
+        key=f"{key}-reasons",
+        table=summary_table(summary),
+        description=f"rows per reason code, {summary.dataset} batch {summary.batch_id}",
+    )
+
+
+def artifact_key(dataset: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "dataset"
+    return f"poisonguard-{slug}"
 
 
 @flow(name="scan-batch", validate_parameters=False)
@@ -185,9 +237,12 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         # The same bytes were delivered before: their outputs stay as they are and nothing is written.
         progress.info("batch %s is a replay; nothing is written", batch.batch_id)
         record(batch, REPLAY, checked, config, (0, batch.n_rows))
-        return replay_summary(batch, checked, paths.report)
+        summary = replay_summary(batch, checked, paths.report)
+        publish(summary, None)
+        return summary
+    refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
 
-    detectors, calibration, expectations, structural = {}, {}, [], []
+    detectors, calibration, expectations, structural, figures = {}, {}, [], [], {}
     if checked is not None and not checked.passed:
         reject(batch, checked.failures, paths, scanned_at)
         lap("write")
@@ -206,6 +261,7 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         else:
             scores = score(outcome, scan_plan, config)
             lap("score")
+            figures = describe(outcome, scores, scan_plan)
             rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
             lap("write")
             status = ROWS_QUARANTINED if rows_quarantined else CLEAN
@@ -228,8 +284,11 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         detectors=detectors,
         calibration=calibration,
         provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
+        figures=figures,
         timings=timings,
     )
-    report(paths.report, data)
+    html = report(paths.report, data, config.out_dir)
     record(batch, status, checked, config, (rows_clean, rows_quarantined))
-    return ScanSummary.from_report(data, paths.report)
+    summary = ScanSummary.from_report(data, paths.report)
+    publish(summary, html)
+    return summary

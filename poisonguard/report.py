@@ -105,6 +105,7 @@ def build_report(
     detectors: dict[str, dict[str, Any]],
     calibration: dict[str, Any],
     provenance: dict[str, Any],
+    figures: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Everything a reviewer or a later stage needs to know about one scan, JSON-ready."""
@@ -133,6 +134,8 @@ def build_report(
         "detectors": detectors,
         "calibration": calibration,
         "provenance": provenance,
+        "distributions": figures.get("distributions", {}),
+        "class_balance": figures.get("class_balance"),
         "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations},
         "structural_failures": structural_failures,
         "outputs": outputs,
@@ -166,3 +169,42 @@ def _relative(path: Path, base: Path) -> str:
         return str(Path(path).resolve().relative_to(Path(base).resolve()))
     except ValueError:
         return str(path)
+
+
+def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
+    """A short markdown summary of a scan for the Prefect UI; values from the data are escaped."""
+    lines = [
+        f"### {_md(summary.dataset)} / batch `{summary.batch_id}`: {summary.status.replace('_', ' ')}",
+        "",
+        "| rows in | clean | quarantined |",
+        "|---:|---:|---:|",
+        f"| {_md_count(summary.rows_in)} | {_md_count(summary.rows_clean)} | {_md_count(summary.rows_quarantined)} |",
+        "",
+    ]
+    provenance = summary.provenance or {}
+    if provenance:
+        signer = f" by `{_md(provenance['source_id'])}`" if provenance.get("source_id") else ""
+        lines.append(f"Provenance: **{provenance['status'].replace('_', ' ')}**{signer}")
+        lines += [f"- `{f['code']}`: {_md(f['message'])}" for f in provenance.get("failures", [])]
+        lines.append("")
+    if html_report is not None:
+        uri = Path(html_report).resolve().as_uri()
+        lines.append(f"Report for review: [{_md(str(html_report))}]({uri})")
+    return "\n".join(lines)
+
+
+def summary_table(summary: ScanSummary) -> list[dict[str, Any]]:
+    """Rows per reason code, for a Prefect table artifact."""
+    if not summary.reasons:
+        return [{"reason": "(none)", "rows": 0}]
+    return [{"reason": code, "rows": rows} for code, rows in summary.reasons.items()]
+
+
+def _md(text: str) -> str:
+    for char in "\\`*_[]<>|":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _md_count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"

@@ -38,6 +38,10 @@ class DetectorScores:
     p_values: dict[str, np.ndarray] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # detector -> reason code
     calibration: dict[str, Any] = field(default_factory=dict)
+    # Per detector, one number per row on a common scale where the flag threshold is one value
+    # (``calibration["evidence_threshold"]``): -log10 p in reference mode, score minus the row's class
+    # threshold in batch mode. It is what the report's histograms show.
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def score_rows(
@@ -127,6 +131,7 @@ def _score_against_reference(
     alpha = _union_threshold(min_p_hold, config.max_false_quarantine)
     for name in names:
         result.flags[name] = result.p_values[name] <= alpha
+        result.evidence[name] = -np.log10(result.p_values[name])
     combined_hold = min_p_hold <= alpha
     result.calibration = {
         "mode": "reference",
@@ -137,6 +142,8 @@ def _score_against_reference(
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
+        "evidence_axis": "-log10 conformal p-value",
+        "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
     if alpha == 0.0:
         result.calibration["warning"] = (
@@ -255,6 +262,7 @@ def _score_against_batch(
             row_limits = pd.Series(groups_batch).map(limits).fillna(limits["*"]).to_numpy(dtype="float64")
         result.scores[name] = batch_scores
         result.flags[name] = batch_scores > row_limits
+        result.evidence[name] = batch_scores - row_limits
         result.reasons[name] = f"{detector.reason}:{name}"
         thresholds[name] = limits
     result.calibration = {
@@ -262,6 +270,8 @@ def _score_against_batch(
         "rule": f"score > median + {config.robust_z} x 1.4826 x MAD, per class",
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
+        "evidence_axis": "score minus its class's threshold",
+        "evidence_threshold": 0.0,
         "note": "no trusted reference: the false-quarantine rate is not calibrated",
     }
     return result

@@ -1,0 +1,87 @@
+"""Batch-level figures for the report: score distributions per detector, class balance and its drift.
+
+Everything here is computed once, at scan time, from arrays the scan already holds, and stored in the
+JSON report; the HTML report is rendered from that JSON and never needs the scores again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chisquare
+
+from poisonguard.values import as_text
+
+HISTOGRAM_BINS = 40
+# A class balance shift is reported when it is both significant (chi-square goodness of fit against the
+# reference shares) and material (total variation distance between the share vectors): a large batch
+# makes tiny shifts significant, a small one makes large shifts noise.
+DRIFT_P_VALUE = 1e-3
+DRIFT_TVD = 0.05
+
+
+def score_distributions(
+    evidence: dict[str, np.ndarray], flags: dict[str, np.ndarray], threshold: float | None, axis: str
+) -> dict[str, dict[str, Any]]:
+    """Per detector, a histogram of its evidence split into rows it flagged and rows it did not."""
+    distributions = {}
+    for name, values in evidence.items():
+        values = np.asarray(values, dtype="float64")
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        low, high = float(values[finite].min()), float(values[finite].max())
+        if threshold is not None and np.isfinite(threshold):
+            low, high = min(low, threshold), max(high, threshold)
+        if high <= low:
+            high = low + 1.0
+        edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+        flagged = np.asarray(flags[name], dtype=bool)
+        distributions[name] = {
+            "axis": axis,
+            "threshold": threshold,
+            "edges": edges.round(6).tolist(),
+            "counts_kept": np.histogram(values[finite & ~flagged], edges)[0].tolist(),
+            "counts_flagged": np.histogram(values[finite & flagged], edges)[0].tolist(),
+        }
+    return distributions
+
+
+def class_balance(batch_labels: pd.Series, reference_labels: pd.Series | None) -> dict[str, Any]:
+    """Rows per class in the batch and the reference, and a drift warning when the shares moved."""
+    batch_counts = _counts(batch_labels)
+    balance: dict[str, Any] = {"batch": batch_counts, "reference": None, "drift": None}
+    if reference_labels is None or not len(reference_labels) or not batch_counts:
+        return balance
+    reference_counts = _counts(reference_labels)
+    balance["reference"] = reference_counts
+    classes = sorted(set(batch_counts) | set(reference_counts))
+    observed = np.array([batch_counts.get(c, 0) for c in classes], dtype="float64")
+    expected_share = np.array([reference_counts.get(c, 0) for c in classes], dtype="float64")
+    expected_share /= expected_share.sum()
+    observed_share = observed / observed.sum()
+    tvd = float(0.5 * np.abs(observed_share - expected_share).sum())
+    new_classes = [c for c in classes if c not in reference_counts]
+    if new_classes:
+        p_value = 0.0
+    else:
+        # Classes the reference has but the batch lacks still count: their observed count is 0.
+        p_value = float(chisquare(observed, expected_share * observed.sum()).pvalue)
+    balance["total_variation_distance"] = round(tvd, 4)
+    balance["p_value"] = p_value
+    if new_classes or (p_value < DRIFT_P_VALUE and tvd > DRIFT_TVD):
+        moved = max(classes, key=lambda c: abs(observed_share[classes.index(c)] - expected_share[classes.index(c)]))
+        i = classes.index(moved)
+        balance["drift"] = (
+            f"class balance differs from the reference (total variation {tvd:.1%}, p={p_value:.1e}): "
+            f"{moved!r} is {observed_share[i]:.1%} of the batch and {expected_share[i]:.1%} of the reference"
+            + (f"; classes not in the reference: {', '.join(map(repr, new_classes))}" if new_classes else "")
+        )
+    return balance
+
+
+def _counts(labels: pd.Series) -> dict[str, int]:
+    text = as_text(labels).fillna("<missing>")
+    return {str(k): int(v) for k, v in text.value_counts().sort_index().items()}

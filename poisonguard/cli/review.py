@@ -1,0 +1,246 @@
+"""``poisonguard review``: list quarantined batches, show their rows, release or confirm them, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from poisonguard.cli.common import count, fail, out
+from poisonguard.cli.scan import app
+from poisonguard.errors import ExitCode, InputError
+
+review_app = typer.Typer(help="Review quarantined rows: release them to training or confirm them as poison.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="The scan output directory.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")]
+_SHOWN_ROWS = 20
+
+
+@review_app.command("list")
+def review_list(
+    dataset: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None,
+    status: Annotated[
+        Optional[str], typer.Option(help="pending: batches with rows awaiting review; reviewed: none left.")
+    ] = None,
+    out_dir: OutDir = Path("poisonguard-out"),
+    debug: Debug = False,
+) -> None:
+    """List scanned batches with their quarantine and review counts, newest first."""
+    try:
+        from poisonguard.review import AuditLog, batch_reports, review_counts
+
+        if status not in (None, "pending", "reviewed"):
+            raise InputError(f"--status must be pending or reviewed, not {status!r}")
+        entries = AuditLog(out_dir).entries()
+        table = Table(title=f"batches under {out_dir}", title_justify="left")
+        for column in ("dataset", "batch", "scanned", "status"):
+            table.add_column(column)
+        for column in ("quarantined", "pending", "released", "confirmed"):
+            table.add_column(column, justify="right")
+        shown = 0
+        for report in batch_reports(out_dir, dataset):
+            quarantined = report["rows"]["quarantined"] or 0
+            counts = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined, entries)
+            if status == "pending" and not counts["pending"]:
+                continue
+            if status == "reviewed" and (counts["pending"] or not quarantined):
+                continue
+            shown += 1
+            table.add_row(report["dataset"], report["batch_id"], report.get("scanned_at", ""),
+                          report["status"].replace("_", " "), count(quarantined), count(counts["pending"]),
+                          count(counts["released"]), count(counts["confirmed"]))
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    if shown:
+        out.print(table)
+    else:
+        out.print(f"no batches{' with rows pending review' if status == 'pending' else ''} under {out_dir}",
+                  highlight=False)
+
+
+@review_app.command("show")
+def review_show(
+    batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
+    row: Annotated[Optional[int], typer.Option(help="Show this row in full, with its decision.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only rows that are pending, released or confirmed.")] = None,
+    limit: Annotated[int, typer.Option(help="How many rows to list.")] = _SHOWN_ROWS,
+    csv: Annotated[Optional[Path], typer.Option(help="Export the rows to this CSV (formulas escaped).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset, when the batch id is ambiguous.")] = None,
+    out_dir: OutDir = Path("poisonguard-out"),
+    debug: Debug = False,
+) -> None:
+    """Show a batch's quarantined rows with their reasons and review status."""
+    try:
+        from poisonguard import REASONS, ROW_ID, STATUS
+        from poisonguard.review import (
+            AuditLog,
+            export_csv,
+            find_batch,
+            quarantined_rows,
+            row_decisions,
+            with_review_status,
+        )
+
+        found = find_batch(out_dir, batch, dataset)
+        decided = row_decisions(AuditLog(out_dir).entries(), found.dataset, found.batch_id)
+        rows = with_review_status(quarantined_rows(found), decided)
+        if status is not None:
+            rows = rows[rows[STATUS] == status]
+        if row is not None:
+            rows = rows[rows[ROW_ID] == row]
+            if rows.empty:
+                raise InputError(f"row {row} is not quarantined in batch {found.batch_id}")
+        exported = export_csv(rows, csv) if csv is not None else None
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    report = found.report
+    out.print(
+        f"[bold]{found.dataset} / {found.batch_id}[/] {report['status'].replace('_', ' ')}: "
+        f"{count(report['rows']['in'])} rows in, {count(report['rows']['clean'])} clean, "
+        f"{count(report['rows']['quarantined'])} quarantined",
+        highlight=False,
+    )
+    if row is not None:
+        record = rows.iloc[0]
+        detail = Table(show_header=False)
+        detail.add_column(style="bold")
+        detail.add_column()
+        for column, value in record.items():
+            shown = ", ".join(value) if column == REASONS else ("" if value is None else str(value))
+            detail.add_row(str(column), shown)
+        out.print(detail)
+    else:
+        table = Table(title=f"{len(rows):,} rows" + (f", first {limit}" if len(rows) > limit else ""),
+                      title_justify="left")
+        for column in ("row", "status", "reasons"):
+            table.add_column(column)
+        for values in rows.head(limit).to_dict("records"):
+            table.add_row(str(values[ROW_ID]), values[STATUS], ", ".join(values[REASONS]))
+        out.print(table)
+    if exported is not None:
+        out.print(f"exported {len(rows):,} rows to {exported}", highlight=False)
+
+
+def _parse_rows(rows: list[str] | None, all_pending: bool) -> list[int] | None:
+    if all_pending == bool(rows):
+        raise InputError("give either --rows ID[,ID...] or --all")
+    if all_pending:
+        return None
+    ids = []
+    for chunk in rows:
+        for part in chunk.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                ids.append(int(part))
+            except ValueError:
+                raise InputError(f"--rows: {part!r} is not a row id (the _row_id column, an integer)") from None
+    return ids
+
+
+def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, reason: str,
+            reviewer: str | None, dataset: str | None, out_dir: Path, debug: bool) -> None:
+    try:
+        from poisonguard.html_report import render_batch_report, render_index
+        from poisonguard.review import decide
+
+        decision = decide(out_dir, batch, action, row_ids=_parse_rows(rows, all_pending), reason=reason,
+                          reviewer=reviewer, dataset=dataset)
+        render_batch_report(decision.batch.report, out_dir)
+        render_index(out_dir, decision.batch.dataset)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    done = "released" if action == "release" else "confirmed as poison"
+    out.print(
+        f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {done} by "
+        f"{decision.entry['reviewer']} (audit seq {decision.entry['seq']})",
+        highlight=False,
+    )
+    if decision.output is not None:
+        out.print(f"released rows written to {decision.output}", highlight=False)
+
+
+Rows = Annotated[Optional[list[str]], typer.Option("--rows", help="Row ids, comma-separated or repeated.")]
+All = Annotated[bool, typer.Option("--all", help="Every row of the batch still pending review.")]
+Reason = Annotated[str, typer.Option(help="Why; recorded in the audit log.")]
+Reviewer = Annotated[Optional[str], typer.Option(help="Who decides [the OS user].")]
+Dataset = Annotated[Optional[str], typer.Option(help="Dataset, when the batch id is ambiguous.")]
+
+
+@review_app.command("release")
+def review_release(
+    batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
+    reason: Reason,
+    rows: Rows = None,
+    all_pending: All = False,
+    reviewer: Reviewer = None,
+    dataset: Dataset = None,
+    out_dir: OutDir = Path("poisonguard-out"),
+    debug: Debug = False,
+) -> None:
+    """Release quarantined rows to training: they are written as a new Parquet file in the clean area."""
+    _decide("release", batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+
+
+@review_app.command("confirm")
+def review_confirm(
+    batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
+    reason: Reason,
+    rows: Rows = None,
+    all_pending: All = False,
+    reviewer: Reviewer = None,
+    dataset: Dataset = None,
+    out_dir: OutDir = Path("poisonguard-out"),
+    debug: Debug = False,
+) -> None:
+    """Confirm quarantined rows as poison: they stay in quarantine for good."""
+    _decide("confirm", batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+
+
+@review_app.command("audit")
+def review_audit(
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain and the released files.")] = False,
+    limit: Annotated[int, typer.Option(help="How many of the latest entries to list.")] = 20,
+    out_dir: OutDir = Path("poisonguard-out"),
+    debug: Debug = False,
+) -> None:
+    """List the latest review decisions; with --verify, exit 3 if the log was edited or cut."""
+    try:
+        from poisonguard.review import AuditLog
+
+        log = AuditLog(out_dir)
+        check = log.verify()
+        entries = log.entries() if check.ok or not verify else []
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    if entries:
+        table = Table(title=f"{log.path}: {len(entries)} entries", title_justify="left")
+        for column in ("seq", "at", "reviewer", "action", "batch", "rows", "reason"):
+            table.add_column(column)
+        for entry in entries[-limit:]:
+            table.add_row(str(entry["seq"]), entry["at"], entry["reviewer"], entry["action"],
+                          f"{entry['dataset']}/{entry['batch_id']}", f"{len(entry['row_ids']):,}", entry["reason"])
+        out.print(table)
+    if not verify:
+        return
+    if check.ok:
+        out.print(f"[green]audit log intact[/]: {check.entries} entries, head {check.head}", highlight=False)
+        out.print("[dim]keep the head hash elsewhere to detect entries cut from the end later[/]")
+        return
+    for problem in check.problems:
+        out.print(f"[bold red]tampered:[/] {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(int(ExitCode.BATCH_REJECTED))

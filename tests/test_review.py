@@ -1,0 +1,255 @@
+"""The quarantine report (HTML + JSON + Prefect artifacts) and the review command with its audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_frame
+from poisonguard import REASONS, ROW_ID
+from poisonguard.batch_stats import class_balance
+from poisonguard.cli import app
+from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError
+from poisonguard.flows.scan import scan_batch
+from poisonguard.outputs import OutputPaths
+from poisonguard.review import AuditLog, ReviewError, decide, escape_formula, export_csv, released_row_ids
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def scanned_sample(tmp_path_factory, sample_batch, sample_reference, prefect_harness):
+    out_dir = tmp_path_factory.mktemp("reviewed-sample")
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
+    return scan_batch(sample_batch, config), out_dir
+
+
+@pytest.fixture()
+def sample_out(scanned_sample, tmp_path) -> tuple[object, Path]:
+    """A private copy of the scanned sample's output directory, for tests that make decisions."""
+    summary, out_dir = scanned_sample
+    copy = tmp_path / "out"
+    shutil.copytree(out_dir, copy)
+    return summary, copy
+
+
+def html_of(out_dir: Path, summary) -> str:
+    return (out_dir / "reports" / summary.dataset / f"{summary.batch_id}.html").read_text()
+
+
+def card(html: str, name: str) -> int:
+    return int(re.search(rf'id="{name}">([\d,]+)<', html).group(1).replace(",", ""))
+
+
+def test_report_counts_match_the_parquet_files(scanned_sample):
+    summary, out_dir = scanned_sample
+    paths = OutputPaths.for_batch(out_dir, "loans", summary.batch_id)
+    clean, quarantined = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
+    report = json.loads(paths.report.read_text())
+    html = html_of(out_dir, summary)
+    assert card(html, "rows-in") == report["rows"]["in"] == len(clean) + len(quarantined)
+    assert card(html, "rows-clean") == report["rows"]["clean"] == len(clean)
+    assert card(html, "rows-quarantined") == report["rows"]["quarantined"] == len(quarantined)
+    per_reason = pd.Series([c for codes in quarantined[REASONS] for c in codes]).value_counts().to_dict()
+    assert report["reasons"] == per_reason
+    for code, rows in per_reason.items():
+        assert re.search(rf"{re.escape(code)}</td><td class=\"num\">{rows:,}<", html)
+    assert set(report["distributions"]) == {"ecod", "iforest", "label_model"}
+    assert html.count("<svg") == 3
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html) and "<script" not in html  # works offline
+    assert report["class_balance"]["reference"] and report["class_balance"]["drift"] is None
+
+
+def test_values_from_the_data_are_escaped_in_the_html_report(tmp_path, prefect_harness):
+    make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    batch = make_frame(60, seed=2)
+    batch.loc[0, "colour"] = "<script>alert('pwned')</script>"
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
+    summary = scan_batch(tmp_path / "batch.csv", config)
+    assert summary.reasons.get("schema:in_set:colour") == 1
+    html = html_of(tmp_path / "out", summary)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed here (CI installs it)")
+    return found
+
+
+def test_the_report_renders_in_a_headless_browser_and_shows_the_counts(scanned_sample, tmp_path):
+    import matplotlib.image
+
+    summary, out_dir = scanned_sample
+    page = (out_dir / "reports" / "loans" / f"{summary.batch_id}.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "report.png"
+    browser = _chromium()
+    subprocess.run([browser, *flags, "--window-size=1280,900", f"--screenshot={shot}", page],
+                   check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    for name, value in (("rows-in", summary.rows_in), ("rows-clean", summary.rows_clean),
+                        ("rows-quarantined", summary.rows_quarantined)):
+        assert f'id="{name}">{value:,}<' in dom
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (900, 1280)
+    assert pixels[..., :3].std() > 0.05  # a rendered page, not a blank one
+
+
+def test_the_index_lists_every_batch_with_its_review_state(sample_out):
+    summary, out_dir = sample_out
+    decide(out_dir, summary.batch_id, "release", row_ids=None, reason="all fine", reviewer="alice")
+    result = invoke("review", "list", "--out", out_dir)
+    assert result.exit_code == 0 and summary.batch_id[:6] in result.output
+    from poisonguard.html_report import render_index
+
+    index = render_index(out_dir, "loans").read_text()
+    assert f'href="{summary.batch_id}.html"' in index
+    assert f'<td class="num">{summary.rows_quarantined:,}</td><td class="num">0</td>' in index
+
+
+def test_prefect_artifacts_show_each_scan_per_dataset(scanned_sample):
+    from prefect.artifacts import Artifact
+
+    summary, _ = scanned_sample
+    markdown = Artifact.get("poisonguard-loans-summary")
+    assert markdown is not None and summary.batch_id in markdown.data
+    assert f"{summary.rows_quarantined:,}" in markdown.data and ".html" in markdown.data
+    table = Artifact.get("poisonguard-loans-reasons")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {r["reason"]: r["rows"] for r in rows} == summary.reasons
+
+
+def conserved(out_dir: Path, summary) -> None:
+    paths = OutputPaths.for_batch(out_dir, summary.dataset, summary.batch_id)
+    clean = pd.read_parquet(paths.clean)[ROW_ID].to_numpy()
+    released = released_row_ids(out_dir, summary.dataset, summary.batch_id)
+    held = pd.read_parquet(paths.quarantine)[ROW_ID].to_numpy()
+    still_held = held[~np.isin(held, released)]
+    everything = np.concatenate([clean, released, still_held])
+    assert sorted(everything.tolist()) == list(range(summary.rows_in))
+
+
+def test_release_and_confirm_round_trip_keeps_every_row_exactly_once(sample_out):
+    summary, out_dir = sample_out
+    held = pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).quarantine)
+    first, second = (int(i) for i in held[ROW_ID].iloc[:2])
+    released = invoke("review", "release", summary.batch_id[:8], "--rows", f"{first},{second}",
+                      "--reason", "plausible after checking the source", "--reviewer", "alice", "--out", out_dir)
+    assert released.exit_code == 0, released.output
+    confirmed = invoke("review", "confirm", summary.batch_id, "--all", "--reason", "poison", "--reviewer", "bob",
+                       "--out", out_dir)
+    assert confirmed.exit_code == 0, confirmed.output
+    conserved(out_dir, summary)
+    clean = pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).clean)
+    released_file, = (out_dir / "clean" / "loans").glob("*.released-*.parquet")
+    assert list(pd.read_parquet(released_file).columns) == list(clean.columns)
+    entries = AuditLog(out_dir).entries()
+    assert [(e["action"], e["reviewer"], len(e["row_ids"])) for e in entries] == [
+        ("release", "alice", 2), ("confirm", "bob", summary.rows_quarantined - 2)]
+    shown = invoke("review", "show", summary.batch_id, "--row", first, "--out", out_dir)
+    assert "released" in shown.output and "alice" in shown.output
+    assert invoke("review", "list", "--status", "pending", "--out", out_dir).output.startswith("no batches")
+
+
+def test_a_row_is_decided_once(sample_out):
+    summary, out_dir = sample_out
+    held = pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).quarantine)
+    row = int(held[ROW_ID].iloc[0])
+    decide(out_dir, summary.batch_id, "release", row_ids=[row], reason="fine", reviewer="alice")
+    again = invoke("review", "release", summary.batch_id, "--rows", row, "--reason", "again", "--out", out_dir)
+    assert again.exit_code == 2
+    assert f"row {row} of batch {summary.batch_id} was already released by alice" in again.output
+    with pytest.raises(ReviewError, match="already released"):
+        decide(out_dir, summary.batch_id, "confirm", row_ids=[row], reason="poison after all")
+    not_held = int(np.setdiff1d(np.arange(summary.rows_in), held[ROW_ID])[0])
+    with pytest.raises(ReviewError, match=f"row\\(s\\) {not_held} .* are not quarantined"):
+        decide(out_dir, summary.batch_id, "confirm", row_ids=[not_held], reason="x")
+    assert len(list((out_dir / "clean" / "loans").glob("*.released-*"))) == 1
+    conserved(out_dir, summary)
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
+def test_audit_log_tampering_is_detected(sample_out, tamper):
+    summary, out_dir = sample_out
+    held = pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).quarantine)[ROW_ID]
+    for i, row in enumerate(held.iloc[:3]):
+        decide(out_dir, summary.batch_id, "confirm", row_ids=[int(row)], reason=f"poison {i}", reviewer="bob")
+    assert invoke("review", "audit", "--verify", "--out", out_dir).exit_code == 0
+    log = AuditLog(out_dir).path
+    lines = log.read_text().splitlines()
+    if tamper == "edit":
+        lines[1] = lines[1].replace('"bob"', '"eve"')
+    elif tamper == "delete":
+        del lines[1]
+    else:
+        lines[0], lines[1] = lines[1], lines[0]
+    log.write_text("\n".join(lines) + "\n")
+    result = invoke("review", "audit", "--verify", "--out", out_dir)
+    assert result.exit_code == 3 and "tampered" in result.output
+    with pytest.raises(ReviewError, match="fails verification"):
+        decide(out_dir, summary.batch_id, "confirm", row_ids=[int(held.iloc[5])], reason="x")
+
+
+def test_concurrent_reviews_of_the_same_row_are_serialised(sample_out):
+    summary, out_dir = sample_out
+    row = int(pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).quarantine)[ROW_ID].iloc[0])
+    command = [sys.executable, "-c", "from poisonguard.cli import main; main()", "review", "release",
+               summary.batch_id, "--rows", str(row), "--reason", "race", "--out", str(out_dir)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in processes]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    assert any("already released" in err for _, err in results)
+    assert AuditLog(out_dir).verify().ok and len(AuditLog(out_dir).entries()) == 1
+    conserved(out_dir, summary)
+
+
+def test_a_reviewed_batch_is_not_rescanned_over_its_decisions(sample_out, sample_batch, sample_reference):
+    summary, out_dir = sample_out
+    decide(out_dir, summary.batch_id, "confirm", row_ids=None, reason="poison", reviewer="bob")
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans",
+                        force=True)
+    with pytest.raises(ConfigError, match="reviewed row"):
+        scan_batch(sample_batch, config)
+
+
+def test_csv_exports_escape_spreadsheet_formulas(tmp_path):
+    rows = pd.DataFrame({"note": ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "plain", None],
+                         "amount": [-5.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
+    rows[REASONS] = [["schema:range:amount"]] * 6
+    export_csv(rows, tmp_path / "rows.csv")
+    back = pd.read_csv(tmp_path / "rows.csv", keep_default_na=False)
+    assert back["note"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "plain", ""]
+    assert back["amount"].iloc[0] == -5.0  # numbers are numbers, not formulas
+    assert escape_formula(-3) == -3
+
+
+def test_a_shifted_class_balance_is_reported_as_drift():
+    reference = pd.Series(["A"] * 500 + ["B"] * 500)
+    assert class_balance(pd.Series(["A"] * 210 + ["B"] * 190), reference)["drift"] is None
+    shifted = class_balance(pd.Series(["A"] * 320 + ["B"] * 80), reference)
+    assert "'A' is 80.0% of the batch and 50.0% of the reference" in shifted["drift"]
+    assert "not in the reference: 'C'" in class_balance(pd.Series(["A", "B", "C"] * 50), reference)["drift"]

@@ -109,14 +109,15 @@ def build_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Everything a reviewer or a later stage needs to know about one scan, JSON-ready."""
-    outputs = (
-        {"rejected": _relative(paths.rejected, out_dir)}
-        if status == REJECTED
-        else {
+    if status == REJECTED and paths.rejected.exists():  # the raw file, kept whole
+        outputs = {"rejected": _relative(paths.rejected, out_dir)}
+    elif status == REJECTED:  # every row of an untrusted batch, in the quarantine file
+        outputs = {"quarantine": _relative(paths.quarantine, out_dir)}
+    else:
+        outputs = {
             "clean": _relative(paths.clean, out_dir),
             "quarantine": _relative(paths.quarantine, out_dir) if rows_quarantined else None,
         }
-    )
     return {
         "poisonguard_version": __version__,
         "dataset": batch.dataset,

@@ -12,13 +12,25 @@ from typing import Any
 from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
 from poisonguard.detectors.label_model import LabelModelDetector
+from poisonguard.detectors.labels import ConfidentLearningDetector, ConflictingDuplicatesDetector, KNNLabelDetector
 from poisonguard.detectors.outliers import ECODDetector, IForestDetector
+from poisonguard.detectors.spectral import (
+    ActivationClusteringDetector,
+    RobustSpectralDetector,
+    SpectralSignatureDetector,
+)
 from poisonguard.errors import ConfigError
 
 REGISTRY: dict[str, type[Detector]] = {
     "ecod": ECODDetector,
     "iforest": IForestDetector,
     "label_model": LabelModelDetector,
+    "spectral": SpectralSignatureDetector,
+    "activation_clustering": ActivationClusteringDetector,
+    "robust_spectral": RobustSpectralDetector,
+    "confident_learning": ConfidentLearningDetector,
+    "knn_label": KNNLabelDetector,
+    "duplicates": ConflictingDuplicatesDetector,
 }
 
 

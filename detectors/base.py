@@ -20,6 +20,13 @@ class Detector(ABC):
     per_class: bool = True  # fit one copy per label class when a label column is given
     needs_labels: bool = False  # cannot run without a label column
     needs_reference: bool = False  # cannot run without trusted reference data
+    # A transductive detector judges rows against the very rows it is fitted on (spectral statistics,
+    # clusters, neighbours, out-of-fold predictions): the scoring step fits it on the batch together with
+    # held-out trusted rows and calls fit_decision_function, so both are scored the same way.
+    transductive: bool = False
+    # Which representation of the rows it reads: "features" (the encoded columns) or "probe" (hidden
+    # activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
+    representation: str = "features"
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:
@@ -28,6 +35,11 @@ class Detector(ABC):
     @abstractmethod
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """One float per row of ``X``; higher is more suspicious. Requires :meth:`fit` first."""
+
+    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Fit on ``X`` and score the same rows; detectors that compare a row with its neighbours override
+        this to leave the row itself out."""
+        return self.fit(X, y).decision_function(X, y)
 
     def get_params(self) -> dict:
         """The constructor parameters, so a detector can be cloned unfitted (as scikit-learn's ``clone``)."""
@@ -42,6 +54,15 @@ class Detector(ABC):
 
     def clone(self) -> Detector:
         return type(self)(**self.get_params())
+
+
+def check_rows(X: np.ndarray, minimum: int, who: str) -> None:
+    """Raise ``ValueError`` naming ``who`` when ``X`` has fewer than ``minimum`` rows."""
+    if len(X) < minimum:
+        raise ValueError(
+            f"{who}: needs at least {minimum} rows to fit, got {len(X)}; a class this small is scored by the "
+            "all-class model (raise min_class_rows) or needs more data"
+        )
 
 
 def check_matrix(X: np.ndarray, who: str) -> np.ndarray:

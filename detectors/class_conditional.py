@@ -39,6 +39,31 @@ class ClassConditional(Detector):
                     self.per_class_[str(label)] = self.base.clone().fit(X[keys == label])
         return self
 
+    @property
+    def transductive(self) -> bool:  # type: ignore[override]
+        return self.base.transductive
+
+    @property
+    def representation(self) -> str:  # type: ignore[override]
+        return self.base.representation
+
+    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Each class's rows scored by a clone fitted on that class's rows alone (transductive detectors)."""
+        X = check_matrix(X, "class_conditional.fit_decision_function")
+        if y is None:
+            return self.base.clone().fit_decision_function(X)
+        keys = _class_keys(y)
+        classes, counts = np.unique(keys, return_counts=True)
+        small = np.isin(keys, classes[counts < self.min_class_rows])
+        scores = np.empty(len(X), dtype="float64")
+        for label, count in zip(classes, counts):
+            if count >= self.min_class_rows:
+                rows = keys == label
+                scores[rows] = self.base.clone().fit_decision_function(X[rows])
+        if small.any():
+            scores[small] = self.base.clone().fit_decision_function(X)[small]
+        return scores
+
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         X = check_matrix(X, "class_conditional.decision_function")
         if y is None or not self.per_class_:

@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from poisonguard import ROW_ID
-from poisonguard.batch_stats import class_balance, score_distributions
+from poisonguard.batch_stats import class_balance, feature_drift, score_distributions
 from poisonguard.config import ScanConfig
 from poisonguard.decide import QUARANTINED, build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
@@ -120,6 +120,7 @@ def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan
             scores.calibration.get("evidence_axis", "score"),
         )
     }
+    figures["feature_drift"] = feature_drift(outcome.frame, scan_plan.reference, scan_plan.kinds)
     label = scan_plan.label_col
     if label is not None and label in outcome.frame:
         reference = scan_plan.reference[label] if scan_plan.reference is not None else None

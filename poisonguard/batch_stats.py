@@ -85,3 +85,36 @@ def class_balance(batch_labels: pd.Series, reference_labels: pd.Series | None) -
 def _counts(labels: pd.Series) -> dict[str, int]:
     text = as_text(labels).fillna("<missing>")
     return {str(k): int(v) for k, v in text.value_counts().sort_index().items()}
+
+
+# A numeric column drifts when the two-sample Kolmogorov-Smirnov test is both significant and material.
+FEATURE_DRIFT_P_VALUE = 1e-3
+FEATURE_DRIFT_KS = 0.1
+
+
+def feature_drift(batch: pd.DataFrame, reference: pd.DataFrame | None, kinds: dict[str, str]) -> list[dict[str, Any]]:
+    """Numeric columns whose distribution in the batch differs from the reference's (two-sample KS)."""
+    from scipy.stats import ks_2samp
+
+    if reference is None:
+        return []
+    drifted = []
+    for column, kind in kinds.items():
+        if kind != "numeric" or column not in batch or column not in reference:
+            continue
+        ours = pd.to_numeric(batch[column], errors="coerce").to_numpy(dtype="float64")
+        theirs = pd.to_numeric(reference[column], errors="coerce").to_numpy(dtype="float64")
+        ours, theirs = ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]
+        if len(ours) < 20 or len(theirs) < 20:
+            continue
+        test = ks_2samp(ours, theirs)
+        if test.pvalue < FEATURE_DRIFT_P_VALUE and test.statistic > FEATURE_DRIFT_KS:
+            drifted.append({
+                "column": column,
+                "ks_statistic": round(float(test.statistic), 4),
+                "p_value": float(test.pvalue),
+                "message": f"column {column!r} is distributed differently from the reference "
+                           f"(KS {test.statistic:.2f}, p={test.pvalue:.1e}; median {np.median(ours):.4g} "
+                           f"vs {np.median(theirs):.4g})",
+            })
+    return drifted

@@ -46,6 +46,7 @@ def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
     quarantined = report["rows"]["quarantined"] or 0
     review = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined) if quarantined else None
     warnings = [w for w in [(report.get("class_balance") or {}).get("drift")] if w]
+    warnings += [d["message"] for d in report.get("feature_drift") or []]
     html = _environment().get_template("report.html.j2").render(
         r=report,
         version=__version__,

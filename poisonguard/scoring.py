@@ -14,6 +14,7 @@ Two modes:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from sklearn.model_selection import train_test_split
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
+from poisonguard.representations import probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
@@ -67,8 +69,8 @@ def score_rows(
     if has_reference:
         result = _score_against_reference(batch, reference, kinds, label_col, config, names)
     else:
-        usable = batch if fit_mask is None else batch[fit_mask]
-        result = _score_against_batch(batch, usable, kinds, label_col, config, names)
+        fit_mask = np.ones(len(batch), dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
+        result = _score_against_batch(batch, fit_mask, kinds, label_col, config, names)
     result.calibration["skipped_detectors"] = skipped
     return result
 
@@ -116,11 +118,34 @@ def _score_against_reference(
 
     result = DetectorScores()
     holdout_p: dict[str, np.ndarray] = {}
-    groups_hold = _calibration_groups(y_hold, config.min_class_rows)
-    for name in names:
-        detector = _detector(name, label_col, config).fit(X_fit, y_fit)
-        hold_scores = detector.decision_function(X_hold, y_hold)
-        batch_scores = detector.decision_function(X_batch, y_batch)
+    # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
+    # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
+    # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
+    # are calibrated against all held-out rows together.
+    groups_hold = _calibration_groups(y_hold, max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine)))
+    detectors = {name: _detector(name, label_col, config) for name in names}
+    views = {"features": (X_fit, X_hold, X_batch)}
+    if label_col is not None and any(d.representation == "probe" for d in detectors.values()):
+        views["probe"] = tuple(
+            probe_activations(
+                np.vstack([X_fit, X_hold, X_batch]),
+                np.concatenate([y_fit, y_hold, y_batch]),
+                [X_fit, X_hold, X_batch],
+                config.seed,
+            )
+        )
+    for name, detector in detectors.items():
+        V_fit, V_hold, V_batch = views.get(detector.representation, views["features"])
+        if detector.transductive:
+            # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
+            # held-out rows are treated alike and the held-out scores calibrate the batch's.
+            pooled = detector.fit_decision_function(np.vstack([V_hold, V_batch]), np.concatenate([y_hold, y_batch])
+                                                    if label_col is not None else None)
+            hold_scores, batch_scores = pooled[: len(V_hold)], pooled[len(V_hold):]
+        else:
+            detector.fit(V_fit, y_fit)
+            hold_scores = detector.decision_function(V_hold, y_hold)
+            batch_scores = detector.decision_function(V_batch, y_batch)
         holdout_p[name], result.p_values[name] = _conformal_p_values(
             hold_scores, groups_hold, batch_scores, _batch_groups(y_batch, groups_hold)
         )
@@ -232,13 +257,14 @@ def _union_threshold(min_p_hold: np.ndarray, budget: float) -> float:
 
 def _score_against_batch(
     batch: pd.DataFrame,
-    usable: pd.DataFrame,
+    fit_mask: np.ndarray,
     kinds: dict[str, str],
     label_col: str | None,
     config: ScanConfig,
     names: list[str],
 ) -> DetectorScores:
     result = DetectorScores()
+    usable = batch[fit_mask]
     if len(usable) < config.min_class_rows:
         result.calibration = {
             "mode": "batch",
@@ -251,10 +277,19 @@ def _score_against_batch(
     groups_fit = _calibration_groups(y_fit, config.min_class_rows)
     groups_batch = _batch_groups(y_batch, groups_fit)
     thresholds: dict[str, dict[str, float]] = {}
-    for name in names:
-        detector = _detector(name, label_col, config).fit(X_fit, y_fit)
-        fit_scores = detector.decision_function(X_fit, y_fit)
-        batch_scores = detector.decision_function(X_batch, y_batch)
+    detectors = {name: _detector(name, label_col, config) for name in names}
+    views = {"features": (X_fit, X_batch)}
+    if label_col is not None and any(d.representation == "probe" for d in detectors.values()):
+        views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
+    for name, detector in detectors.items():
+        V_fit, V_batch = views.get(detector.representation, views["features"])
+        if detector.transductive:
+            batch_scores = detector.fit_decision_function(V_batch, y_batch)
+            fit_scores = batch_scores[fit_mask]
+        else:
+            detector.fit(V_fit, y_fit)
+            fit_scores = detector.decision_function(V_fit, y_fit)
+            batch_scores = detector.decision_function(V_batch, y_batch)
         limits = _robust_limits(fit_scores, groups_fit, config.robust_z)
         if groups_batch is None:
             row_limits = np.full(len(batch_scores), limits["*"])

@@ -253,3 +253,15 @@ def test_a_shifted_class_balance_is_reported_as_drift():
     shifted = class_balance(pd.Series(["A"] * 320 + ["B"] * 80), reference)
     assert "'A' is 80.0% of the batch and 50.0% of the reference" in shifted["drift"]
     assert "not in the reference: 'C'" in class_balance(pd.Series(["A", "B", "C"] * 50), reference)["drift"]
+
+
+def test_a_shifted_numeric_column_is_reported_as_drift():
+    from poisonguard.batch_stats import feature_drift
+
+    reference = make_frame(400, seed=1)
+    same, shifted = make_frame(300, seed=2), make_frame(300, seed=3)
+    shifted["x2"] += 1.5
+    kinds = {"x1": "numeric", "x2": "numeric", "count": "numeric", "colour": "categorical"}
+    assert feature_drift(same, reference, kinds) == []
+    drifted = feature_drift(shifted, reference, kinds)
+    assert [d["column"] for d in drifted] == ["x2"] and "'x2' is distributed differently" in drifted[0]["message"]

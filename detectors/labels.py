@@ -1,0 +1,148 @@
+"""Label-consistency checks that need no trusted reference: confident learning, kNN disagreement, duplicates.
+
+Each is transductive: it judges a row's label by the other rows scored with it (out-of-fold predictions,
+neighbours, duplicates). The confident-learning rule (Northcutt et al. 2021) is written here because the
+library that ships it, cleanlab, is AGPL; it appears only in the optional benchmark extra.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.neighbors import NearestNeighbors
+
+from poisonguard.detectors.base import Detector, check_matrix, check_rows
+
+
+def _labels(y: np.ndarray | None, who: str) -> np.ndarray:
+    if y is None:
+        raise ValueError(f"{who} needs the label column")
+    return np.asarray(pd.Series(np.asarray(y, dtype=object)).astype(str), dtype=object)
+
+
+class ConfidentLearningDetector(Detector):
+    """Out-of-fold class probabilities, then the confident-learning rule as a continuous score.
+
+    Per class ``k`` the threshold ``t_k`` is the mean out-of-fold probability of ``k`` over rows labelled
+    ``k`` (its self-confidence). A row labelled ``y`` is a label issue when ``p_y < t_y`` while some other
+    class has ``p_k >= t_k``; the score ``min(t_y - p_y, max_k (p_k - t_k))`` is positive exactly then and
+    grows with the evidence.
+    """
+
+    reason = "label"
+    per_class = False
+    needs_labels = True
+    transductive = True
+
+    def __init__(self, n_folds: int = 5, C: float = 1.0, random_state: int = 0) -> None:
+        self.n_folds = n_folds
+        self.C = C
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ConfidentLearningDetector:
+        self.fit_decision_function(X, y)
+        return self
+
+    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        X = check_matrix(X, "confident_learning.fit")
+        labels = _labels(y, "confident_learning")
+        classes, counts = np.unique(labels, return_counts=True)
+        if len(classes) < 2:
+            raise ValueError("confident_learning needs at least two label classes")
+        folds = int(min(self.n_folds, counts.min()))
+        check_rows(X, 2 * len(classes), "confident_learning")
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
+        if folds >= 2:
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            probabilities = cross_val_predict(model, X, labels, cv=splitter, method="predict_proba")
+        else:  # a class with one row cannot be split; fall back to in-sample probabilities
+            probabilities = model.fit(X, labels).predict_proba(X)
+        given = np.searchsorted(classes, labels)
+        rows = np.arange(len(labels))
+        thresholds = np.array([probabilities[given == k, k].mean() for k in range(len(classes))])
+        self.classes_, self.thresholds_ = classes, thresholds
+        below_own = thresholds[given] - probabilities[rows, given]
+        above_other = probabilities - thresholds
+        above_other[rows, given] = -np.inf
+        self.scores_ = np.minimum(below_own, above_other.max(axis=1))
+        return self.scores_
+
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(self, "scores_") or len(X) != len(self.scores_):
+            raise ValueError("confident_learning scores only the rows it was fitted on (fit_decision_function)")
+        return self.scores_
+
+
+class KNNLabelDetector(Detector):
+    """Share of a row's ``n_neighbors`` nearest neighbours (itself left out) whose label differs from its own."""
+
+    reason = "label"
+    per_class = False
+    needs_labels = True
+    transductive = True
+
+    def __init__(self, n_neighbors: int = 10) -> None:
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> KNNLabelDetector:
+        X = check_matrix(X, "knn_label.fit")
+        check_rows(X, 2, "knn_label")
+        self.labels_ = _labels(y, "knn_label")
+        self.index_ = NearestNeighbors(n_neighbors=min(self.n_neighbors + 1, len(X))).fit(X)
+        return self
+
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        return self._disagreement(check_matrix(X, "knn_label.decision_function"), _labels(y, "knn_label"), 0)
+
+    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        self.fit(X, y)
+        return self._disagreement(check_matrix(X, "knn_label"), self.labels_, 1)
+
+    def _disagreement(self, X: np.ndarray, labels: np.ndarray, skip_self: int) -> np.ndarray:
+        k = min(self.n_neighbors + skip_self, self.index_.n_samples_fit_)
+        _, neighbours = self.index_.kneighbors(X, n_neighbors=k)
+        neighbours = neighbours[:, skip_self:]
+        return (self.labels_[neighbours] != labels[:, None]).mean(axis=1)
+
+
+class ConflictingDuplicatesDetector(Detector):
+    """Rows with (near-)duplicates that carry another label: share of its duplicates that disagree.
+
+    Duplicates are rows within ``radius`` of each other in the standardised feature space (0 finds exact
+    duplicates only, after encoding); the label itself is not a feature. A row with no duplicate scores 0.
+    """
+
+    reason = "conflict"
+    per_class = False
+    needs_labels = True
+    transductive = True
+
+    def __init__(self, radius: float = 1e-6) -> None:
+        self.radius = radius
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ConflictingDuplicatesDetector:
+        X = check_matrix(X, "duplicates.fit")
+        check_rows(X, 1, "duplicates")
+        self.labels_ = _labels(y, "duplicates")
+        self.index_ = NearestNeighbors(radius=self.radius).fit(X)
+        return self
+
+    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        return self._conflicts(check_matrix(X, "duplicates.decision_function"), _labels(y, "duplicates"), None)
+
+    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        self.fit(X, y)
+        return self._conflicts(check_matrix(X, "duplicates"), self.labels_, np.arange(len(X)))
+
+    def _conflicts(self, X: np.ndarray, labels: np.ndarray, own_index: np.ndarray | None) -> np.ndarray:
+        graph = self.index_.radius_neighbors_graph(X, mode="connectivity").tocsr()  # sparse: no row loop
+        flat = graph.indices
+        owner = np.repeat(np.arange(len(X)), np.diff(graph.indptr))
+        if own_index is not None:  # leave each row out of its own neighbourhood
+            keep = flat != own_index[owner]
+            flat, owner = flat[keep], owner[keep]
+        disagree = np.bincount(owner, weights=self.labels_[flat] != labels[owner], minlength=len(X))
+        total = np.bincount(owner, minlength=len(X))
+        return np.divide(disagree, total, out=np.zeros(len(X)), where=total > 0)

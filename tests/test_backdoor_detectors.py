@@ -1,0 +1,135 @@
+"""Backdoor and label-poisoning detectors: each must rank the poison it is built for above clean rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_frame
+from poisonguard import ROW_ID
+from poisonguard.config import ScanConfig
+from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
+from poisonguard.flows.scan import scan_batch
+from poisonguard.outputs import OutputPaths
+from poisonguard.scoring import score_rows
+
+BACKDOOR_DETECTORS = ["spectral", "activation_clustering", "robust_spectral"]
+LABEL_DETECTORS = ["confident_learning", "knn_label"]
+
+
+def class_with_trigger_cluster(seed: int = 0, n_rows: int = 400, n_poison: int = 30):
+    """One class's representations: a clean Gaussian plus a small cluster sharing a trigger direction."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, 20))
+    poison = rng.choice(n_rows, n_poison, replace=False)
+    X[poison, :4] += 3.0
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[poison] = True
+    return X, mask
+
+
+def precision_at_k(scores: np.ndarray, mask: np.ndarray) -> float:
+    top = np.argsort(-scores, kind="stable")[: mask.sum()]
+    return float(mask[top].mean())
+
+
+@pytest.mark.parametrize("name", BACKDOOR_DETECTORS)
+def test_backdoor_detectors_rank_a_planted_trigger_cluster_first(name):
+    X, mask = class_with_trigger_cluster()
+    scores = make_detector(name, seed=0).fit_decision_function(X)
+    assert scores.shape == (len(X),) and np.isfinite(scores).all()
+    assert precision_at_k(scores, mask) >= 0.9
+
+
+def test_activation_clustering_calls_the_split_clear_only_when_there_is_a_cluster():
+    X, _ = class_with_trigger_cluster(n_poison=40)
+    assert make_detector("activation_clustering", seed=0).fit(X).clear_split_
+    clean = np.random.default_rng(3).normal(size=(400, 20))
+    assert not make_detector("activation_clustering", seed=0).fit(clean).clear_split_
+
+
+def separable_classes_with_flips(seed: int = 0, n_rows: int = 400, n_flipped: int = 20):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["cat", "dog"], size=n_rows).astype(object)
+    X = rng.normal(size=(n_rows, 5)) + np.where(y == "cat", 2.5, -2.5)[:, None]
+    flipped = rng.choice(n_rows, n_flipped, replace=False)
+    y[flipped] = np.where(y[flipped] == "cat", "dog", "cat")
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[flipped] = True
+    return X, y, mask
+
+
+@pytest.mark.parametrize("name", LABEL_DETECTORS)
+def test_label_detectors_rank_flipped_labels_first(name):
+    X, y, mask = separable_classes_with_flips()
+    scores = make_detector(name, seed=0).fit_decision_function(X, y)
+    assert scores.shape == (len(X),) and np.isfinite(scores).all()
+    assert precision_at_k(scores, mask) >= 0.9
+
+
+def test_confident_learning_scores_are_positive_exactly_for_its_label_issues():
+    X, y, mask = separable_classes_with_flips(seed=1)
+    scores = make_detector("confident_learning", seed=0).fit_decision_function(X, y)
+    issues = scores > 0
+    assert mask[issues].mean() >= 0.9 and issues[mask].mean() >= 0.75
+
+
+def test_conflicting_duplicates_are_found_and_consistent_duplicates_are_not():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 3))
+    y = rng.choice(["a", "b"], size=100).astype(object)
+    X = np.vstack([X, X[:5], X[5:10]])  # 5 copies with the other label, 5 with the same label
+    flipped = np.where(y[:5] == "a", "b", "a")
+    y = np.concatenate([y, flipped, y[5:10]])
+    scores = make_detector("duplicates").fit_decision_function(X, y)
+    conflicting = np.r_[0:5, 100:105]
+    assert (scores[conflicting] == 1.0).all()
+    assert (np.delete(scores, conflicting) == 0.0).all()
+
+
+@pytest.mark.parametrize("name", BACKDOOR_DETECTORS + ["knn_label"])
+def test_a_class_too_small_to_fit_is_a_clear_error(name):
+    with pytest.raises(ValueError, match="needs at least .* rows"):
+        make_detector(name, seed=0).fit(np.zeros((1, 3)), np.array(["a"], dtype=object))
+
+
+def test_class_conditional_fits_transductive_detectors_per_class():
+    X_a, mask_a = class_with_trigger_cluster(seed=1)
+    X_b, _ = class_with_trigger_cluster(seed=2, n_poison=0)
+    X = np.vstack([X_a + 10, X_b])
+    y = np.array(["a"] * len(X_a) + ["b"] * len(X_b), dtype=object)
+    scores = ClassConditional(make_detector("spectral", seed=0)).fit_decision_function(X, y)
+    assert precision_at_k(scores[: len(X_a)], mask_a) >= 0.9
+
+
+def test_every_detector_scores_a_batch_with_and_without_a_reference():
+    reference, batch = make_frame(400, seed=1), make_frame(120, seed=2)
+    for frame in (reference, batch):
+        frame.insert(0, ROW_ID, np.arange(len(frame)))
+    kinds = {"x1": "numeric", "x2": "numeric", "count": "numeric", "colour": "categorical"}
+    config = ScanConfig(label_col="label", detectors=tuple(REGISTRY), max_false_quarantine=0.2)
+    for given in (reference, None):
+        scores = score_rows(batch, given, kinds, "label", config)
+        expected = set(REGISTRY) - ({"label_model"} if given is None else set())
+        assert set(scores.scores) == expected
+        for name in expected:
+            assert scores.scores[name].shape == (len(batch),) and np.isfinite(scores.scores[name]).all()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_rows_are_conserved_with_every_detector_enabled(tmp_path):
+    make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    batch = make_frame(150, seed=2)
+    batch.loc[:9, "label"] = np.where(batch.loc[:9, "label"] == "yes", "no", "yes")
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out",
+                        detectors=tuple(REGISTRY))
+    summary = scan_batch(tmp_path / "batch.csv", config)
+    paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
+    clean = pd.read_parquet(paths.clean)
+    held = pd.read_parquet(paths.quarantine) if paths.quarantine.exists() else clean.iloc[:0]
+    assert sorted(clean[ROW_ID].tolist() + held[ROW_ID].tolist()) == list(range(150))
+    report = (tmp_path / "out" / "reports" / summary.dataset / f"{summary.batch_id}.json").read_text()
+    for name in REGISTRY:
+        assert f'"{name}"' in report

@@ -27,6 +27,10 @@ class Detector(ABC):
     # Which representation of the rows it reads: "features" (the encoded columns) or "probe" (hidden
     # activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
     representation: str = "features"
+    # Without trusted data, a detector whose score has a meaning of its own flags rows above this value
+    # (confident learning's rule, a majority of disagreeing neighbours); the others use the robust
+    # median + z * MAD rule of the batch's scores.
+    natural_threshold: float | None = None
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:

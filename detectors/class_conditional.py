@@ -47,6 +47,10 @@ class ClassConditional(Detector):
     def representation(self) -> str:  # type: ignore[override]
         return self.base.representation
 
+    @property
+    def natural_threshold(self) -> float | None:  # type: ignore[override]
+        return self.base.natural_threshold
+
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Each class's rows scored by a clone fitted on that class's rows alone (transductive detectors)."""
         X = check_matrix(X, "class_conditional.fit_decision_function")

@@ -35,6 +35,7 @@ class ConfidentLearningDetector(Detector):
     per_class = False
     needs_labels = True
     transductive = True
+    natural_threshold = 0.0  # the confident-learning rule itself
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, random_state: int = 0) -> None:
         self.n_folds = n_folds
@@ -82,6 +83,7 @@ class KNNLabelDetector(Detector):
     per_class = False
     needs_labels = True
     transductive = True
+    natural_threshold = 0.5  # most neighbours carry another label
 
     def __init__(self, n_neighbors: int = 10) -> None:
         self.n_neighbors = n_neighbors
@@ -118,6 +120,7 @@ class ConflictingDuplicatesDetector(Detector):
     per_class = False
     needs_labels = True
     transductive = True
+    natural_threshold = 0.0  # any duplicate with another label
 
     def __init__(self, radius: float = 1e-6) -> None:
         self.radius = radius

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 from sklearn.model_selection import train_test_split
 
 from poisonguard.config import ScanConfig
@@ -29,6 +30,8 @@ from poisonguard.representations import probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
+TAIL_ROWS = 20  # held-out rows above the tail threshold, per calibration group
+CONFIDENCE_MISS = 0.1  # chance that the false-quarantine share of clean rows exceeds the budget
 
 
 @dataclass
@@ -153,7 +156,7 @@ def _score_against_reference(
         result.reasons[name] = f"{detector.reason}:{name}"
 
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
-    alpha = _union_threshold(min_p_hold, config.max_false_quarantine)
+    alpha, guarantee = _union_threshold(min_p_hold, config.max_false_quarantine, len(names))
     for name in names:
         result.flags[name] = result.p_values[name] <= alpha
         result.evidence[name] = -np.log10(result.p_values[name])
@@ -170,10 +173,13 @@ def _score_against_reference(
         "evidence_axis": "-log10 conformal p-value",
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
-    if alpha == 0.0:
+    result.calibration["guarantee"] = guarantee
+    if guarantee == "approximate":
         result.calibration["warning"] = (
-            f"the calibration part of the reference ({len(holdout)} rows) is too small to flag anything "
-            f"at a {config.max_false_quarantine:.2%} budget; give a larger reference or a larger budget"
+            f"the calibration part of the reference ({len(holdout)} rows) is too small for a finite-sample "
+            f"guarantee at a {config.max_false_quarantine:.2%} budget (it needs "
+            f"{math.ceil(1 / config.max_false_quarantine)} rows); thresholds come from a tail model and are "
+            "approximate: give a larger reference or a larger budget"
         )
     return result
 
@@ -208,51 +214,97 @@ def _batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> np.nda
 def _conformal_p_values(
     hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """p-values of held-out rows (leave-one-out) and of batch rows, within calibration groups.
+    """p-values of held-out rows and of batch rows, within calibration groups, by one formula for both.
 
-    A batch row's p-value is ``(1 + #held-out scores >= its score) / (n + 1)`` over the held-out rows of its
-    group; ``*`` (small or unknown classes) compares against all held-out rows.
+    ``*`` (small or unknown classes) compares against all held-out rows. See :func:`_tail_p_values`.
     """
     hold_p = np.empty(len(hold_scores))
     batch_p = np.empty(len(batch_scores))
     if batch_groups is None or len(hold_groups) == 0:
-        hold_p[:] = _count_at_least(hold_scores, hold_scores) / len(hold_scores)
-        batch_p[:] = (1 + _count_at_least(hold_scores, batch_scores)) / (len(hold_scores) + 1)
-        return hold_p, batch_p
+        own = np.arange(len(hold_scores))
+        return _tail_p_values(hold_scores, hold_scores, own), _tail_p_values(hold_scores, batch_scores)
     for group in np.unique(np.concatenate([hold_groups, batch_groups])):
         in_hold = hold_groups == group
         reference_scores = hold_scores[in_hold] if group != "*" else hold_scores
         if in_hold.any():
-            hold_p[in_hold] = _count_at_least(reference_scores, hold_scores[in_hold]) / len(reference_scores)
+            own = np.flatnonzero(in_hold) if group == "*" else np.arange(int(in_hold.sum()))
+            hold_p[in_hold] = _tail_p_values(reference_scores, hold_scores[in_hold], own)
         in_batch = batch_groups == group
         if in_batch.any():
-            batch_p[in_batch] = (1 + _count_at_least(reference_scores, batch_scores[in_batch])) / (
-                len(reference_scores) + 1
-            )
+            batch_p[in_batch] = _tail_p_values(reference_scores, batch_scores[in_batch])
     return hold_p, batch_p
 
 
-def _count_at_least(reference_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _tail_p_values(
+    reference_scores: np.ndarray, scores: np.ndarray, own_index: np.ndarray | None = None
+) -> np.ndarray:
+    """Conformal p-values ``(1 + #reference >= s) / (n + 1)``, with an exponential tail past the top rows.
+
+    Ranks alone cannot tell a row just above every held-out score from one far beyond them: both get
+    ``1/(n+1)``, and with several detectors such ties decide the threshold. Above the ``(k+1)``-th largest
+    held-out score ``u`` the p-value follows the peaks-over-threshold exponential fit
+    ``k/(n+1) * exp(-(s - u) / beta)``, ``beta`` the mean excess of the top ``k`` over ``u``. Discrete
+    scores (no spread in the top rows) keep the plain rank p-values.
+
+    ``own_index`` marks ``scores`` as reference rows themselves (their positions in ``reference_scores``).
+    Each is then judged as a new row would be, against the other rows only: a top row left in its own tail
+    fit would inflate its own p-value and make the threshold set from held-out rows too lenient.
+    """
     ordered = np.sort(reference_scores)
-    return len(ordered) - np.searchsorted(ordered, scores, side="left")
+    if own_index is None:
+        return _p_values_against(ordered, scores)
+    n_rows = len(ordered)
+    if n_rows < 2:
+        return np.ones(len(scores))
+    # Below the tail only the rank matters, and leaving a row out shifts it by exactly one.
+    p_values = (n_rows - np.searchsorted(ordered, scores, side="left")) / n_rows
+    top = set(np.argsort(reference_scores, kind="stable")[-min(n_rows, TAIL_ROWS + 1):].tolist())
+    for position in np.flatnonzero(np.isin(own_index, list(top))):  # at most TAIL_ROWS + 1 refits
+        others = np.delete(reference_scores, own_index[position])
+        p_values[position] = _p_values_against(np.sort(others), scores[position : position + 1])[0]
+    return p_values
 
 
-def _union_threshold(min_p_hold: np.ndarray, budget: float) -> float:
-    """Largest p-value threshold at which few enough held-out rows have any detector flag.
+def _p_values_against(ordered: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    n_rows = len(ordered)
+    p_values = (1.0 + n_rows - np.searchsorted(ordered, scores, side="left")) / (n_rows + 1.0)
+    k = min(TAIL_ROWS, n_rows // 5)
+    if k < 5:
+        return p_values
+    threshold = ordered[n_rows - k - 1]
+    beta = float(np.mean(ordered[n_rows - k:] - threshold))
+    if not beta > 0:
+        return p_values
+    above = scores > threshold
+    tail = k / (n_rows + 1.0) * np.exp(-(scores[above] - threshold) / beta)
+    p_values[above] = np.minimum(p_values[above], tail)
+    return p_values
 
-    "Few enough" is split conformal's finite-sample rule: at most ``n - ceil((1 - budget) * (n + 1))`` of
-    the ``n`` held-out rows, which keeps the expected false-quarantine rate of new clean rows within
-    ``budget`` rather than only the rate on the held-out rows themselves.
+
+def _union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> tuple[float, str]:
+    """The p-value threshold for the union of all detectors' flags, and the guarantee it carries.
+
+    Setting the threshold just below the ``(a+1)``-th smallest held-out minimum p-value flags ``a`` held-out
+    rows; the share of new clean rows it flags is then distributed as ``Beta(a+1, n-a)``, so it exceeds the
+    budget with probability ``P(Binomial(n, budget) <= a)``. The largest ``a`` keeping that at most
+    ``CONFIDENCE_MISS`` (10%) gives the guarantee "at most the budget, with 90% confidence"; with fewer
+    held-out rows the largest ``a`` with ``(a+1)/(n+1) <= budget`` gives it in expectation only; with fewer
+    than ``1/budget - 1`` rows no threshold carries either, and the budget is split evenly across detectors
+    on the tail-model p-values, an approximation the report marks.
     """
     n_rows = len(min_p_hold)
-    allowed = n_rows - int(np.ceil((1.0 - budget) * (n_rows + 1)))
-    if allowed <= 0:
-        return 0.0
     values = np.sort(min_p_hold)
-    candidates = np.unique(values)
-    flagged = np.searchsorted(values, candidates, side="right")
-    fitting = candidates[flagged <= allowed]
-    return float(fitting[-1]) if len(fitting) else 0.0
+    misses = binom.cdf(np.arange(n_rows + 1), n_rows, budget)
+    confident = np.flatnonzero(misses <= CONFIDENCE_MISS)
+    if len(confident):
+        allowed, guarantee = int(confident[-1]), "with 90% confidence"
+    else:
+        allowed, guarantee = int(np.floor(budget * (n_rows + 1) + 1e-9)) - 1, "in expectation"
+    if allowed < 0:
+        return budget / max(n_detectors, 1), "approximate"
+    if allowed >= n_rows:
+        return 1.0, guarantee
+    return float(np.nextafter(values[allowed], 0.0)), guarantee
 
 
 def _score_against_batch(
@@ -290,7 +342,11 @@ def _score_against_batch(
             detector.fit(V_fit, y_fit)
             fit_scores = detector.decision_function(V_fit, y_fit)
             batch_scores = detector.decision_function(V_batch, y_batch)
-        limits = _robust_limits(fit_scores, groups_fit, config.robust_z)
+        if detector.natural_threshold is not None:
+            keys = {"*", *(str(g) for g in np.unique(groups_fit))}
+            limits = dict.fromkeys(keys, float(detector.natural_threshold))
+        else:
+            limits = _robust_limits(fit_scores, groups_fit, config.robust_z)
         if groups_batch is None:
             row_limits = np.full(len(batch_scores), limits["*"])
         else:

@@ -153,3 +153,22 @@ def test_an_unknown_detector_in_the_config_is_a_config_error_not_a_crash():
     batch = make_frame(100, seed=15)
     with pytest.raises(ConfigError, match="unknown detector 'magic'"):
         score_rows(batch, None, infer_kinds(batch, "label"), "label", ScanConfig(detectors=("ecod", "magic")))
+
+
+def test_the_union_threshold_says_which_guarantee_it_carries():
+    from poisonguard.scoring import _union_threshold
+
+    rng = np.random.default_rng(0)
+    for rows, guarantee in ((3000, "with 90% confidence"), (150, "in expectation"), (50, "approximate")):
+        _, carried = _union_threshold(rng.uniform(size=rows), 0.01, 3)
+        assert carried == guarantee
+
+
+def test_tail_p_values_tell_a_far_outlier_from_the_largest_clean_score():
+    from poisonguard.scoring import _tail_p_values
+
+    reference = np.random.default_rng(0).normal(size=500)
+    just_above, far_beyond = _tail_p_values(reference, np.array([reference.max() + 0.01, 20.0]))
+    assert far_beyond < just_above <= 1 / 501 + 1e-12
+    held_out = _tail_p_values(reference, reference, np.arange(500))
+    assert held_out.min() > 0 and (held_out <= 1).all()

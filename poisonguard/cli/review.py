@@ -179,34 +179,31 @@ Reviewer = Annotated[Optional[str], typer.Option(help="Who decides [the OS user]
 Dataset = Annotated[Optional[str], typer.Option(help="Dataset, when the batch id is ambiguous.")]
 
 
-@review_app.command("release")
-def review_release(
-    batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
-    reason: Reason,
-    rows: Rows = None,
-    all_pending: All = False,
-    reviewer: Reviewer = None,
-    dataset: Dataset = None,
-    out_dir: OutDir = Path("poisonguard-out"),
-    debug: Debug = False,
-) -> None:
-    """Release quarantined rows to training: they are written as a new Parquet file in the clean area."""
-    _decide("release", batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+def _decision_command(action: str, summary: str):
+    """One command function per decision; both take the same options."""
+
+    def command(
+        batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
+        reason: Reason,
+        rows: Rows = None,
+        all_pending: All = False,
+        reviewer: Reviewer = None,
+        dataset: Dataset = None,
+        out_dir: OutDir = Path("poisonguard-out"),
+        debug: Debug = False,
+    ) -> None:
+        _decide(action, batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+
+    command.__doc__ = summary
+    return command
 
 
-@review_app.command("confirm")
-def review_confirm(
-    batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
-    reason: Reason,
-    rows: Rows = None,
-    all_pending: All = False,
-    reviewer: Reviewer = None,
-    dataset: Dataset = None,
-    out_dir: OutDir = Path("poisonguard-out"),
-    debug: Debug = False,
-) -> None:
-    """Confirm quarantined rows as poison: they stay in quarantine for good."""
-    _decide("confirm", batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+review_app.command("release")(_decision_command(
+    "release", "Release quarantined rows to training: they are written as a new Parquet file in the clean area."
+))
+review_app.command("confirm")(_decision_command(
+    "confirm", "Confirm quarantined rows as poison: they stay in quarantine for good."
+))
 
 
 @review_app.command("audit")

@@ -40,6 +40,9 @@ class ScanConfig:
     min_class_rows: int = 30  # fewer rows than this in a class: score it with the all-class model
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
     seed: int = 0
+    # Columns whose names start with this prefix hold a precomputed embedding of each row (from the
+    # user's own model); the backdoor checks then read it instead of training a probe network.
+    embedding_prefix: str | None = None
     force: bool = False  # rescan even when the same batch was already scanned with the same settings
     trust_store: Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
     require_provenance: bool = False  # refuse batches without a valid manifest (needs trust_store)

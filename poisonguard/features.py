@@ -2,36 +2,41 @@
 
 Numeric columns: infinities become missing, missing values are imputed with the median and flagged in an
 indicator column, then standardised. Categorical columns: missing values become their own category, then
-one-hot encoded; categories never seen when fitting encode as all zeros. Free-text columns and the label
-are left out. Built from scikit-learn's transformers rather than by hand.
+one-hot encoded; categories never seen when fitting encode as all zeros. Free-text columns: TF-IDF over
+words, reduced to at most 16 dimensions by truncated SVD (latent semantic analysis), all offline. The label
+is left out. Built from scikit-learn's transformers rather than by hand.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from poisonguard import ROW_ID
+from poisonguard.expectations.suite import column_kind
 from poisonguard.values import as_text
 
 # Standardised values beyond this are clipped: a cell of 1e308 must not overflow to inf in a detector.
 FEATURE_CLIP = 1e6
 MAX_ONE_HOT_CATEGORIES = 30
+TEXT_DIMENSIONS = 16
+TEXT_VOCABULARY = 20_000
 
 
 def infer_kinds(frame: pd.DataFrame, label_col: str | None) -> dict[str, str]:
-    """Column kinds for a frame that has no suite: numeric dtypes are numeric, everything else categorical."""
+    """Column kinds for a frame that has no suite: numeric, categorical (50 values or fewer) or text."""
     kinds = {}
     for column in frame.columns:
         if column in (ROW_ID, label_col):
             continue
-        series = frame[column]
-        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-        kinds[column] = "numeric" if numeric else "categorical"
+        kinds[column] = column_kind(frame[column])
     return kinds
 
 
@@ -73,8 +78,10 @@ class FeatureEncoder:
                     categorical,
                 )
             )
+        for column in [c for c, k in self.kinds.items() if k == "text" and c != self.label_col]:
+            transformers.append((f"text:{column}", TextEmbedding(), column))
         if not transformers:
-            raise ValueError("no numeric or categorical feature columns to score")
+            raise ValueError("no numeric, categorical or text feature columns to score")
         self.transformer_ = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
         self.transformer_.fit(frame)
         return self
@@ -92,3 +99,38 @@ def _finite_or_nan(block: pd.DataFrame) -> np.ndarray:
 
 def _text_or_missing(block: pd.DataFrame) -> np.ndarray:
     return np.column_stack([as_text(block[c]).fillna("<missing>").to_numpy(dtype=object) for c in block.columns])
+
+
+class TextEmbedding(BaseEstimator, TransformerMixin):
+    """One free-text column as its TF-IDF vector reduced by truncated SVD to at most ``TEXT_DIMENSIONS``.
+
+    Fewer dimensions are kept when the vocabulary or the rows are too few; a column with no words at all
+    encodes as one zero column.
+    """
+
+    def fit(self, texts, y=None):
+        documents = _documents(texts)
+        self.vectorizer_ = TfidfVectorizer(max_features=TEXT_VOCABULARY, sublinear_tf=True)
+        try:
+            matrix = self.vectorizer_.fit_transform(documents)
+        except ValueError:  # no words in any row
+            self.vectorizer_, self.svd_ = None, None
+            return self
+        dimensions = min(TEXT_DIMENSIONS, matrix.shape[1] - 1, matrix.shape[0] - 1)
+        self.svd_ = TruncatedSVD(n_components=dimensions, random_state=0).fit(matrix) if dimensions >= 1 else None
+        return self
+
+    def transform(self, texts):
+        documents = _documents(texts)
+        if self.vectorizer_ is None or self.svd_ is None:
+            return np.zeros((len(documents), 1))
+        return self.svd_.transform(self.vectorizer_.transform(documents))
+
+    def get_feature_names_out(self, input_features=None):
+        width = self.svd_.n_components if getattr(self, "svd_", None) is not None else 1
+        return np.array([f"text{i}" for i in range(width)], dtype=object)
+
+
+def _documents(texts) -> list[str]:
+    series = texts.iloc[:, 0] if isinstance(texts, pd.DataFrame) else pd.Series(np.asarray(texts).ravel())
+    return as_text(series).fillna("").tolist()

@@ -42,6 +42,11 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     Raises :class:`InputError` or :class:`ConfigError` naming the file or column when the options do not
     fit together (label column absent everywhere, suite and reference disagree, reference unreadable).
     """
+    if config.embedding_prefix is not None and batch.frame is not None:
+        if not any(str(c).startswith(config.embedding_prefix) for c in batch.frame.columns):
+            raise InputError(
+                f"{batch.source_path}: no column starts with the embedding prefix {config.embedding_prefix!r}"
+            )
     reference_batch = _read_reference(config, batch.dataset)
     suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
     label_col = _resolve_label(config, suite, origin, batch, reference_batch)

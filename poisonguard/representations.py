@@ -5,6 +5,9 @@ the poisoned labels learned: the network must represent the trigger to fit the r
 backdoor checks (spectral signatures, activation clustering, robust spectra) read the hidden-layer
 activations of a one-hidden-layer scikit-learn MLP trained on the labelled rows, the batch included.
 Without a label column there is nothing to train on and those checks read the encoded features instead.
+
+When the batch carries a precomputed embedding (columns sharing a prefix, ``embedding_prefix``), that is
+the representation the user's own model learned, and the checks read it, standardised, instead.
 """
 
 from __future__ import annotations
@@ -31,3 +34,20 @@ def probe_activations(
         probe.fit(X_train[sample], np.asarray(y_train, dtype=object)[sample].astype(str))
     weights, bias = probe.coefs_[0], probe.intercepts_[0]
     return [np.maximum(X @ weights + bias, 0.0) for X in X_score]
+
+
+def embedding_columns(frame_columns, prefix: str) -> list[str]:
+    """The columns of a precomputed embedding; raises ``ValueError`` when none has the prefix."""
+    columns = [c for c in frame_columns if str(c).startswith(prefix)]
+    if not columns:
+        raise ValueError(f"no column starts with the embedding prefix {prefix!r}")
+    return columns
+
+
+def embedding_views(frames: list, prefix: str) -> list[np.ndarray]:
+    """Each frame's embedding columns as a float matrix, standardised with the first frame's statistics."""
+    columns = embedding_columns(frames[0].columns, prefix)
+    matrices = [np.nan_to_num(f[columns].to_numpy(dtype="float64"), nan=0.0, posinf=0.0, neginf=0.0) for f in frames]
+    centre, scale = matrices[0].mean(axis=0), matrices[0].std(axis=0)
+    scale[scale == 0] = 1.0
+    return [(m - centre) / scale for m in matrices]

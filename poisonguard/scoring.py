@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
-from poisonguard.representations import probe_activations
+from poisonguard.representations import embedding_views, probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
@@ -128,7 +128,9 @@ def _score_against_reference(
     groups_hold = _calibration_groups(y_hold, max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine)))
     detectors = {name: _detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_hold, X_batch)}
-    if label_col is not None and any(d.representation == "probe" for d in detectors.values()):
+    if config.embedding_prefix is not None:
+        views["probe"] = tuple(embedding_views([fit_part, holdout, batch], config.embedding_prefix))
+    elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
         views["probe"] = tuple(
             probe_activations(
                 np.vstack([X_fit, X_hold, X_batch]),
@@ -331,7 +333,9 @@ def _score_against_batch(
     thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: _detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
-    if label_col is not None and any(d.representation == "probe" for d in detectors.values()):
+    if config.embedding_prefix is not None:
+        views["probe"] = tuple(embedding_views([usable, batch], config.embedding_prefix))
+    elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     for name, detector in detectors.items():
         V_fit, V_batch = views.get(detector.representation, views["features"])

@@ -133,3 +133,33 @@ def test_rows_are_conserved_with_every_detector_enabled(tmp_path):
     report = (tmp_path / "out" / "reports" / summary.dataset / f"{summary.batch_id}.json").read_text()
     for name in REGISTRY:
         assert f'"{name}"' in report
+
+
+def test_a_precomputed_embedding_is_what_the_backdoor_checks_read():
+    rng = np.random.default_rng(0)
+    embedding, mask = class_with_trigger_cluster(seed=4, n_rows=300, n_poison=20)
+    frame = pd.DataFrame(embedding, columns=[f"emb_{i}" for i in range(embedding.shape[1])])
+    frame["amount"] = rng.normal(size=300)  # the raw column carries no trace of the trigger
+    frame["label"] = "a"
+    frame.insert(0, ROW_ID, np.arange(300))
+    kinds = {"amount": "numeric"}
+    config = ScanConfig(label_col="label", detectors=("spectral",), embedding_prefix="emb_")
+    scores = score_rows(frame, None, kinds, "label", config).scores["spectral"]
+    assert precision_at_k(scores, mask) >= 0.9
+
+
+def test_free_text_columns_are_embedded_offline_into_a_fixed_width():
+    from poisonguard.features import FeatureEncoder, infer_kinds
+
+    rng = np.random.default_rng(0)
+    notes = ["paid on time", "late payment", "good standing", "asked for more credit"]
+    frame = pd.DataFrame({"x": rng.normal(size=200), "label": rng.choice(["a", "b"], 200),
+                          "note": [f"{rng.choice(notes)} case {i}" for i in range(200)]})
+    frame.loc[5, "note"] = None
+    kinds = infer_kinds(frame, "label")
+    assert kinds["note"] == "text"
+    encoder = FeatureEncoder(kinds, "label").fit(frame)
+    encoded = encoder.transform(frame)
+    assert encoded.shape == (200, 17) and np.isfinite(encoded).all()
+    unseen = encoder.transform(frame.iloc[:1].assign(note="words never seen before"))
+    assert unseen.shape == (1, 17) and np.isfinite(unseen).all()

@@ -69,10 +69,13 @@ def scan(
         Optional[Path], typer.Option(help="Where suites live as <dataset>.json [expectations/suites].")
     ] = None,
     detectors: Annotated[
-        Optional[str], typer.Option(help="Comma-separated detectors [ecod,iforest].")
+        Optional[str], typer.Option(help="Comma-separated detectors [ecod,iforest,label_model].")
     ] = None,
     max_false_quarantine: Annotated[
         Optional[float], typer.Option(help="Share of clean reference rows the detectors may quarantine [0.01].")
+    ] = None,
+    embedding_prefix: Annotated[
+        Optional[str], typer.Option(help="Columns with this prefix hold a precomputed embedding of each row.")
     ] = None,
     trust_store: Annotated[
         Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
@@ -100,6 +103,7 @@ def scan(
             suite_dir=suite_dir,
             detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
             max_false_quarantine=max_false_quarantine,
+            embedding_prefix=embedding_prefix,
             trust_store=trust_store,
             require_provenance=require_provenance,
             force=force or None,

@@ -118,14 +118,32 @@ def load_config(path: Path) -> ScanConfig:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in [scan]: {', '.join(unknown)}")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in _PATH_FIELDS:
-            value = (path.parent / value).resolve()
-        elif key == "detectors":
-            value = tuple(value)
-        values[key] = value
     try:
-        return ScanConfig(**values)
-    except TypeError as exc:
+        return config_from_mapping(table, base_dir=path.parent)
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, base: ScanConfig | None = None) -> ScanConfig:
+    """A :class:`ScanConfig` from plain values (a TOML table, a deployment's JSON parameters).
+
+    Paths may be strings, relative to ``base_dir`` when given; ``detectors`` a list or a comma-separated
+    string. Values not given keep those of ``base`` (default settings when ``None``).
+    """
+    known = {f.name for f in dataclasses.fields(ScanConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in _PATH_FIELDS:
+            value = (Path(base_dir) / value).resolve() if base_dir is not None else Path(value)
+        elif key == "detectors":
+            value = tuple(d.strip() for d in value.split(",")) if isinstance(value, str) else tuple(value)
+        converted[key] = value
+    try:
+        return dataclasses.replace(base or ScanConfig(), **converted)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

@@ -183,3 +183,67 @@ def test_the_deployment_in_prefect_yaml_runs_the_inbox_flow_with_valid_parameter
     config_from_mapping(deployment["parameters"]["settings"])  # every setting is a known one
     (schedule,) = deployment["schedules"]
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_served_deployment_on_a_real_server_processes_a_dropped_file(inbox_setup, tmp_path):
+    import signal
+    import urllib.request
+
+    inbox, settings, out = inbox_setup
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    prefect = [sys.executable, "-m", "prefect"]
+    poisonguard = [sys.executable, "-c", "from poisonguard.cli import main; main()"]
+    started = []
+
+    def start(command, log):
+        started.append(subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                        start_new_session=True))
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        start([*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "server.log")
+        _wait_for(healthy, 90, "the Prefect server")
+        start([*poisonguard, "serve", "--inbox", str(inbox), "-y", "label", "-r", settings["reference"],
+               "--out", str(out), "--no-require-provenance", "--min-age", "0", "--cron", "0 0 1 1 *"],
+              tmp_path / "serve.log")
+        inspect = [*prefect, "deployment", "inspect", "process-inbox/poisonguard-inbox"]
+        _wait_for(lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 90,
+                  "the served deployment")
+        drop(inbox, "dropped.csv", 21)
+        triggered = subprocess.run([*prefect, "deployment", "run", "process-inbox/poisonguard-inbox"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        _wait_for(lambda: (inbox / "processed" / "dropped.csv").exists(), 120, "the triggered run")
+        assert len(list((out / "clean").glob("*/*.parquet"))) == 1
+    finally:
+        for process in reversed(started):
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

@@ -172,3 +172,14 @@ def test_tail_p_values_tell_a_far_outlier_from_the_largest_clean_score():
     assert far_beyond < just_above <= 1 / 501 + 1e-12
     held_out = _tail_p_values(reference, reference, np.arange(500))
     assert held_out.min() > 0 and (held_out <= 1).all()
+
+
+@pytest.mark.parametrize("name", ["ecod", "iforest", "label_model"])
+def test_scores_of_a_row_do_not_depend_on_the_rows_scored_with_it(name):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 6))
+    y = np.where(X[:, 0] > 0, "up", "down").astype(object)
+    detector = make_detector(name, seed=0).fit(X[:200], y[:200])
+    whole = detector.decision_function(X[200:], y[200:])
+    chunks = np.concatenate([detector.decision_function(X[i : i + 50], y[i : i + 50]) for i in range(200, 400, 50)])
+    np.testing.assert_allclose(chunks, whole)

@@ -21,7 +21,7 @@ from prefect.cache_policies import NONE
 from poisonguard import ROW_ID
 from poisonguard.batch_stats import class_balance, feature_drift, score_distributions
 from poisonguard.config import ScanConfig
-from poisonguard.decide import QUARANTINED, build_result_table, reason_counts
+from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest import Batch, read_batch
 from poisonguard.ledger import Ledger, LedgerEntry, content_sha256

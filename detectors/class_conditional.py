@@ -32,7 +32,7 @@ class ClassConditional(Detector):
         self.overall_ = self.base.clone().fit(X)
         self.per_class_: dict[str, Detector] = {}
         if y is not None:
-            keys = _class_keys(y)
+            keys = class_keys(y)
             classes, counts = np.unique(keys, return_counts=True)
             for label, count in zip(classes, counts):
                 if count >= self.min_class_rows:
@@ -56,7 +56,7 @@ class ClassConditional(Detector):
         X = check_matrix(X, "class_conditional.fit_decision_function")
         if y is None:
             return self.base.clone().fit_decision_function(X)
-        keys = _class_keys(y)
+        keys = class_keys(y)
         classes, counts = np.unique(keys, return_counts=True)
         small = np.isin(keys, classes[counts < self.min_class_rows])
         scores = np.empty(len(X), dtype="float64")
@@ -72,7 +72,7 @@ class ClassConditional(Detector):
         X = check_matrix(X, "class_conditional.decision_function")
         if y is None or not self.per_class_:
             return self.overall_.decision_function(X)
-        keys = _class_keys(y)
+        keys = class_keys(y)
         scores = np.empty(len(X), dtype="float64")
         covered = np.zeros(len(X), dtype=bool)
         for label, model in self.per_class_.items():
@@ -85,6 +85,6 @@ class ClassConditional(Detector):
         return scores
 
 
-def _class_keys(y: np.ndarray) -> np.ndarray:
+def class_keys(y: np.ndarray) -> np.ndarray:
     """Labels as strings, so 1, 1.0 and "1" name the same class; a missing label is a key of its own."""
     return as_text(np.asarray(y)).fillna("<missing>").to_numpy(dtype=object)

@@ -8,18 +8,18 @@ library that ships it, cleanlab, is AGPL; it appears only in the optional benchm
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
 from poisonguard.detectors.base import Detector, check_matrix, check_rows
+from poisonguard.detectors.class_conditional import class_keys
 
 
 def _labels(y: np.ndarray | None, who: str) -> np.ndarray:
     if y is None:
         raise ValueError(f"{who} needs the label column")
-    return np.asarray(pd.Series(np.asarray(y, dtype=object)).astype(str), dtype=object)
+    return class_keys(y)
 
 
 class ConfidentLearningDetector(Detector):

@@ -244,29 +244,27 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
     refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
 
     detectors, calibration, expectations, structural, figures = {}, {}, [], [], {}
-    if checked is not None and not checked.passed:
-        reject(batch, checked.failures, paths, scanned_at)
-        lap("write")
-        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
-        reasons = {f["code"]: batch.n_rows or 0 for f in checked.failures}
-    else:
+    # A batch is rejected whole for provenance (its schema is then not worth checking) or for structure.
+    whole_batch_failures = checked.failures if checked is not None and not checked.passed else []
+    if not whole_batch_failures:
         outcome = validate(batch, scan_plan)
         lap("validate")
         expectations = outcome.expectations
-        if outcome.rejected:
-            structural = [{"code": f.code, "message": f.message} for f in outcome.structural]
-            reject(batch, structural, paths, scanned_at)
-            lap("write")
-            status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
-            reasons = {f["code"]: batch.n_rows or 0 for f in structural}
-        else:
-            scores = score(outcome, scan_plan, config)
-            lap("score")
-            figures = describe(outcome, scores, scan_plan)
-            rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
-            lap("write")
-            status = ROWS_QUARANTINED if rows_quarantined else CLEAN
-            calibration = scores.calibration
+        structural = [{"code": f.code, "message": f.message} for f in outcome.structural]
+        whole_batch_failures = structural
+    if whole_batch_failures:
+        reject(batch, whole_batch_failures, paths, scanned_at)
+        lap("write")
+        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+        reasons = {f["code"]: batch.n_rows or 0 for f in whole_batch_failures}
+    else:
+        scores = score(outcome, scan_plan, config)
+        lap("score")
+        figures = describe(outcome, scores, scan_plan)
+        rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
+        lap("write")
+        status = ROWS_QUARANTINED if rows_quarantined else CLEAN
+        calibration = scores.calibration
     data = build_report(
         batch,
         paths,

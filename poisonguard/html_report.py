@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from poisonguard import REASONS, ROW_ID, SCORE_PREFIX, __version__
 from poisonguard.review import AuditLog, batch_reports, review_counts
 from poisonguard.store import atomic_write_text
+from poisonguard.values import format_count
 
 TOP_ROWS = 50
 _CELL_LIMIT = 120
@@ -31,7 +32,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["thousands"] = lambda n: "?" if n is None else f"{n:,}"
+    env.filters["thousands"] = format_count
     return env
 
 

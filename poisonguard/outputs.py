@@ -88,7 +88,7 @@ def write_split(paths: OutputPaths, clean: pd.DataFrame, quarantined: pd.DataFra
     A quarantine file left by an earlier scan of the same batch that now quarantines nothing is removed,
     and so is an earlier whole-batch rejection, so the outputs always reflect the latest scan.
     """
-    metadata = {"poisonguard.batch_id": batch.batch_id, "poisonguard.source_sha256": batch.sha256}
+    metadata = _parquet_metadata(batch)
     writers = [(paths.clean, lambda tmp: write_parquet(tmp, clean, metadata))]
     if len(quarantined):
         writers.append((paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata)))
@@ -119,8 +119,13 @@ def write_whole_quarantine(paths: OutputPaths, batch: Batch, codes: list[str], q
     row_ids = batch.frame[ROW_ID].to_numpy()
     result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
     _, quarantined = split_rows(batch.frame, result, batch.batch_id, quarantined_at)
-    metadata = {"poisonguard.batch_id": batch.batch_id, "poisonguard.source_sha256": batch.sha256}
+    metadata = _parquet_metadata(batch)
     write_all_or_none([(paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata))])
     paths.clean.unlink(missing_ok=True)
     if paths.rejected.exists():
         shutil.rmtree(paths.rejected)
+
+
+def _parquet_metadata(batch: Batch) -> dict[str, str]:
+    """Key/value metadata every output Parquet file of a batch carries."""
+    return {"poisonguard.batch_id": batch.batch_id, "poisonguard.source_sha256": batch.sha256}

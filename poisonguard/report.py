@@ -14,6 +14,7 @@ from poisonguard import __version__
 from poisonguard.errors import ExitCode
 from poisonguard.ingest import Batch
 from poisonguard.outputs import OutputPaths
+from poisonguard.values import format_count
 
 CLEAN = "clean"
 ROWS_QUARANTINED = "rows_quarantined"
@@ -180,7 +181,8 @@ def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
         "",
         "| rows in | clean | quarantined |",
         "|---:|---:|---:|",
-        f"| {_md_count(summary.rows_in)} | {_md_count(summary.rows_clean)} | {_md_count(summary.rows_quarantined)} |",
+        f"| {format_count(summary.rows_in)} | {format_count(summary.rows_clean)} "
+        f"| {format_count(summary.rows_quarantined)} |",
         "",
     ]
     provenance = summary.provenance or {}
@@ -207,6 +209,3 @@ def _md(text: str) -> str:
         text = text.replace(char, "\\" + char)
     return text
 
-
-def _md_count(value: int | None) -> str:
-    return "?" if value is None else f"{value:,}"

@@ -270,7 +270,8 @@ def decide(
             )
         found = find_batch(out_dir, batch, dataset)
         rows = quarantined_rows(found)
-        decided = row_decisions(log.entries(), found.dataset, found.batch_id)
+        entries = log.entries()
+        decided = row_decisions(entries, found.dataset, found.batch_id)
         chosen = _choose_rows(found, rows, decided, row_ids, action)
         fields = {
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -284,7 +285,7 @@ def decide(
         }
         if action == CONFIRM:
             return Decision(action, found, chosen, log.append(fields), None)
-        seq = len(log.entries()) + 1
+        seq = len(entries) + 1
         target = found.paths.clean.with_name(f"{found.batch_id}.released-{seq:06d}.parquet")
         fields["output"] = str(target.relative_to(Path(out_dir)))
         released = _as_clean_rows(rows[rows[ROW_ID].isin(chosen)])

@@ -6,6 +6,11 @@ import numpy as np
 import pandas as pd
 
 
+def format_count(value: int | None) -> str:
+    """A row count with thousands separators, ``?`` when unknown (an unreadable batch)."""
+    return "?" if value is None else f"{value:,}"
+
+
 def as_text(values: pd.Series | np.ndarray) -> pd.Series:
     """Values as Python strings in an object column, nulls as ``None``.
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from poisonguard.errors import ExitCode, PoisonguardError
+from poisonguard.values import format_count
 
 console = Console(stderr=True)  # progress and errors
 out = Console()  # results
@@ -37,5 +38,4 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger("great_expectations").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def count(value: int | None) -> str:
-    return "?" if value is None else f"{value:,}"
+count = format_count  # the commands' short name for it

@@ -125,7 +125,7 @@ def coerce_to_kinds(
     Returns the coerced frame, whole-column type failures, per-row ``schema:type:<column>`` failures and
     the original text of every cell that failed to parse, keyed by row id.
     """
-    coerced = frame.copy()
+    coerced = frame.copy(deep=False)  # copy-on-write: replacing a column never touches ``frame``
     structural: list[StructuralFailure] = []
     row_reasons: dict[str, np.ndarray] = {}
     raw_values: dict[int, dict[str, str]] = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID, is_reserved_column
@@ -134,7 +135,11 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
         if file_format == "parquet":
             table = pq.read_table(path)
             _check_column_names(path, table.column_names)
-            return table.to_pandas()
+            frame = table.to_pandas()
+            del table
+            # Arrow's allocator keeps the decoded pages for reuse; hand them back before the scan goes on.
+            pa.default_memory_pool().release_unused()
+            return frame
         return pd.read_json(path, lines=True, orient="records")
     except UnreadableBatchError:
         raise

@@ -116,46 +116,61 @@ def _score_against_reference(
     labels = _labels(reference, label_col)
     fit_part, holdout = _split(reference, labels, config)
     encoder = FeatureEncoder(kinds, label_col).fit(fit_part)
-    X_fit, X_hold, X_batch = (encoder.transform(f) for f in (fit_part, holdout, batch))
+    X_fit, X_hold = encoder.transform(fit_part), encoder.transform(holdout)
     y_fit, y_hold, y_batch = (_labels(f, label_col) for f in (fit_part, holdout, batch))
 
     result = DetectorScores()
-    holdout_p: dict[str, np.ndarray] = {}
+    holdout_scores: dict[str, np.ndarray] = {}
+    detectors = {name: _detector(name, label_col, config) for name in names}
+    # Detectors fitted on the reference alone and reading the encoded columns score the batch chunk by
+    # chunk, so the encoded batch never exists whole; the others need every batch row at once.
+    streamed = {n: d for n, d in detectors.items() if not d.transductive and d.representation == "features"}
+    whole = {n: d for n, d in detectors.items() if n not in streamed}
+    for name, detector in streamed.items():
+        detector.fit(X_fit, y_fit)
+        holdout_scores[name] = detector.decision_function(X_hold, y_hold)
+    result.scores.update(score_in_chunks(batch, encoder, streamed, label_col, config.score_chunk_rows))
+    if whole:
+        X_batch = encoder.transform(batch)
+        views = {"features": (X_fit, X_hold, X_batch)}
+        if config.embedding_prefix is not None:
+            views["probe"] = tuple(embedding_views([fit_part, holdout, batch], config.embedding_prefix))
+        elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
+            views["probe"] = tuple(
+                probe_activations(
+                    np.vstack([X_fit, X_hold, X_batch]),
+                    np.concatenate([y_fit, y_hold, y_batch]),
+                    [X_fit, X_hold, X_batch],
+                    config.seed,
+                )
+            )
+        for name, detector in whole.items():
+            V_fit, V_hold, V_batch = views.get(detector.representation, views["features"])
+            if detector.transductive:
+                # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
+                # held-out rows are treated alike and the held-out scores calibrate the batch's.
+                pooled = detector.fit_decision_function(
+                    np.vstack([V_hold, V_batch]), np.concatenate([y_hold, y_batch]) if label_col is not None else None
+                )
+                holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
+            else:
+                detector.fit(V_fit, y_fit)
+                holdout_scores[name] = detector.decision_function(V_hold, y_hold)
+                result.scores[name] = detector.decision_function(V_batch, y_batch)
+
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
     # are calibrated against all held-out rows together.
     groups_hold = _calibration_groups(y_hold, max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine)))
-    detectors = {name: _detector(name, label_col, config) for name in names}
-    views = {"features": (X_fit, X_hold, X_batch)}
-    if config.embedding_prefix is not None:
-        views["probe"] = tuple(embedding_views([fit_part, holdout, batch], config.embedding_prefix))
-    elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
-        views["probe"] = tuple(
-            probe_activations(
-                np.vstack([X_fit, X_hold, X_batch]),
-                np.concatenate([y_fit, y_hold, y_batch]),
-                [X_fit, X_hold, X_batch],
-                config.seed,
-            )
-        )
-    for name, detector in detectors.items():
-        V_fit, V_hold, V_batch = views.get(detector.representation, views["features"])
-        if detector.transductive:
-            # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
-            # held-out rows are treated alike and the held-out scores calibrate the batch's.
-            pooled = detector.fit_decision_function(np.vstack([V_hold, V_batch]), np.concatenate([y_hold, y_batch])
-                                                    if label_col is not None else None)
-            hold_scores, batch_scores = pooled[: len(V_hold)], pooled[len(V_hold):]
-        else:
-            detector.fit(V_fit, y_fit)
-            hold_scores = detector.decision_function(V_hold, y_hold)
-            batch_scores = detector.decision_function(V_batch, y_batch)
+    groups_batch = _batch_groups(y_batch, groups_hold)
+    holdout_p: dict[str, np.ndarray] = {}
+    for name in names:  # in the configured order, which the report keeps
         holdout_p[name], result.p_values[name] = _conformal_p_values(
-            hold_scores, groups_hold, batch_scores, _batch_groups(y_batch, groups_hold)
+            holdout_scores[name], groups_hold, result.scores[name], groups_batch
         )
-        result.scores[name] = batch_scores
-        result.reasons[name] = f"{detector.reason}:{name}"
+        result.reasons[name] = f"{detectors[name].reason}:{name}"
+    result.scores = {name: result.scores[name] for name in names}
 
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
     alpha, guarantee = _union_threshold(min_p_hold, config.max_false_quarantine, len(names))
@@ -186,14 +201,41 @@ def _score_against_reference(
     return result
 
 
+def score_in_chunks(
+    batch: pd.DataFrame,
+    encoder: FeatureEncoder,
+    detectors: dict[str, Any],
+    label_col: str | None,
+    chunk_rows: int,
+) -> dict[str, np.ndarray]:
+    """Scores of every batch row by each fitted, inductive ``detectors`` entry, ``chunk_rows`` rows at a time.
+
+    Each row's score depends on that row alone, so the result equals scoring the whole batch at once;
+    memory holds one encoded chunk, not the encoded batch.
+    """
+    scores = {name: np.empty(len(batch)) for name in detectors}
+    for start in range(0, len(batch), chunk_rows):
+        part = batch.iloc[start : start + chunk_rows]
+        X, y = encoder.transform(part), _labels(part, label_col)
+        for name, detector in detectors.items():
+            scores[name][start : start + len(part)] = detector.decision_function(X, y)
+    return scores
+
+
 def _split(reference: pd.DataFrame, labels: np.ndarray | None, config: ScanConfig):
     stratify = labels
     if labels is not None:
         _, counts = np.unique(labels, return_counts=True)
         if counts.min() < 2:
             stratify = None  # a class with one row cannot be split both ways
+    used = min(len(reference), config.max_reference_rows)
+    holdout_rows = min(max(1, math.ceil(used * config.holdout_fraction)), used - 1)  # as scikit-learn rounds
     return train_test_split(
-        reference, test_size=config.holdout_fraction, random_state=config.seed, stratify=stratify
+        reference,
+        train_size=used - holdout_rows,
+        test_size=holdout_rows,
+        random_state=config.seed,
+        stratify=stratify,
     )
 
 
@@ -225,13 +267,16 @@ def _conformal_p_values(
     if batch_groups is None or len(hold_groups) == 0:
         own = np.arange(len(hold_scores))
         return _tail_p_values(hold_scores, hold_scores, own), _tail_p_values(hold_scores, batch_scores)
-    for group in np.unique(np.concatenate([hold_groups, batch_groups])):
-        in_hold = hold_groups == group
+    # Integer codes: comparing a million object labels once per group would cost more than the p-values.
+    codes, groups = pd.factorize(np.concatenate([hold_groups, batch_groups]))
+    hold_codes, batch_codes = codes[: len(hold_groups)], codes[len(hold_groups):]
+    for code, group in enumerate(groups):
+        in_hold = hold_codes == code
         reference_scores = hold_scores[in_hold] if group != "*" else hold_scores
         if in_hold.any():
             own = np.flatnonzero(in_hold) if group == "*" else np.arange(int(in_hold.sum()))
             hold_p[in_hold] = _tail_p_values(reference_scores, hold_scores[in_hold], own)
-        in_batch = batch_groups == group
+        in_batch = batch_codes == code
         if in_batch.any():
             batch_p[in_batch] = _tail_p_values(reference_scores, batch_scores[in_batch])
     return hold_p, batch_p

@@ -1,0 +1,241 @@
+"""End-to-end ``scan`` speed and memory beside PyOD's ECOD alone on the same data, in one run.
+
+    python -m benchmarks.throughput [--rows 10000,100000,1000000] [--repeats 3] [--write]
+
+For each size: a synthetic batch (``--features`` numeric columns and a three-class label, scikit-learn's
+``make_classification``) written as Parquet, and a trusted reference half its size. Each measurement runs
+in a fresh Python process, so peak RSS (``ru_maxrss``) belongs to that measurement alone:
+
+* **scan**: the ``scan-batch`` flow (read Parquet, infer and run the Great Expectations suite, score with
+  the default detectors, write clean and quarantine Parquet, the JSON and HTML reports). Prefect's
+  temporary server is started, and Great Expectations, PyOD, scikit-learn and matplotlib imported, before the clock
+  and the memory baseline, as a served or scheduled flow finds them after its first run; the server runs
+  in its own process and is not in the RSS.
+* **ECOD alone**: PyOD's ``ECOD`` fitted on the reference array and scoring the batch array (loading the
+  arrays is not timed).
+
+The table gives medians over ``--repeats`` runs (the two alternate, so both see the same machine state),
+the scan/ECOD time ratio, and memory: peak RSS, and the peak above the process's RSS just before it read
+the data, as a multiple of the batch frame's in-memory size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LABEL = "label"
+
+
+def make_data(rows: int, features: int, directory: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``batch.parquet`` (``rows`` rows) and ``reference.parquet`` (half as many) of one distribution."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    reference_rows = max(rows // 2, 200)
+    X, y = make_classification(
+        n_samples=rows + reference_rows, n_features=features, n_informative=max(2, features // 2),
+        n_redundant=0, n_classes=3, random_state=seed,
+    )
+    frame = pd.DataFrame(X, columns=[f"f{i:02d}" for i in range(features)])
+    frame[LABEL] = y.astype("int64")
+    batch, reference = directory / "batch.parquet", directory / "reference.parquet"
+    frame.iloc[:rows].to_parquet(batch, index=False)
+    frame.iloc[rows:].to_parquet(reference, index=False)
+    return batch, reference
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def measure_scan(batch: Path, reference: Path, out_dir: Path, settings: dict) -> dict:
+    """Run the scan flow once in this process; return seconds, RSS figures and the flow's step timings."""
+    from poisonguard.prefect_env import prepare_prefect_environment
+
+    prepare_prefect_environment()
+    from prefect import flow
+
+    from poisonguard.config import ScanConfig
+    from poisonguard.flows.scan import scan_batch
+    from poisonguard.report import read_report
+
+    @flow(name="benchmark-warm-up")
+    def warm_up() -> None:
+        """Start Prefect's temporary server before the clock."""
+
+    warm_up()
+    # A served flow has these imported after its first run; their import is not per-batch work.
+    import great_expectations  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import pyod.models.iforest  # noqa: F401
+    import sklearn.neural_network  # noqa: F401
+
+    config = ScanConfig(label_col=LABEL, dataset="throughput", reference=reference, out_dir=out_dir,
+                        suite_dir=out_dir / "no-stored-suites", force=True).with_overrides(**settings)
+    baseline = _current_rss_mb()
+    started = time.perf_counter()
+    summary = scan_batch(batch, config)
+    seconds = time.perf_counter() - started
+    report = read_report(summary.report_path) or {}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+        "rows_in": summary.rows_in,
+        "rows_quarantined": summary.rows_quarantined,
+        "steps": _with_rest(report.get("timings_seconds", {}), seconds),
+    }
+
+
+def _with_rest(steps: dict[str, float], total: float) -> dict[str, float]:
+    """The flow's step timings plus ``report and rest``: what the steps do not cover (reports, Prefect)."""
+    return steps | {"report and rest": max(total - sum(steps.values()), 0.0)}
+
+
+def measure_ecod(batch: Path, reference: Path) -> dict:
+    """Fit PyOD's ECOD on the reference features and score the batch's; return seconds and RSS figures."""
+    import warnings
+
+    import pandas as pd
+    from pyod.models.ecod import ECOD
+
+    baseline = _current_rss_mb()
+    train = pd.read_parquet(reference).drop(columns=[LABEL]).to_numpy(dtype="float64")
+    scored = pd.read_parquet(batch).drop(columns=[LABEL]).to_numpy(dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        started = time.perf_counter()
+        ECOD(n_jobs=1).fit(train).decision_function(scored)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline}
+
+
+def _in_fresh_process(kind: str, batch: Path, reference: Path, out_dir: Path, settings: dict) -> dict:
+    command = [sys.executable, "-m", "benchmarks.throughput", "--measure", kind, "--batch", str(batch),
+               "--reference", str(reference), "--out", str(out_dir), "--settings", json.dumps(settings)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} measurement failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def frame_mb(batch: Path) -> float:
+    import pandas as pd
+
+    return float(pd.read_parquet(batch).memory_usage(deep=True).sum()) / 2**20
+
+
+def run(sizes: list[int], features: int, repeats: int, settings: dict, work: Path) -> list[dict]:
+    rows = []
+    for size in sizes:
+        directory = work / f"rows-{size}"
+        directory.mkdir(parents=True, exist_ok=True)
+        batch, reference = make_data(size, features, directory)
+        scans, ecods = [], []
+        for repeat in range(repeats):
+            scans.append(_in_fresh_process("scan", batch, reference, directory / f"out-{repeat}", settings))
+            ecods.append(_in_fresh_process("ecod", batch, reference, directory, {}))
+            print(f"rows {size:,} run {repeat + 1}: scan {scans[-1]['seconds']:.1f} s, "
+                  f"ECOD {ecods[-1]['seconds']:.1f} s", file=sys.stderr)
+        median_scan = statistics.median(s["seconds"] for s in scans)
+        step_names = scans[0]["steps"].keys()
+        rows.append({
+            "rows": size,
+            "input_mb": frame_mb(batch),
+            "scan_s": median_scan,
+            "ecod_s": statistics.median(e["seconds"] for e in ecods),
+            "scan_peak_mb": statistics.median(s["peak_rss_mb"] for s in scans),
+            "scan_above_mb": statistics.median(s["peak_rss_mb"] - s["baseline_rss_mb"] for s in scans),
+            "ecod_peak_mb": statistics.median(e["peak_rss_mb"] for e in ecods),
+            "steps": {name: statistics.median(s["steps"].get(name, 0.0) for s in scans) for name in step_names},
+        })
+    return rows
+
+
+def to_markdown(rows: list[dict], repeats: int) -> str:
+    lines = [
+        f"Medians of {repeats} runs. Reference: half the batch's rows. Default detectors (ecod, iforest, "
+        "label_model); ECOD alone is PyOD's, fitted on the reference and scoring the batch, one thread.",
+        "",
+        "| rows | scan s | scan rows/s | PyOD ECOD alone s | scan / ECOD | input frame MB | scan peak RSS MB "
+        "| scan peak above start MB | above start / input | ECOD peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['rows']:,} | {r['scan_s']:.1f} | {r['rows'] / r['scan_s']:,.0f} | {r['ecod_s']:.1f} "
+            f"| {r['scan_s'] / r['ecod_s']:.2f} | {r['input_mb']:.0f} | {r['scan_peak_mb']:.0f} "
+            f"| {r['scan_above_mb']:.0f} | {r['scan_above_mb'] / r['input_mb']:.1f}x | {r['ecod_peak_mb']:.0f} |"
+        )
+    steps = list(rows[-1]["steps"])
+    lines += ["", "Scan steps, median seconds (the flow's own `timings_seconds`):", "",
+              "| rows | " + " | ".join(steps) + " |", "|---:|" + "---:|" * len(steps)]
+    for r in rows:
+        lines.append(f"| {r['rows']:,} | " + " | ".join(f"{r['steps'].get(s, 0.0):.2f}" for s in steps) + " |")
+    if len(rows) >= 2:
+        small, large = rows[-2], rows[-1]
+        growth = (large["scan_s"] / small["scan_s"]) / (large["rows"] / small["rows"])
+        lines += ["", f"Growth from {small['rows']:,} to {large['rows']:,} rows: scan time x"
+                      f"{large['scan_s'] / small['scan_s']:.1f} for x{large['rows'] / small['rows']:.0f} rows "
+                      f"({growth:.2f} of linear)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="10000,100000,1000000", help="comma-separated batch sizes")
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="where data and outputs go (default: temporary)")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    # One measurement in this process (what ``run`` calls in a fresh process per measurement).
+    parser.add_argument("--measure", choices=["scan", "ecod"], help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.measure == "scan":
+        print(json.dumps(measure_scan(args.batch, args.reference, args.out, json.loads(args.settings))))
+        return
+    if args.measure == "ecod":
+        print(json.dumps(measure_ecod(args.batch, args.reference)))
+        return
+
+    sizes = [int(size) for size in args.rows.split(",") if size]
+    with tempfile.TemporaryDirectory(prefix="poisonguard-throughput-") as scratch:
+        work = args.work or Path(scratch)
+        # One Prefect home for every run: its database is created once, not per measurement.
+        os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
+        rows = run(sizes, args.features, args.repeats, {}, work)
+    markdown = to_markdown(rows, args.repeats)
+    print(markdown)
+    if args.write:
+        from benchmarks.results import write_section
+
+        write_section("throughput", "Throughput: end-to-end scan beside PyOD ECOD alone", markdown)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

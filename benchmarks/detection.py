@@ -7,8 +7,9 @@ is poisoned. Every detector is run alone and the combined set together, with the
 calibration at the 1% false-quarantine budget) and without it (robust per-batch rules), through the
 same ``score_rows`` the scan uses. Reported: precision, recall, F1 and false quarantine of the
 calibrated flags, AUROC of the score, recall at 1% false positives with an oracle threshold (what a peer
-tool is credited with), and seconds. Prints a markdown table; ``--write`` also writes it, with the command
-and versions, to ``benchmarks/RESULTS.md``.
+tool is credited with), and seconds. The peers of :mod:`benchmarks.peers` (PyOD; cleanlab and IBM ART with
+the ``bench`` extra) run on the same poisoned batches. Prints a markdown table; ``--write`` also writes
+it, with the command and versions, into ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from benchmarks import attacks
+from benchmarks import attacks, peers
 from benchmarks.attacks import LABEL
 
 DEFAULT_COMBINED = ("ecod", "iforest", "label_model")
+DETECTION_NOTES = (
+    "Each dataset is split in halves: a trusted reference and a batch that is poisoned. poisonguard's rows "
+    "run through the scan's own `score_rows`, with the reference (`reference: yes`, conformal thresholds at "
+    "a 1% false-quarantine budget) and without it (robust per-batch rules). Peer rows (`peer: ...`, see "
+    "`benchmarks/peers.py`) see only the poisoned batch, with their own default flags. `recall_at_1pct_fp` "
+    "uses an oracle threshold at the 99th percentile of the clean rows' scores, which favours every tool; "
+    "`false_quarantine` is the share of clean rows flagged at the tool's own threshold."
+)
 
 
 def scenarios() -> list[tuple[str, str, Callable[[pd.DataFrame, float, int], attacks.Poisoned]]]:
@@ -82,7 +90,8 @@ def metrics(mask: np.ndarray, flags: np.ndarray, score: np.ndarray | None) -> di
     return result
 
 
-def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], seed: int) -> pd.DataFrame:
+def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], seed: int,
+        with_peers: bool = True) -> pd.DataFrame:
     rows = []
     for dataset, attack_name, attack in scenarios():
         data = attacks.load_dataset(dataset, seed)
@@ -97,10 +106,20 @@ def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], see
                                       seed)
                     rows.append({"dataset": dataset, "attack": attack_name, "rate": rate, "detector": label,
                                  "reference": "yes" if with_reference else "no", **result})
-                    print(f"{dataset:13s} {attack_name:28s} {rate:.2f} {label:40s} ref={with_reference!s:5s} "
-                          f"recall {result.get('recall', float('nan')):.2f} "
-                          f"fq {result.get('false_quarantine', float('nan')):.3f}", file=sys.stderr)
+                    _progress(rows[-1])
+            if with_peers:
+                X = poisoned.frame.drop(columns=[LABEL]).to_numpy(dtype="float64")
+                for name, (flags, score, seconds) in peers.run_peers(X, poisoned.frame[LABEL].to_numpy(), seed).items():
+                    rows.append({"dataset": dataset, "attack": attack_name, "rate": rate, "detector": f"peer: {name}",
+                                 "reference": "no", "seconds": seconds, **metrics(poisoned.mask, flags, score)})
+                    _progress(rows[-1])
     return pd.DataFrame(rows)
+
+
+def _progress(row: dict) -> None:
+    print(f"{row['dataset']:13s} {row['attack']:28s} {row['rate']:.2f} {row['detector']:40s} "
+          f"ref={row['reference']:3s} recall {row.get('recall', float('nan')):.2f} "
+          f"fq {row.get('false_quarantine', float('nan')):.3f}", file=sys.stderr)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -127,22 +146,20 @@ def main() -> None:
     parser.add_argument("--detectors", default=",".join(REGISTRY), help="detectors to run alone")
     parser.add_argument("--combined", default=",".join(DEFAULT_COMBINED), help="the combined set")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--no-peers", action="store_true", help="skip PyOD, cleanlab and ART run alone")
     args = parser.parse_args()
     table = run([float(r) for r in args.rates.split(",")], [d for d in args.detectors.split(",") if d],
-                tuple(args.combined.split(",")), args.seed)
+                tuple(args.combined.split(",")), args.seed, with_peers=not args.no_peers)
     markdown = to_markdown(table)
     print(markdown)
     if args.write:
-        from poisonguard.report import versions
+        from benchmarks.results import write_section
 
-        header = [
-            "# Detection benchmark", "",
-            f"Command: `python -m benchmarks.detection {' '.join(sys.argv[1:])}`", "",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()), "",
-        ]
-        target = Path(__file__).resolve().parent / "RESULTS.md"
-        target.write_text("\n".join(header) + "\n" + markdown + "\n", encoding="utf-8")
+        missing = peers.available() if not args.no_peers else {"all peers": "--no-peers"}
+        notes = "".join(f"\n\nNot run: {name}, {why}." for name, why in missing.items())
+        write_section("detection", "Detection: poisonguard's detectors and the peers on poisoned data",
+                      DETECTION_NOTES + notes + "\n\n" + markdown)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 
 from poisonguard.config import ScanConfig, config_from_mapping, load_config
 from poisonguard.errors import ConfigError
-from poisonguard.flows.scan import IO_RETRIES, scan_batch
+from poisonguard.flows.scan import IO_RETRIES, run_scan
 from poisonguard.ingest import file_sha256
 from poisonguard.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files
 from poisonguard.report import CLEAN, REPLAY, ROWS_QUARANTINED
@@ -77,7 +77,7 @@ def process_inbox(
     for taken in claim_batches(inbox, min_age_seconds, stale_after_seconds):
         batch_config = config if config.dataset else replace(config, dataset=taken.dataset)
         try:
-            summary = scan_batch(taken.path, batch_config)
+            summary = run_scan(taken.path, batch_config)
         except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
             moved = settle_batch(taken, FAILED, "error")
             results.append(

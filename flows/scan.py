@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
 
 from poisonguard import ROW_ID
@@ -40,9 +40,18 @@ from poisonguard.report import (
     summary_markdown,
     summary_table,
 )
+from poisonguard.flows.runners import task_runner_for
 from poisonguard.html_report import render_batch_report, render_index
 from poisonguard.review import refuse_rescan_of_reviewed
-from poisonguard.scoring import DetectorScores, score_rows
+from poisonguard.scoring import (
+    DetectorScores,
+    FittedReference,
+    finish_scores,
+    fit_reference,
+    has_enough_reference,
+    score_chunk,
+    score_rows,
+)
 from poisonguard.store import atomic_write_json
 from poisonguard.trust import load_trust_store
 
@@ -107,6 +116,40 @@ def score(outcome: SchemaOutcome, scan_plan: ScanPlan, config: ScanConfig) -> De
     failing = np.concatenate([np.empty(0, "int64"), *outcome.row_reasons.values()])
     fit_mask = ~np.isin(frame[ROW_ID].to_numpy(), failing)
     return score_rows(frame, scan_plan.reference, scan_plan.kinds, scan_plan.label_col, config, fit_mask)
+
+
+@task(name="fit-detectors", cache_policy=NONE)
+def fit_detectors(scan_plan: ScanPlan, config: ScanConfig) -> tuple[FittedReference | None, dict[str, str]]:
+    progress.info("fitting %s on the reference", ", ".join(config.detectors))
+    return fit_reference(scan_plan.reference, scan_plan.kinds, scan_plan.label_col, config)
+
+
+@task(name="score-chunk", cache_policy=NONE)
+def score_rows_chunk(fitted: FittedReference, chunk):
+    return score_chunk(fitted, chunk)
+
+
+@task(name="calibrate", cache_policy=NONE)
+def calibrate(fitted: FittedReference, outcome: SchemaOutcome, parts: list, skipped: dict) -> DetectorScores:
+    return finish_scores(fitted, outcome.frame, parts, skipped)
+
+
+def score_in_parallel(outcome: SchemaOutcome, scan_plan: ScanPlan, config: ScanConfig) -> DetectorScores:
+    """Fit once on the reference, score row chunks as parallel tasks on the flow's task runner, calibrate.
+
+    Gives the same scores and flags as :func:`score` (each row's score depends on that row alone). Without
+    a usable reference the detectors must see the whole batch, and :func:`score` runs instead.
+    """
+    if len(outcome.frame) == 0 or not has_enough_reference(scan_plan.reference, config):
+        return score(outcome, scan_plan, config)
+    fitted, skipped = fit_detectors(scan_plan, config)
+    if fitted is None:
+        return score(outcome, scan_plan, config)
+    frame, step = outcome.frame, config.score_chunk_rows
+    chunks = [frame.iloc[start : start + step] for start in range(0, len(frame), step)]
+    progress.info("scoring %s rows in %s chunks in parallel", len(frame), len(chunks))
+    futures = score_rows_chunk.map(unmapped(fitted), chunks)
+    return calibrate(fitted, outcome, [future.result() for future in futures], skipped)
 
 
 @task(name="describe", cache_policy=NONE)
@@ -258,7 +301,9 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
         reasons = {f["code"]: batch.n_rows or 0 for f in whole_batch_failures}
     else:
-        scores = score(outcome, scan_plan, config)
+        scores = score_in_parallel(outcome, scan_plan, config) if config.task_runner == "dask" else score(
+            outcome, scan_plan, config
+        )
         lap("score")
         figures = describe(outcome, scores, scan_plan)
         rows_clean, rows_quarantined, reasons, detectors = write(batch, outcome, scores, paths, scanned_at)
@@ -291,3 +336,9 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
     summary = ScanSummary.from_report(data, paths.report)
     publish(summary, html)
     return summary
+
+
+def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
+    """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`)."""
+    runner = task_runner_for(config)
+    return (scan_batch if runner is None else scan_batch.with_options(task_runner=runner))(path, config)

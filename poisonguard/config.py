@@ -16,6 +16,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 DEFAULT_DETECTORS = ("ecod", "iforest", "label_model")
+TASK_RUNNERS = ("default", "dask")
+# How and where a scan runs, never what it decides: left out of the scan's fingerprint.
+_EXECUTION_FIELDS = ("score_chunk_rows", "task_runner", "dask_address", "dask_workers")
 _PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hours", "clock_skew_seconds", "ledger")
 
 
@@ -56,6 +59,12 @@ class ScanConfig:
     # Batch rows encoded and scored at a time by detectors fitted on the reference; bounds the memory of
     # scoring without changing any score.
     score_chunk_rows: int = 100_000
+    # Where the scan's tasks run: "default" (Prefect's thread pool; each chunk in turn) or "dask"
+    # (prefect-dask: batch chunks scored in parallel on a LocalCluster of dask_workers workers, or on the
+    # existing cluster at dask_address).
+    task_runner: str = "default"
+    dask_address: str | None = None
+    dask_workers: int | None = None  # default: one per CPU core
 
     def __post_init__(self) -> None:
         if not 0.0 < self.max_false_quarantine < 0.5:
@@ -75,6 +84,12 @@ class ScanConfig:
                 f"max_reference_rows must be at least twice min_class_rows ({2 * self.min_class_rows}), "
                 f"got {self.max_reference_rows}"
             )
+        if self.task_runner not in TASK_RUNNERS:
+            raise ConfigError(f"task_runner must be one of {', '.join(TASK_RUNNERS)}, got {self.task_runner!r}")
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ConfigError("dask_address needs the dask task runner: pass --task-runner dask")
+        if self.dask_workers is not None and self.dask_workers < 1:
+            raise ConfigError(f"dask_workers must be at least 1, got {self.dask_workers}")
         if self.score_chunk_rows < 1:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
         if not self.detectors:
@@ -104,7 +119,7 @@ class ScanConfig:
         Provenance settings are left out: with a trust store, provenance is checked on every scan anyway.
         """
         settings = dataclasses.asdict(self)
-        for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format", "score_chunk_rows",
+        for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format", *_EXECUTION_FIELDS,
                      *_PROVENANCE_FIELDS):
             settings.pop(name)
         settings["detectors"] = list(self.detectors)

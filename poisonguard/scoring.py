@@ -64,18 +64,23 @@ def score_rows(
     """
     if len(batch) == 0:
         return DetectorScores(calibration={"mode": "empty batch"})
-    has_reference = reference is not None and len(reference) >= 2 * config.min_class_rows
-    names, skipped = _runnable(config, label_col, has_reference)
-    mode = "reference" if has_reference else "batch"
+    if has_enough_reference(reference, config):
+        fitted, skipped = fit_reference(reference, kinds, label_col, config)
+        if fitted is None:
+            return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped})
+        return finish_scores(fitted, batch, score_in_chunks(fitted, batch), skipped)
+    names, skipped = _runnable(config, label_col, has_reference=False)
     if not names:
-        return DetectorScores(calibration={"mode": mode, "skipped_detectors": skipped})
-    if has_reference:
-        result = _score_against_reference(batch, reference, kinds, label_col, config, names)
-    else:
-        fit_mask = np.ones(len(batch), dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
-        result = _score_against_batch(batch, fit_mask, kinds, label_col, config, names)
+        return DetectorScores(calibration={"mode": "batch", "skipped_detectors": skipped})
+    fit_mask = np.ones(len(batch), dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
+    result = _score_against_batch(batch, fit_mask, kinds, label_col, config, names)
     result.calibration["skipped_detectors"] = skipped
     return result
+
+
+def has_enough_reference(reference: pd.DataFrame | None, config: ScanConfig) -> bool:
+    """Whether ``reference`` can be split into fitting and calibration parts (reference mode)."""
+    return reference is not None and len(reference) >= 2 * config.min_class_rows
 
 
 def _detector(name: str, label_col: str | None, config: ScanConfig):
@@ -105,36 +110,82 @@ def _labels(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
     return as_text(frame[label_col]).fillna("<missing>").to_numpy(dtype=object)
 
 
-def _score_against_reference(
-    batch: pd.DataFrame,
-    reference: pd.DataFrame,
-    kinds: dict[str, str],
-    label_col: str | None,
-    config: ScanConfig,
-    names: list[str],
-) -> DetectorScores:
-    labels = _labels(reference, label_col)
-    fit_part, holdout = _split(reference, labels, config)
-    encoder = FeatureEncoder(kinds, label_col).fit(fit_part)
-    X_fit, X_hold = encoder.transform(fit_part), encoder.transform(holdout)
-    y_fit, y_hold, y_batch = (_labels(f, label_col) for f in (fit_part, holdout, batch))
+class FittedReference:
+    """Detectors fitted on a trusted reference, with what calibrating their batch scores needs.
 
+    Made by :func:`fit_reference`; :func:`score_chunk` scores any slice of the batch with it (in any
+    process: it pickles), and :func:`finish_scores` turns the chunks' scores into calibrated flags.
+    """
+
+    def __init__(self, reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None,
+                 config: ScanConfig, names: list[str]) -> None:
+        self.label_col, self.config, self.names = label_col, config, names
+        self.reference_rows = len(reference)
+        self.fit_part, self.holdout = _split(reference, _labels(reference, label_col), config)
+        self.encoder = FeatureEncoder(kinds, label_col).fit(self.fit_part)
+        self.X_fit, self.X_hold = self.encoder.transform(self.fit_part), self.encoder.transform(self.holdout)
+        self.y_fit, self.y_hold = _labels(self.fit_part, label_col), _labels(self.holdout, label_col)
+        self.detectors = {name: _detector(name, label_col, config) for name in names}
+        # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
+        # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
+        self.streamed = {n: d for n, d in self.detectors.items() if not d.transductive and d.representation == "features"}
+        self.holdout_scores: dict[str, np.ndarray] = {}
+        for name, detector in self.streamed.items():
+            detector.fit(self.X_fit, self.y_fit)
+            self.holdout_scores[name] = detector.decision_function(self.X_hold, self.y_hold)
+
+
+def fit_reference(
+    reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+) -> tuple[FittedReference | None, dict[str, str]]:
+    """Fit the configured detectors on ``reference``; ``None`` when it is too small to calibrate with.
+
+    Also returns the detectors that cannot run, each with the reason.
+    """
+    has_reference = has_enough_reference(reference, config)
+    names, skipped = _runnable(config, label_col, has_reference)
+    if not has_reference or not names:
+        return None, skipped
+    return FittedReference(reference, kinds, label_col, config, names), skipped
+
+
+def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Scores of the rows of ``chunk`` by every detector that scores rows one by one (see ``streamed``).
+
+    A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
+    """
+    X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
+    return {name: detector.decision_function(X, y) for name, detector in fitted.streamed.items()}
+
+
+def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
+    """:func:`score_chunk` over consecutive slices of ``config.score_chunk_rows`` rows, in this process."""
+    step = fitted.config.score_chunk_rows
+    return [score_chunk(fitted, batch.iloc[start : start + step]) for start in range(0, len(batch), step)]
+
+
+def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: list[dict[str, np.ndarray]],
+                  skipped: dict[str, str] | None = None) -> DetectorScores:
+    """Calibrated flags for every batch row, from the scores of its consecutive chunks, in batch order.
+
+    Detectors that must see the whole batch (transductive ones, and those reading the probe's
+    activations) run here.
+    """
     result = DetectorScores()
-    holdout_scores: dict[str, np.ndarray] = {}
-    detectors = {name: _detector(name, label_col, config) for name in names}
-    # Detectors fitted on the reference alone and reading the encoded columns score the batch chunk by
-    # chunk, so the encoded batch never exists whole; the others need every batch row at once.
-    streamed = {n: d for n, d in detectors.items() if not d.transductive and d.representation == "features"}
-    whole = {n: d for n, d in detectors.items() if n not in streamed}
-    for name, detector in streamed.items():
-        detector.fit(X_fit, y_fit)
-        holdout_scores[name] = detector.decision_function(X_hold, y_hold)
-    result.scores.update(score_in_chunks(batch, encoder, streamed, label_col, config.score_chunk_rows))
+    for name in fitted.streamed:
+        result.scores[name] = np.concatenate([np.empty(0)] + [part[name] for part in chunk_scores])
+        if len(result.scores[name]) != len(batch):
+            raise ValueError(f"chunk scores cover {len(result.scores[name])} rows, the batch has {len(batch)}")
+    holdout_scores = dict(fitted.holdout_scores)
+    whole = {n: d for n, d in fitted.detectors.items() if n not in fitted.streamed}
+    label_col, config = fitted.label_col, fitted.config
+    X_fit, X_hold, y_fit, y_hold = fitted.X_fit, fitted.X_hold, fitted.y_fit, fitted.y_hold
+    y_batch = _labels(batch, label_col)
     if whole:
-        X_batch = encoder.transform(batch)
+        X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
         if config.embedding_prefix is not None:
-            views["probe"] = tuple(embedding_views([fit_part, holdout, batch], config.embedding_prefix))
+            views["probe"] = tuple(embedding_views([fitted.fit_part, fitted.holdout, batch], config.embedding_prefix))
         elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
             views["probe"] = tuple(
                 probe_activations(
@@ -157,7 +208,14 @@ def _score_against_reference(
                 detector.fit(V_fit, y_fit)
                 holdout_scores[name] = detector.decision_function(V_hold, y_hold)
                 result.scores[name] = detector.decision_function(V_batch, y_batch)
+    result = _calibrate(fitted, result, holdout_scores, y_batch)
+    result.calibration["skipped_detectors"] = skipped or {}
+    return result
 
+
+def _calibrate(fitted: FittedReference, result: DetectorScores, holdout_scores: dict[str, np.ndarray],
+               y_batch: np.ndarray | None) -> DetectorScores:
+    config, names, y_hold, holdout = fitted.config, fitted.names, fitted.y_hold, fitted.holdout
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
@@ -169,7 +227,7 @@ def _score_against_reference(
         holdout_p[name], result.p_values[name] = _conformal_p_values(
             holdout_scores[name], groups_hold, result.scores[name], groups_batch
         )
-        result.reasons[name] = f"{detectors[name].reason}:{name}"
+        result.reasons[name] = f"{fitted.detectors[name].reason}:{name}"
     result.scores = {name: result.scores[name] for name in names}
 
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
@@ -180,8 +238,8 @@ def _score_against_reference(
     combined_hold = min_p_hold <= alpha
     result.calibration = {
         "mode": "reference",
-        "reference_rows": int(len(reference)),
-        "fit_rows": int(len(fit_part)),
+        "reference_rows": int(fitted.reference_rows),
+        "fit_rows": int(len(fitted.fit_part)),
         "holdout_rows": int(len(holdout)),
         "max_false_quarantine": config.max_false_quarantine,
         "p_value_threshold": float(alpha),
@@ -199,27 +257,6 @@ def _score_against_reference(
             "approximate: give a larger reference or a larger budget"
         )
     return result
-
-
-def score_in_chunks(
-    batch: pd.DataFrame,
-    encoder: FeatureEncoder,
-    detectors: dict[str, Any],
-    label_col: str | None,
-    chunk_rows: int,
-) -> dict[str, np.ndarray]:
-    """Scores of every batch row by each fitted, inductive ``detectors`` entry, ``chunk_rows`` rows at a time.
-
-    Each row's score depends on that row alone, so the result equals scoring the whole batch at once;
-    memory holds one encoded chunk, not the encoded batch.
-    """
-    scores = {name: np.empty(len(batch)) for name in detectors}
-    for start in range(0, len(batch), chunk_rows):
-        part = batch.iloc[start : start + chunk_rows]
-        X, y = encoder.transform(part), _labels(part, label_col)
-        for name, detector in detectors.items():
-            scores[name][start : start + len(part)] = detector.decision_function(X, y)
-    return scores
 
 
 def _split(reference: pd.DataFrame, labels: np.ndarray | None, config: ScanConfig):

@@ -84,6 +84,12 @@ def scan(
         Optional[bool],
         typer.Option("--require-provenance/--no-require-provenance", help="Refuse batches without a valid manifest."),
     ] = None,
+    task_runner: Annotated[
+        Optional[str], typer.Option(help="default (Prefect's thread pool) or dask (score row chunks in parallel).")
+    ] = None,
+    dask_address: Annotated[
+        Optional[str], typer.Option(help="Use this existing Dask scheduler (tcp://host:8786) with --task-runner dask.")
+    ] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [scan] table.")] = None,
     force: Annotated[bool, typer.Option(help="Rescan even if this batch was scanned with these settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -106,11 +112,13 @@ def scan(
             embedding_prefix=embedding_prefix,
             trust_store=trust_store,
             require_provenance=require_provenance,
+            task_runner=task_runner,
+            dask_address=dask_address,
             force=force or None,
         )
         _check_paths(file, config)
         prepare_prefect_environment(verbose)
-        from poisonguard.flows.scan import scan_batch
+        from poisonguard.flows.scan import run_scan
 
         quiet_libraries(verbose)
         progress = logging.getLogger("poisonguard.progress")
@@ -120,7 +128,7 @@ def scan(
             handler = _StatusHandler(status)
             progress.addHandler(handler)
             try:
-                summary = scan_batch(file, config)
+                summary = run_scan(file, config)
             finally:
                 progress.removeHandler(handler)
     except typer.Exit:

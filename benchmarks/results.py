@@ -10,14 +10,16 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TITLE = "# Benchmark results\n\nEach section is rewritten by the command it names; nothing here is typed by hand.\n"
 
 
-def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
-    """Replace the section ``name`` of ``path`` (or append it) with ``title``, the command, versions, ``body``."""
+def write_section(name: str, title: str, body: str, path: Path = RESULTS, section: str | None = None) -> None:
+    """Replace the section ``section`` (default ``name``, the benchmark's module) of ``path``, or append it,
+    with ``title``, the command, the versions and ``body``."""
     from poisonguard.report import versions
     from poisonguard.store import atomic_write_text
 
     command = f"python -m benchmarks.{name} {' '.join(sys.argv[1:])}".rstrip()
-    section = "\n".join([
-        f"<!-- {name}:start -->",
+    marker = section or name
+    text_of_section = "\n".join([
+        f"<!-- {marker}:start -->",
         f"## {title}",
         "",
         f"Command: `{command}`",
@@ -25,14 +27,14 @@ def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> Non
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "",
         body.rstrip(),
-        f"<!-- {name}:end -->",
+        f"<!-- {marker}:end -->",
     ])
     text = path.read_text(encoding="utf-8") if path.exists() else TITLE
     if not text.startswith(TITLE):
         text = TITLE  # the file from before sections existed: start it afresh
-    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.DOTALL)
+    pattern = re.compile(rf"<!-- {re.escape(marker)}:start -->.*?<!-- {re.escape(marker)}:end -->", re.DOTALL)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
+        text = pattern.sub(lambda _: text_of_section, text)
     else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        text = text.rstrip("\n") + "\n\n" + text_of_section + "\n"
     atomic_write_text(path, text)

@@ -1,18 +1,21 @@
 """End-to-end ``scan`` speed and memory beside PyOD's ECOD alone on the same data, in one run.
 
-    python -m benchmarks.throughput [--rows 10000,100000,1000000] [--repeats 3] [--write]
+    python -m benchmarks.throughput [--rows 10000,100000,1000000] [--repeats 3] [--task-runners default,dask]
+                                    [--chunk-rows N --reference-rows N --no-ecod] [--write]
 
-For each size: a synthetic batch (``--features`` numeric columns and a three-class label, scikit-learn's
-``make_classification``) written as Parquet, and a trusted reference half its size. Each measurement runs
-in a fresh Python process, so peak RSS (``ru_maxrss``) belongs to that measurement alone:
+For each size: a synthetic batch (``--features`` numeric columns and a three-class label: three
+Gaussian classes) written as Parquet, and a trusted reference half its size (or ``--reference-rows``).
+Each measurement runs in a fresh Python process, so peak RSS (``ru_maxrss``) belongs to it alone:
 
-* **scan**: the ``scan-batch`` flow (read Parquet, infer and run the Great Expectations suite, score with
-  the default detectors, write clean and quarantine Parquet, the JSON and HTML reports). Prefect's
-  temporary server is started, and Great Expectations, PyOD, scikit-learn and matplotlib imported, before the clock
-  and the memory baseline, as a served or scheduled flow finds them after its first run; the server runs
-  in its own process and is not in the RSS.
+* **scan**: the flow ``run_scan`` picks for the settings: Prefect's default task runner or Dask with 2
+  workers (``--task-runners``), the whole batch at once or the chunked flow for batches larger than memory
+  (``--chunk-rows``). It reads Parquet, infers and runs the Great Expectations suite, scores with the
+  default detectors, and writes clean and quarantine Parquet and the JSON and HTML reports. Prefect's
+  temporary server is started, and Great Expectations, PyOD, scikit-learn and matplotlib imported, before
+  the clock and the memory baseline, as a served or scheduled flow finds them after its first run; the
+  server runs in its own process and is not in the RSS.
 * **ECOD alone**: PyOD's ``ECOD`` fitted on the reference array and scoring the batch array (loading the
-  arrays is not timed).
+  arrays is not timed); ``--no-ecod`` skips it (it needs about 2.7 GB per million rows).
 
 The table gives medians over ``--repeats`` runs (the two alternate, so both see the same machine state),
 the scan/ECOD time ratio, and memory: peak RSS, and the peak above the process's RSS just before it read
@@ -35,23 +38,36 @@ from pathlib import Path
 import numpy as np
 
 LABEL = "label"
+GENERATED_ROW_GROUP = 250_000
 
 
-def make_data(rows: int, features: int, directory: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``batch.parquet`` (``rows`` rows) and ``reference.parquet`` (half as many) of one distribution."""
-    import pandas as pd
-    from sklearn.datasets import make_classification
+def make_data(rows: int, features: int, directory: Path, reference_rows: int | None = None,
+              seed: int = 0) -> tuple[Path, Path]:
+    """Write ``batch.parquet`` (``rows`` rows) and ``reference.parquet`` (half as many, or ``reference_rows``).
 
-    reference_rows = max(rows // 2, 200)
-    X, y = make_classification(
-        n_samples=rows + reference_rows, n_features=features, n_informative=max(2, features // 2),
-        n_redundant=0, n_classes=3, random_state=seed,
-    )
-    frame = pd.DataFrame(X, columns=[f"f{i:02d}" for i in range(features)])
-    frame[LABEL] = y.astype("int64")
+    Three Gaussian classes whose means differ in half of the features, written a row group at a time so
+    that even 5 million rows never sit in this process's memory at once.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    means = np.random.default_rng(seed).normal(scale=1.5, size=(3, features))
+    means[:, features // 2:] = 0.0
+    names = [f"f{i:02d}" for i in range(features)]
+
+    def write(path: Path, n_rows: int, stream: int) -> None:
+        with pq.ParquetWriter(path, pa.schema([*(pa.field(n, pa.float64()) for n in names),
+                                               pa.field(LABEL, pa.int64())])) as writer:
+            for start in range(0, n_rows, GENERATED_ROW_GROUP):
+                rng = np.random.default_rng([seed, stream, start])
+                size = min(GENERATED_ROW_GROUP, n_rows - start)
+                labels = rng.integers(0, 3, size)
+                values = means[labels] + rng.normal(size=(size, features))
+                writer.write_table(pa.table({**{n: values[:, i] for i, n in enumerate(names)}, LABEL: labels}))
+
     batch, reference = directory / "batch.parquet", directory / "reference.parquet"
-    frame.iloc[:rows].to_parquet(batch, index=False)
-    frame.iloc[rows:].to_parquet(reference, index=False)
+    write(batch, rows, stream=1)
+    write(reference, reference_rows or max(rows // 2, 200), stream=2)
     return batch, reference
 
 
@@ -75,7 +91,7 @@ def measure_scan(batch: Path, reference: Path, out_dir: Path, settings: dict) ->
     from prefect import flow
 
     from poisonguard.config import ScanConfig
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
     from poisonguard.report import read_report
 
     @flow(name="benchmark-warm-up")
@@ -93,7 +109,7 @@ def measure_scan(batch: Path, reference: Path, out_dir: Path, settings: dict) ->
                         suite_dir=out_dir / "no-stored-suites", force=True).with_overrides(**settings)
     baseline = _current_rss_mb()
     started = time.perf_counter()
-    summary = scan_batch(batch, config)
+    summary = run_scan(batch, config)
     seconds = time.perf_counter() - started
     report = read_report(summary.report_path) or {}
     return {
@@ -144,58 +160,79 @@ def frame_mb(batch: Path) -> float:
     return float(pd.read_parquet(batch).memory_usage(deep=True).sum()) / 2**20
 
 
-def run(sizes: list[int], features: int, repeats: int, settings: dict, work: Path) -> list[dict]:
+def run(sizes: list[int], features: int, repeats: int, settings: dict, work: Path,
+        runners: tuple[str, ...] = ("default",), reference_rows: int | None = None,
+        with_ecod: bool = True) -> list[dict]:
+    """One table row per size and task runner; measurements of a size alternate so all share its state."""
     rows = []
     for size in sizes:
         directory = work / f"rows-{size}"
         directory.mkdir(parents=True, exist_ok=True)
-        batch, reference = make_data(size, features, directory)
-        scans, ecods = [], []
+        batch, reference = make_data(size, features, directory, reference_rows)
+        scans: dict[str, list[dict]] = {runner: [] for runner in runners}
+        ecods = []
         for repeat in range(repeats):
-            scans.append(_in_fresh_process("scan", batch, reference, directory / f"out-{repeat}", settings))
-            ecods.append(_in_fresh_process("ecod", batch, reference, directory, {}))
-            print(f"rows {size:,} run {repeat + 1}: scan {scans[-1]['seconds']:.1f} s, "
-                  f"ECOD {ecods[-1]['seconds']:.1f} s", file=sys.stderr)
-        median_scan = statistics.median(s["seconds"] for s in scans)
-        step_names = scans[0]["steps"].keys()
-        rows.append({
-            "rows": size,
-            "input_mb": frame_mb(batch),
-            "scan_s": median_scan,
-            "ecod_s": statistics.median(e["seconds"] for e in ecods),
-            "scan_peak_mb": statistics.median(s["peak_rss_mb"] for s in scans),
-            "scan_above_mb": statistics.median(s["peak_rss_mb"] - s["baseline_rss_mb"] for s in scans),
-            "ecod_peak_mb": statistics.median(e["peak_rss_mb"] for e in ecods),
-            "steps": {name: statistics.median(s["steps"].get(name, 0.0) for s in scans) for name in step_names},
-        })
+            for runner in runners:
+                out = directory / f"out-{runner}-{repeat}"
+                scans[runner].append(_in_fresh_process("scan", batch, reference, out, settings | {"task_runner": runner}))
+            if with_ecod:
+                ecods.append(_in_fresh_process("ecod", batch, reference, directory, {}))
+            print(f"rows {size:,} run {repeat + 1}: "
+                  + ", ".join(f"scan ({r}) {scans[r][-1]['seconds']:.1f} s" for r in runners)
+                  + (f", ECOD {ecods[-1]['seconds']:.1f} s" if ecods else ""), file=sys.stderr)
+        ecod_s = statistics.median(e["seconds"] for e in ecods) if ecods else float("nan")
+        default_s = statistics.median(s["seconds"] for s in scans[runners[0]])
+        for runner in runners:
+            runs = scans[runner]
+            scan_s = statistics.median(s["seconds"] for s in runs)
+            rows.append({
+                "rows": size,
+                "runner": runner,
+                "input_mb": frame_mb(batch),
+                "scan_s": scan_s,
+                "speed_up": default_s / scan_s,
+                "ecod_s": ecod_s,
+                "scan_peak_mb": statistics.median(s["peak_rss_mb"] for s in runs),
+                "scan_above_mb": statistics.median(s["peak_rss_mb"] - s["baseline_rss_mb"] for s in runs),
+                "ecod_peak_mb": statistics.median(e["peak_rss_mb"] for e in ecods) if ecods else float("nan"),
+                "steps": {name: statistics.median(s["steps"].get(name, 0.0) for s in runs) for name in runs[0]["steps"]},
+            })
     return rows
 
 
-def to_markdown(rows: list[dict], repeats: int) -> str:
+def to_markdown(rows: list[dict], repeats: int, chunk_rows: int | None = None,
+                reference_rows: int | None = None) -> str:
+    runners = list(dict.fromkeys(r["runner"] for r in rows))
+    reference = f"{reference_rows:,} rows" if reference_rows else "half the batch's rows"
+    mode = f"chunks of {chunk_rows:,} rows (`--chunk-rows`)" if chunk_rows else "the whole batch at once"
     lines = [
-        f"Medians of {repeats} runs. Reference: half the batch's rows. Default detectors (ecod, iforest, "
-        "label_model); ECOD alone is PyOD's, fitted on the reference and scoring the batch, one thread.",
+        f"Medians of {repeats} runs; scanned {mode}. Reference: {reference}. Default detectors (ecod, iforest, "
+        "label_model); ECOD alone is PyOD's, fitted on the reference and scoring the batch, one thread. "
+        f"`speed-up` is the first runner's ({runners[0]}) median time over this runner's.",
         "",
-        "| rows | scan s | scan rows/s | PyOD ECOD alone s | scan / ECOD | input frame MB | scan peak RSS MB "
-        "| scan peak above start MB | above start / input | ECOD peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | task runner | scan s | scan rows/s | speed-up | PyOD ECOD alone s | scan / ECOD | input frame MB "
+        "| scan peak RSS MB | scan peak above start MB | above start / input | ECOD peak RSS MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['rows']:,} | {r['scan_s']:.1f} | {r['rows'] / r['scan_s']:,.0f} | {r['ecod_s']:.1f} "
-            f"| {r['scan_s'] / r['ecod_s']:.2f} | {r['input_mb']:.0f} | {r['scan_peak_mb']:.0f} "
-            f"| {r['scan_above_mb']:.0f} | {r['scan_above_mb'] / r['input_mb']:.1f}x | {r['ecod_peak_mb']:.0f} |"
+            f"| {r['rows']:,} | {r['runner']} | {r['scan_s']:.1f} | {r['rows'] / r['scan_s']:,.0f} "
+            f"| {r['speed_up']:.2f} | {r['ecod_s']:.1f} | {r['scan_s'] / r['ecod_s']:.2f} | {r['input_mb']:.0f} "
+            f"| {r['scan_peak_mb']:.0f} | {r['scan_above_mb']:.0f} | {r['scan_above_mb'] / r['input_mb']:.1f}x "
+            f"| {r['ecod_peak_mb']:.0f} |"
         )
     steps = list(rows[-1]["steps"])
     lines += ["", "Scan steps, median seconds (the flow's own `timings_seconds`):", "",
-              "| rows | " + " | ".join(steps) + " |", "|---:|" + "---:|" * len(steps)]
+              "| rows | task runner | " + " | ".join(steps) + " |", "|---:|---|" + "---:|" * len(steps)]
     for r in rows:
-        lines.append(f"| {r['rows']:,} | " + " | ".join(f"{r['steps'].get(s, 0.0):.2f}" for s in steps) + " |")
-    if len(rows) >= 2:
-        small, large = rows[-2], rows[-1]
+        lines.append(f"| {r['rows']:,} | {r['runner']} | "
+                     + " | ".join(f"{r['steps'].get(s, 0.0):.2f}" for s in steps) + " |")
+    first = [r for r in rows if r["runner"] == runners[0]]
+    if len(first) >= 2:
+        small, large = first[-2], first[-1]
         growth = (large["scan_s"] / small["scan_s"]) / (large["rows"] / small["rows"])
-        lines += ["", f"Growth from {small['rows']:,} to {large['rows']:,} rows: scan time x"
-                      f"{large['scan_s'] / small['scan_s']:.1f} for x{large['rows'] / small['rows']:.0f} rows "
+        lines += ["", f"Growth from {small['rows']:,} to {large['rows']:,} rows ({runners[0]} runner): scan time "
+                      f"x{large['scan_s'] / small['scan_s']:.1f} for x{large['rows'] / small['rows']:.0f} rows "
                       f"({growth:.2f} of linear)."]
     return "\n".join(lines)
 
@@ -205,6 +242,12 @@ def main() -> None:
     parser.add_argument("--rows", default="10000,100000,1000000", help="comma-separated batch sizes")
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--task-runners", default="default",
+                        help="comma-separated task runners to compare, e.g. default,dask (2 Dask workers)")
+    parser.add_argument("--chunk-rows", type=int, default=None,
+                        help="scan in chunks of this many rows (batches larger than memory)")
+    parser.add_argument("--reference-rows", type=int, default=None, help="reference size (default: half the batch)")
+    parser.add_argument("--no-ecod", action="store_true", help="skip PyOD ECOD alone (it needs ~2.7 GB per 1M rows)")
     parser.add_argument("--work", type=Path, default=None, help="where data and outputs go (default: temporary)")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     # One measurement in this process (what ``run`` calls in a fresh process per measurement).
@@ -214,6 +257,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.features < 3:
+        parser.error("--features must be at least 3 (three label classes need three informative features)")
 
     if args.measure == "scan":
         print(json.dumps(measure_scan(args.batch, args.reference, args.out, json.loads(args.settings))))
@@ -227,13 +272,20 @@ def main() -> None:
         work = args.work or Path(scratch)
         # One Prefect home for every run: its database is created once, not per measurement.
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
-        rows = run(sizes, args.features, args.repeats, {}, work)
-    markdown = to_markdown(rows, args.repeats)
+        runners = tuple(r for r in args.task_runners.split(",") if r)
+        settings = {"dask_workers": 2} | ({"chunk_rows": args.chunk_rows} if args.chunk_rows else {})
+        rows = run(sizes, args.features, args.repeats, settings, work, runners, args.reference_rows,
+                   with_ecod=not args.no_ecod)
+    markdown = to_markdown(rows, args.repeats, args.chunk_rows, args.reference_rows)
     print(markdown)
     if args.write:
         from benchmarks.results import write_section
 
-        write_section("throughput", "Throughput: end-to-end scan beside PyOD ECOD alone", markdown)
+        if args.chunk_rows:
+            write_section("throughput", f"Throughput of chunked scans ({args.chunk_rows:,} rows a chunk)", markdown,
+                          section="throughput-chunked")
+        else:
+            write_section("throughput", "Throughput: end-to-end scan beside PyOD ECOD alone", markdown)
 
 
 if __name__ == "__main__":

@@ -194,9 +194,10 @@ def reject(batch: Batch, failures: list[dict[str, str]], paths: OutputPaths, sca
 
 
 @task(name="record", cache_policy=NONE, **IO_RETRIES)
-def record(batch: Batch, status: str, checked: ProvenanceOutcome | None, config: ScanConfig, rows: tuple) -> None:
-    """Append the scan's outcome to the replay ledger."""
-    content = checked.content_sha256 if checked else None
+def record(batch: Batch, status: str, checked: ProvenanceOutcome | None, config: ScanConfig, rows: tuple,
+           content: str | None = None) -> None:
+    """Append the scan's outcome to the replay ledger (``content``: the rows' digest, when known)."""
+    content = content or (checked.content_sha256 if checked else None)
     if content is None and batch.frame is not None:
         content = content_sha256(batch.frame)
     Ledger(config.ledger_path).record(
@@ -339,6 +340,11 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
 
 
 def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
-    """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`)."""
+    """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`),
+    or, with ``config.chunk_rows``, the chunked flow of :mod:`poisonguard.flows.chunked`."""
     runner = task_runner_for(config)
+    if config.chunk_rows is not None:
+        from poisonguard.flows.chunked import scan_batch_chunked
+
+        return scan_batch_chunked(path, config)
     return (scan_batch if runner is None else scan_batch.with_options(task_runner=runner))(path, config)

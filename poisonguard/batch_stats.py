@@ -51,7 +51,12 @@ def score_distributions(
 
 def class_balance(batch_labels: pd.Series, reference_labels: pd.Series | None) -> dict[str, Any]:
     """Rows per class in the batch and the reference, and a drift warning when the shares moved."""
-    batch_counts = _counts(batch_labels)
+    return class_balance_of_counts(_counts(batch_labels), reference_labels)
+
+
+def class_balance_of_counts(batch_counts: dict[str, int], reference_labels: pd.Series | None) -> dict[str, Any]:
+    """:func:`class_balance` from the batch's rows per class (as a batch read in chunks counts them)."""
+    batch_counts = {str(k): int(v) for k, v in sorted(batch_counts.items())}
     balance: dict[str, Any] = {"batch": batch_counts, "reference": None, "drift": None}
     if reference_labels is None or not len(reference_labels) or not batch_counts:
         return balance

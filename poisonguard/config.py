@@ -59,6 +59,9 @@ class ScanConfig:
     # Batch rows encoded and scored at a time by detectors fitted on the reference; bounds the memory of
     # scoring without changing any score.
     score_chunk_rows: int = 100_000
+    # Read, validate, score and write the batch this many rows at a time (a batch larger than memory);
+    # None: read it whole. See poisonguard.streaming.
+    chunk_rows: int | None = None
     # Where the scan's tasks run: "default" (Prefect's thread pool; each chunk in turn) or "dask"
     # (prefect-dask: batch chunks scored in parallel on a LocalCluster of dask_workers workers, or on the
     # existing cluster at dask_address).
@@ -90,6 +93,13 @@ class ScanConfig:
             raise ConfigError("dask_address needs the dask task runner: pass --task-runner dask")
         if self.dask_workers is not None and self.dask_workers < 1:
             raise ConfigError(f"dask_workers must be at least 1, got {self.dask_workers}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
+        if self.chunk_rows is not None and self.trust_store is not None:
+            raise ConfigError(
+                "provenance checks read the whole batch and cannot run with --chunk-rows yet: scan signed "
+                "batches without --chunk-rows"
+            )
         if self.score_chunk_rows < 1:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
         if not self.detectors:

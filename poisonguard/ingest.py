@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,10 +48,11 @@ class Batch:
     size_bytes: int
     frame: pd.DataFrame | None
     unreadable: UnreadableBatchError | None = None
+    row_count: int | None = None  # rows of a batch read in chunks, whose frame is never held whole
 
     @property
     def n_rows(self) -> int | None:
-        return None if self.frame is None else len(self.frame)
+        return self.row_count if self.frame is None else len(self.frame)
 
 
 def detect_format(path: Path, file_format: str | None = None) -> str:
@@ -94,6 +96,20 @@ def read_batch(path: Path, dataset: str | None = None, file_format: str | None =
     or uses a reserved ``_`` column, is returned with ``frame=None`` and the reason in ``unreadable``: it
     is a bad batch, to be quarantined whole.
     """
+    batch = describe_batch(path, dataset, file_format)
+    try:
+        frame = _parse(Path(path), batch.file_format, batch.size_bytes)
+        _check_column_names(Path(path), list(frame.columns))
+    except UnreadableBatchError as exc:
+        return replace(batch, unreadable=exc)
+    return replace(batch, frame=with_row_ids(frame, 0))
+
+
+def describe_batch(path: Path, dataset: str | None = None, file_format: str | None = None) -> Batch:
+    """The batch at ``path`` without its rows: id, format, sha256 (read in 1 MiB chunks) and size.
+
+    Raises :class:`InputError` as :func:`read_batch` does.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
@@ -105,7 +121,7 @@ def read_batch(path: Path, dataset: str | None = None, file_format: str | None =
         size = path.stat().st_size
     except PermissionError:
         raise InputError(f"{path}: permission denied; check the file's permissions") from None
-    batch = Batch(
+    return Batch(
         dataset=dataset or dataset_name_from_path(path),
         batch_id=sha256[:16],
         source_path=path.resolve(),
@@ -114,15 +130,14 @@ def read_batch(path: Path, dataset: str | None = None, file_format: str | None =
         size_bytes=size,
         frame=None,
     )
-    try:
-        frame = _parse(path, name, size)
-        _check_column_names(path, list(frame.columns))
-    except UnreadableBatchError as exc:
-        return replace(batch, unreadable=exc)
+
+
+def with_row_ids(frame: pd.DataFrame, first_row: int) -> pd.DataFrame:
+    """``frame`` with string column names and ``_row_id`` first: file positions from ``first_row`` on."""
     frame = frame.reset_index(drop=True)
     frame.columns = [str(column) for column in frame.columns]
-    frame.insert(0, ROW_ID, pd.RangeIndex(len(frame)).to_numpy(dtype="int64"))
-    return replace(batch, frame=frame)
+    frame.insert(0, ROW_ID, np.arange(first_row, first_row + len(frame), dtype="int64"))
+    return frame
 
 
 def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:

@@ -134,7 +134,16 @@ def content_sha256(frame: pd.DataFrame) -> str:
     values as text. Each row is hashed with pandas' vectorised ``hash_pandas_object``; the sorted row
     hashes, with the sorted column names, are then digested with sha256.
     """
-    columns = sorted(c for c in frame.columns if c != ROW_ID)
+    return digest_row_hashes(content_columns(frame), row_hashes(frame))
+
+
+def content_columns(frame: pd.DataFrame) -> list[str]:
+    return sorted(c for c in frame.columns if c != ROW_ID)
+
+
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per row of ``frame``'s content (see :func:`content_sha256`); chunks may be hashed apart."""
+    columns = content_columns(frame)
     canonical = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for column in columns:
         values = frame[column].reset_index(drop=True)
@@ -142,7 +151,11 @@ def content_sha256(frame: pd.DataFrame) -> str:
             canonical[column] = values.astype("float64")
         else:
             canonical[column] = as_text(values)
-    row_hashes = np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy())
+    return pd.util.hash_pandas_object(canonical, index=False).to_numpy()
+
+
+def digest_row_hashes(columns: list[str], hashes: np.ndarray) -> str:
+    """The content digest from every row's hash, in any order, and the sorted column names."""
     digest = hashlib.sha256("\x1f".join(columns).encode("utf-8") + b"\x1e")
-    digest.update(row_hashes.tobytes())
+    digest.update(np.sort(np.asarray(hashes, dtype="uint64")).tobytes())
     return digest.hexdigest()

@@ -24,6 +24,7 @@ from scipy.stats import binom
 from sklearn.model_selection import train_test_split
 
 from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
 from poisonguard.representations import embedding_views, probe_activations
@@ -208,35 +209,37 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                 detector.fit(V_fit, y_fit)
                 holdout_scores[name] = detector.decision_function(V_hold, y_hold)
                 result.scores[name] = detector.decision_function(V_batch, y_batch)
-    result = _calibrate(fitted, result, holdout_scores, y_batch)
-    result.calibration["skipped_detectors"] = skipped or {}
-    return result
+    calibration = calibrate_holdout(fitted, holdout_scores)
+    calibration.summary["skipped_detectors"] = skipped or {}
+    return apply_calibration(calibration, result.scores, y_batch)
 
 
-def _calibrate(fitted: FittedReference, result: DetectorScores, holdout_scores: dict[str, np.ndarray],
-               y_batch: np.ndarray | None) -> DetectorScores:
+class ReferenceCalibration:
+    """The held-out rows' scores per detector and the one p-value threshold set from them.
+
+    Made once per scan by :func:`calibrate_holdout`; :func:`apply_calibration` then flags any set of batch
+    rows (the whole batch, or one chunk at a time) by the same rule.
+    """
+
+    def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
+                 groups_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+        self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
+        self.groups_hold, self.alpha, self.summary = groups_hold, alpha, summary
+
+
+def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
+    """Set the p-value threshold for the union of all detectors from the held-out rows' scores."""
     config, names, y_hold, holdout = fitted.config, fitted.names, fitted.y_hold, fitted.holdout
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
     # are calibrated against all held-out rows together.
     groups_hold = _calibration_groups(y_hold, max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine)))
-    groups_batch = _batch_groups(y_batch, groups_hold)
-    holdout_p: dict[str, np.ndarray] = {}
-    for name in names:  # in the configured order, which the report keeps
-        holdout_p[name], result.p_values[name] = _conformal_p_values(
-            holdout_scores[name], groups_hold, result.scores[name], groups_batch
-        )
-        result.reasons[name] = f"{fitted.detectors[name].reason}:{name}"
-    result.scores = {name: result.scores[name] for name in names}
-
+    holdout_p = {name: _holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
     alpha, guarantee = _union_threshold(min_p_hold, config.max_false_quarantine, len(names))
-    for name in names:
-        result.flags[name] = result.p_values[name] <= alpha
-        result.evidence[name] = -np.log10(result.p_values[name])
     combined_hold = min_p_hold <= alpha
-    result.calibration = {
+    summary = {
         "mode": "reference",
         "reference_rows": int(fitted.reference_rows),
         "fit_rows": int(len(fitted.fit_part)),
@@ -248,14 +251,32 @@ def _calibrate(fitted: FittedReference, result: DetectorScores, holdout_scores: 
         "evidence_axis": "-log10 conformal p-value",
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
-    result.calibration["guarantee"] = guarantee
+    summary["guarantee"] = guarantee
     if guarantee == "approximate":
-        result.calibration["warning"] = (
+        summary["warning"] = (
             f"the calibration part of the reference ({len(holdout)} rows) is too small for a finite-sample "
             f"guarantee at a {config.max_false_quarantine:.2%} budget (it needs "
             f"{math.ceil(1 / config.max_false_quarantine)} rows); thresholds come from a tail model and are "
             "approximate: give a larger reference or a larger budget"
         )
+    reasons = {name: f"{fitted.detectors[name].reason}:{name}" for name in names}
+    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
+
+
+def apply_calibration(
+    calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None
+) -> DetectorScores:
+    """Conformal p-values and flags for batch rows with ``scores``, against the held-out rows."""
+    result = DetectorScores(calibration=dict(calibration.summary))
+    groups_batch = _batch_groups(y_batch, calibration.groups_hold)
+    for name in calibration.names:  # in the configured order, which the report keeps
+        result.scores[name] = scores[name]
+        result.p_values[name] = _batch_p_values(
+            calibration.holdout_scores[name], calibration.groups_hold, scores[name], groups_batch
+        )
+        result.flags[name] = result.p_values[name] <= calibration.alpha
+        result.evidence[name] = -np.log10(result.p_values[name])
+        result.reasons[name] = calibration.reasons[name]
     return result
 
 
@@ -292,31 +313,35 @@ def _batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> np.nda
     return np.where(np.isin(y_batch, known), y_batch, "*").astype(object)
 
 
-def _conformal_p_values(
-    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """p-values of held-out rows and of batch rows, within calibration groups, by one formula for both.
-
-    ``*`` (small or unknown classes) compares against all held-out rows. See :func:`_tail_p_values`.
-    """
-    hold_p = np.empty(len(hold_scores))
-    batch_p = np.empty(len(batch_scores))
-    if batch_groups is None or len(hold_groups) == 0:
-        own = np.arange(len(hold_scores))
-        return _tail_p_values(hold_scores, hold_scores, own), _tail_p_values(hold_scores, batch_scores)
-    # Integer codes: comparing a million object labels once per group would cost more than the p-values.
-    codes, groups = pd.factorize(np.concatenate([hold_groups, batch_groups]))
-    hold_codes, batch_codes = codes[: len(hold_groups)], codes[len(hold_groups):]
+def _holdout_p_values(hold_scores: np.ndarray, hold_groups: np.ndarray) -> np.ndarray:
+    """Each held-out row's p-value within its calibration group, judged against the others (see
+    :func:`_tail_p_values`); ``*`` (small or unknown classes) compares against all held-out rows."""
+    if len(hold_groups) == 0:
+        return _tail_p_values(hold_scores, hold_scores, np.arange(len(hold_scores)))
+    p_values = np.empty(len(hold_scores))
+    codes, groups = pd.factorize(hold_groups)
     for code, group in enumerate(groups):
-        in_hold = hold_codes == code
-        reference_scores = hold_scores[in_hold] if group != "*" else hold_scores
-        if in_hold.any():
-            own = np.flatnonzero(in_hold) if group == "*" else np.arange(int(in_hold.sum()))
-            hold_p[in_hold] = _tail_p_values(reference_scores, hold_scores[in_hold], own)
-        in_batch = batch_codes == code
-        if in_batch.any():
-            batch_p[in_batch] = _tail_p_values(reference_scores, batch_scores[in_batch])
-    return hold_p, batch_p
+        in_hold = codes == code
+        own = np.flatnonzero(in_hold) if group == "*" else np.arange(int(in_hold.sum()))
+        reference_scores = hold_scores if group == "*" else hold_scores[in_hold]
+        p_values[in_hold] = _tail_p_values(reference_scores, hold_scores[in_hold], own)
+    return p_values
+
+
+def _batch_p_values(
+    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: np.ndarray | None
+) -> np.ndarray:
+    """Batch rows' p-values against the held-out rows of their calibration group, by the same formula."""
+    if batch_groups is None or len(hold_groups) == 0:
+        return _tail_p_values(hold_scores, batch_scores)
+    p_values = np.empty(len(batch_scores))
+    # Integer codes: comparing a million object labels once per group would cost more than the p-values.
+    codes, groups = pd.factorize(batch_groups)
+    for code, group in enumerate(groups):
+        in_batch = codes == code
+        reference_scores = hold_scores if group == "*" else hold_scores[hold_groups == group]
+        p_values[in_batch] = _tail_p_values(reference_scores, batch_scores[in_batch])
+    return p_values
 
 
 def _tail_p_values(
@@ -433,10 +458,7 @@ def _score_against_batch(
             limits = dict.fromkeys(keys, float(detector.natural_threshold))
         else:
             limits = _robust_limits(fit_scores, groups_fit, config.robust_z)
-        if groups_batch is None:
-            row_limits = np.full(len(batch_scores), limits["*"])
-        else:
-            row_limits = pd.Series(groups_batch).map(limits).fillna(limits["*"]).to_numpy(dtype="float64")
+        row_limits = _row_limits(limits, groups_batch, len(batch_scores))
         result.scores[name] = batch_scores
         result.flags[name] = batch_scores > row_limits
         result.evidence[name] = batch_scores - row_limits
@@ -466,3 +488,79 @@ def _robust_limits(scores: np.ndarray, groups: np.ndarray, z: float) -> dict[str
             if group != "*":
                 limits[str(group)] = limit(scores[groups == group])
     return limits
+
+
+class SampleFit:
+    """Detectors fitted on a uniform sample of a batch, with the no-reference thresholds set on it.
+
+    The second pass of a chunked scan without a reference: each chunk is scored by the sample's models and
+    flagged by the sample's per-class rule ``median + robust_z * 1.4826 * MAD`` (the rule a whole-batch
+    scan applies to all rows, estimated here from the sample). Only detectors that score rows one by one
+    can run so; :func:`fit_on_sample` refuses the others.
+    """
+
+    def __init__(self, sample: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig,
+                 names: list[str]) -> None:
+        self.label_col, self.config = label_col, config
+        self.encoder = FeatureEncoder(kinds, label_col).fit(sample)
+        X_fit, y_fit = self.encoder.transform(sample), _labels(sample, label_col)
+        self.groups_fit = _calibration_groups(y_fit, config.min_class_rows)
+        self.detectors = {name: _detector(name, label_col, config) for name in names}
+        self.limits: dict[str, dict[str, float]] = {}
+        for name, detector in self.detectors.items():
+            fit_scores = detector.fit(X_fit, y_fit).decision_function(X_fit, y_fit)
+            if detector.natural_threshold is not None:
+                keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
+                self.limits[name] = dict.fromkeys(keys, float(detector.natural_threshold))
+            else:
+                self.limits[name] = _robust_limits(fit_scores, self.groups_fit, config.robust_z)
+        self.summary = {
+            "mode": "batch",
+            "rule": f"score > median + {config.robust_z} x 1.4826 x MAD, per class, set on a sample of the batch",
+            "fit_rows": int(len(sample)),
+            "score_thresholds": self.limits,
+            "evidence_axis": "score minus its class's threshold",
+            "evidence_threshold": 0.0,
+            "note": "no trusted reference: the false-quarantine rate is not calibrated",
+        }
+
+
+def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | None,
+                  config: ScanConfig) -> tuple[SampleFit | None, dict[str, str]]:
+    """Fit the configured detectors on ``sample``; ``None`` when it has too few rows to fit on.
+
+    Raises :class:`ConfigError` for a detector that must see the whole batch at once.
+    """
+    names, skipped = _runnable(config, label_col, has_reference=False)
+    whole = [n for n in names if detector_class(n).transductive or detector_class(n).representation != "features"]
+    if whole:
+        raise ConfigError(
+            f"detector(s) {', '.join(whole)} must see the whole batch at once and cannot run in a chunked scan "
+            "without a reference; give --reference, or leave them out of --detectors"
+        )
+    if not names or len(sample) < config.min_class_rows:
+        return None, skipped
+    return SampleFit(sample, kinds, label_col, config, names), skipped
+
+
+def flag_chunk(fitted: SampleFit, chunk: pd.DataFrame) -> DetectorScores:
+    """Scores and flags of the rows of ``chunk`` by the sample's detectors and thresholds."""
+    X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
+    groups = _batch_groups(y, fitted.groups_fit)
+    result = DetectorScores(calibration=dict(fitted.summary))
+    for name, detector in fitted.detectors.items():
+        scores = detector.decision_function(X, y)
+        limits = fitted.limits[name]
+        row_limits = _row_limits(limits, groups, len(scores))
+        result.scores[name] = scores
+        result.flags[name] = scores > row_limits
+        result.evidence[name] = scores - row_limits
+        result.reasons[name] = f"{detector.reason}:{name}"
+    return result
+
+
+def _row_limits(limits: dict[str, float], groups: np.ndarray | None, n_rows: int) -> np.ndarray:
+    """Each row's threshold: its calibration group's, or the all-rows one (``*``)."""
+    if groups is None:
+        return np.full(n_rows, limits["*"])
+    return pd.Series(groups).map(limits).fillna(limits["*"]).to_numpy(dtype="float64")

@@ -62,12 +62,17 @@ def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | No
 
     Not atomic by itself: use :func:`atomic_write_parquet` or :func:`write_all_or_none` around it.
     """
+    pq.write_table(parquet_table(frame, metadata), path)
+
+
+def parquet_table(frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> pa.Table:
+    """``frame`` (without its index) as the Arrow table poisonguard writes, with key/value ``metadata``."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     # The Arrow schema alone describes the columns; pandas' own metadata would record dtype names such as
     # "list<item: string>[pyarrow]" that pandas itself cannot read back, and that other readers ignore.
     kept = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
     kept.update({k.encode(): v.encode() for k, v in (metadata or {}).items()})
-    pq.write_table(table.replace_schema_metadata(kept), path)
+    return table.replace_schema_metadata(kept)
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:

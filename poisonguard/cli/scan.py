@@ -84,6 +84,10 @@ def scan(
         Optional[bool],
         typer.Option("--require-provenance/--no-require-provenance", help="Refuse batches without a valid manifest."),
     ] = None,
+    chunk_rows: Annotated[
+        Optional[int],
+        typer.Option(help="Read, check and write the batch this many rows at a time (batches larger than memory)."),
+    ] = None,
     task_runner: Annotated[
         Optional[str], typer.Option(help="default (Prefect's thread pool) or dask (score row chunks in parallel).")
     ] = None,
@@ -112,6 +116,7 @@ def scan(
             embedding_prefix=embedding_prefix,
             trust_store=trust_store,
             require_provenance=require_provenance,
+            chunk_rows=chunk_rows,
             task_runner=task_runner,
             dask_address=dask_address,
             force=force or None,

@@ -1,0 +1,140 @@
+"""The ``scan-batch-chunked`` flow: a batch larger than memory, read, validated, scored and written in chunks.
+
+The same outputs and report as ``scan-batch`` (see :mod:`poisonguard.streaming` for how each step works
+chunk by chunk and what memory it needs). ``run_scan`` picks this flow when ``config.chunk_rows`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from poisonguard.batch_stats import class_balance_of_counts, feature_drift
+from poisonguard.config import ScanConfig
+from poisonguard.flows.scan import IO_RETRIES, plan, publish, record, reject, report
+from poisonguard.ingest import Batch, describe_batch
+from poisonguard.outputs import OutputPaths
+from poisonguard.plan import ScanPlan
+from poisonguard.report import CLEAN, REJECTED, ROWS_QUARANTINED, ScanSummary, build_report, read_report
+from poisonguard.review import refuse_rescan_of_reviewed
+from poisonguard.streaming import (
+    ChunkedOutcome,
+    commit_outputs,
+    count_rows,
+    fit_for_chunks,
+    require_schema,
+    scan_chunks,
+)
+
+progress = logging.getLogger("poisonguard.progress")
+
+
+@task(name="describe-file", cache_policy=NONE, **IO_RETRIES)
+def describe_file(path: Path, config: ScanConfig) -> Batch:
+    progress.info("hashing %s", path)
+    return describe_batch(path, dataset=config.dataset, file_format=config.file_format)
+
+
+@task(name="fit-detectors", cache_policy=NONE)
+def fit_detectors(batch: Batch, scan_plan: ScanPlan, config: ScanConfig):
+    if scan_plan.reference is None:
+        progress.info("first pass: sampling %s rows to fit on", f"{config.max_reference_rows:,}")
+    return fit_for_chunks(batch, scan_plan.reference, scan_plan.suite, scan_plan.kinds, scan_plan.label_col, config)
+
+
+@task(name="scan-chunks", cache_policy=NONE, **IO_RETRIES)
+def scan_all_chunks(batch: Batch, scan_plan: ScanPlan, fitted, calibration, config: ScanConfig,
+                    paths: OutputPaths, scanned_at: datetime) -> ChunkedOutcome:
+    progress.info("scanning %s rows at a time", f"{config.chunk_rows:,}")
+    return scan_chunks(batch, scan_plan.suite, scan_plan.label_col, fitted, calibration, config.chunk_rows,
+                       paths, scanned_at)
+
+
+@task(name="commit", cache_policy=NONE, **IO_RETRIES)
+def commit(found: ChunkedOutcome, paths: OutputPaths) -> None:
+    commit_outputs(found, paths)
+
+
+@flow(name="scan-batch-chunked", validate_parameters=False)
+def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
+    """Scan one batch file ``config.chunk_rows`` rows at a time; return its summary."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+
+    batch = describe_file(Path(path), config)
+    lap("ingest")
+    scan_plan = plan(batch, config)
+    require_schema(scan_plan.suite, batch)
+    lap("plan")
+    paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
+    previous = read_report(paths.report)
+    if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
+        progress.info("batch %s was already scanned with these settings", batch.batch_id)
+        return ScanSummary.from_report(previous, paths.report, already_scanned=True)
+    refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
+    scanned_at = datetime.now(timezone.utc)
+
+    fitted, calibration, _ = fit_detectors(batch, scan_plan, config)
+    lap("fit")
+    found = scan_all_chunks(batch, scan_plan, fitted, calibration, config, paths, scanned_at)
+    lap("score")
+    structural = [{"code": f.code, "message": f.message} for f in found.structural]
+    batch = replace(batch, row_count=count_rows(batch) if structural else found.rows_in)
+    figures, detectors = {}, {}
+    if structural:
+        reject(batch, structural, paths, scanned_at)
+        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+        reasons = {f["code"]: batch.n_rows or 0 for f in structural}
+    else:
+        commit(found, paths)
+        status = ROWS_QUARANTINED if found.rows_quarantined else CLEAN
+        rows_clean, rows_quarantined, reasons = found.rows_clean, found.rows_quarantined, dict(found.reasons)
+        detectors = {name: {"reason": found.detector_reasons[name], "flagged": count}
+                     for name, count in found.flagged.items()}
+        figures = found.figures(found.calibration.get("evidence_threshold"),
+                                found.calibration.get("evidence_axis", "score"))
+        sample = found.drift_rows.frame if found.drift_rows is not None else None
+        figures["feature_drift"] = feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else []
+        if scan_plan.label_col is not None:
+            reference = scan_plan.reference[scan_plan.label_col] if scan_plan.reference is not None else None
+            figures["class_balance"] = class_balance_of_counts(dict(found.class_counts), reference)
+    lap("write")
+    data = build_report(
+        batch,
+        paths,
+        config.out_dir,
+        status=status,
+        rows_clean=rows_clean,
+        rows_quarantined=rows_quarantined,
+        reasons=dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0]))),
+        scanned_at=scanned_at,
+        fingerprint=scan_plan.fingerprint,
+        settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
+        suite_origin=scan_plan.suite_origin,
+        label_col=scan_plan.label_col,
+        expectations=list(found.expectations.values()),
+        structural_failures=structural,
+        detectors=detectors,
+        calibration=found.calibration,
+        provenance={"status": "not_checked", "required": False},
+        figures=figures,
+        timings=timings,
+    )
+    html = report(paths.report, data, config.out_dir)
+    content = found.content_sha256 if not structural else None
+    record(batch, status, None, config, (rows_clean, rows_quarantined or 0), content=content)
+    summary = ScanSummary.from_report(data, paths.report)
+    publish(summary, html)
+    return summary

@@ -1,0 +1,60 @@
+"""Smoke tests of the benchmark commands at tiny sizes: they run, and their tables say what they measured."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks import attacks, peers, throughput
+from benchmarks.attacks import LABEL
+from benchmarks.detection import metrics
+from benchmarks.results import write_section
+
+
+def test_throughput_benchmark_measures_scan_and_ecod_in_fresh_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    rows = throughput.run([400], features=4, repeats=1, settings={}, work=tmp_path)
+    (row,) = rows
+    assert row["rows"] == 400
+    for key in ("scan_s", "ecod_s", "scan_peak_mb", "input_mb"):
+        assert math.isfinite(row[key]) and row[key] > 0
+    assert {"ingest", "validate", "score", "write", "report and rest"} <= set(row["steps"])
+    table = throughput.to_markdown(rows, repeats=1)
+    assert "| 400 |" in table and "scan / ECOD" in table
+
+
+def test_peers_run_on_the_same_poisoned_batch():
+    data = attacks.load_dataset("wine", 0)
+    poisoned = attacks.outliers(data, 0.1, 0)
+    X = poisoned.frame.drop(columns=[LABEL]).to_numpy(dtype="float64")
+    results = peers.run_peers(X, poisoned.frame[LABEL].to_numpy(), seed=0)
+    expected = {"PyOD ECOD", "PyOD IForest"}
+    if "cleanlab" not in peers.available():
+        expected.add("cleanlab find_label_issues")
+    if "ART" not in peers.available():
+        expected |= {"ART SpectralSignatureDefense", "ART ActivationDefence"}
+    assert set(results) == expected
+    for flags, score, seconds in results.values():
+        assert flags.shape == poisoned.mask.shape and seconds >= 0
+        assert 0.0 <= metrics(poisoned.mask, flags, score)["recall"] <= 1.0
+    ecod_flags, ecod_score, _ = results["PyOD ECOD"]
+    assert metrics(poisoned.mask, ecod_flags, ecod_score)["auroc"] > 0.9  # wine outliers are easy for ECOD
+
+
+def test_art_adapter_hands_back_the_activations_it_is_given():
+    activations = np.arange(12.0).reshape(4, 3)
+    adapter = peers.ActivationsClassifier(nb_classes=2)
+    np.testing.assert_array_equal(adapter.get_activations(activations, layer=0), activations)
+    assert adapter.layer_names and adapter.nb_classes == 2
+
+
+def test_each_benchmark_rewrites_only_its_own_section_of_results(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    write_section("detection", "Detection", "| a |\n|---|\n| 1 |", path=results)
+    write_section("throughput", "Throughput", "| b |\n|---|\n| 2 |", path=results)
+    write_section("detection", "Detection", "| a |\n|---|\n| 3 |", path=results)
+    text = results.read_text(encoding="utf-8")
+    assert "| 3 |" in text and "| 1 |" not in text and "| 2 |" in text
+    assert text.index("## Detection") < text.index("## Throughput")
+    assert "Versions: " in text and "Command: `python -m benchmarks.detection" in text

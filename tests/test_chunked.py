@@ -1,0 +1,145 @@
+"""A batch scanned in chunks (larger than memory) comes out as a batch scanned whole does."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poisonguard import REASONS, ROW_ID
+from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError
+from poisonguard.outputs import OutputPaths
+from poisonguard.report import read_report
+from poisonguard.streaming import UniformSample
+from tests.conftest import STRUCTURAL_BREAKS, make_frame
+
+
+def _outputs(out_dir, summary) -> tuple[pd.DataFrame, pd.DataFrame | None, OutputPaths]:
+    paths = OutputPaths.for_batch(out_dir, summary.dataset, summary.batch_id)
+    clean = pd.read_parquet(paths.clean) if paths.clean.exists() else None
+    quarantine = pd.read_parquet(paths.quarantine) if paths.quarantine.exists() else None
+    return clean, quarantine, paths
+
+
+def test_chunked_scan_of_the_sample_quarantines_what_a_whole_scan_does(prefect_harness, tmp_path, sample_batch,
+                                                                        sample_reference):
+    from poisonguard.flows.scan import run_scan
+
+    settings = dict(label_col="risk_grade", dataset="loans", reference=sample_reference,
+                    suite_dir=tmp_path / "no-suites")
+    whole = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "whole", **settings))
+    chunked = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "chunked", chunk_rows=300, **settings))
+
+    assert (chunked.rows_in, chunked.rows_clean, chunked.rows_quarantined) == (
+        whole.rows_in, whole.rows_clean, whole.rows_quarantined)
+    clean_w, held_w, _ = _outputs(tmp_path / "whole", whole)
+    clean_c, held_c, paths = _outputs(tmp_path / "chunked", chunked)
+    assert sorted(clean_c[ROW_ID]) == sorted(clean_w[ROW_ID])
+    assert held_c[ROW_ID].tolist() == sorted(held_w[ROW_ID])  # chunks are written in file order
+    assert held_c[REASONS].map(list).tolist() == held_w.sort_values(ROW_ID)[REASONS].map(list).tolist()
+    assert set(clean_c[ROW_ID]).isdisjoint(held_c[ROW_ID])
+    assert len(clean_c) + len(held_c) == 2000  # every row once
+    whole_report, chunked_report = read_report(whole.report_path), read_report(chunked.report_path)
+    assert chunked_report["reasons"] == whole_report["reasons"]
+    assert chunked_report["calibration"] == whole_report["calibration"]
+    assert [e["unexpected_count"] for e in chunked_report["schema"]["expectations"]] == [
+        e["unexpected_count"] for e in whole_report["schema"]["expectations"]]
+    assert paths.report.with_suffix(".html").exists()
+    assert not list(paths.clean.parent.glob(".*.tmp"))  # no staged file left behind
+
+
+def test_chunked_parquet_batch_keeps_its_column_types_and_conserves_rows(prefect_harness, tmp_path):
+    from poisonguard.flows.scan import run_scan
+
+    make_frame(600, seed=0).to_parquet(tmp_path / "ref.parquet", index=False)
+    batch = make_frame(1000, seed=1)
+    batch.loc[:9, "x2"] = np.linspace(30.0, 40.0, 10)
+    batch.to_parquet(tmp_path / "batch.parquet", index=False)
+    summary = run_scan(tmp_path / "batch.parquet", ScanConfig(
+        label_col="label", reference=tmp_path / "ref.parquet", out_dir=tmp_path / "out", chunk_rows=128))
+    clean, held, _ = _outputs(tmp_path / "out", summary)
+    assert clean["count"].dtype == np.int64 and held["count"].dtype == np.int64
+    assert sorted([*clean[ROW_ID], *held[ROW_ID]]) == list(range(1000))
+    assert set(range(10)) <= set(held[ROW_ID])  # the planted outliers, spread over the first chunk
+
+
+def test_chunked_scan_without_a_reference_fits_on_a_first_pass_sample(prefect_harness, tmp_path):
+    from poisonguard.expectations.suite import infer_suite, save_suite
+    from poisonguard.flows.scan import run_scan
+
+    save_suite(infer_suite(make_frame(600, seed=0), "batch", "label", 0.1), tmp_path / "suites" / "batch.json")
+    batch = make_frame(1500, seed=1)
+    batch.loc[:9, "x1"] = np.linspace(-4.0, -3.0, 10) * 0  # ordinary values: must stay clean
+    batch.loc[100:109, "x2"] = 4.5  # inside the stored range, far out for the detectors
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", suite_dir=tmp_path / "suites", out_dir=tmp_path / "out",
+                        chunk_rows=200, max_reference_rows=500)
+    summary = run_scan(tmp_path / "batch.csv", config)
+    clean, held, _ = _outputs(tmp_path / "out", summary)
+    assert len(clean) + len(held) == 1500
+    assert set(range(100, 110)) <= set(held[ROW_ID])
+    calibration = read_report(summary.report_path)["calibration"]
+    assert calibration["mode"] == "batch" and calibration["fit_rows"] == 500
+    assert "sample" in calibration["rule"]
+
+
+@pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)
+def test_structural_failures_reject_a_chunked_batch_whole(prefect_harness, tmp_path, change, code):
+    from poisonguard.flows.scan import run_scan
+
+    make_frame(300, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    change(make_frame(500, seed=2)).to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out", chunk_rows=64)
+    summary = run_scan(tmp_path / "batch.csv", config)
+    assert summary.status == "rejected" and summary.rows_quarantined == 500 and summary.rows_clean == 0
+    _, _, paths = _outputs(tmp_path / "out", summary)
+    assert (paths.rejected / "batch.csv").read_bytes() == (tmp_path / "batch.csv").read_bytes()
+    assert code in [f["code"] for f in json.loads((paths.rejected / "reason.json").read_text())["failures"]]
+    assert not paths.clean.exists() and not paths.quarantine.exists()
+
+
+def test_a_type_break_in_a_late_chunk_leaves_no_partial_output(prefect_harness, tmp_path):
+    from poisonguard.flows.scan import run_scan
+
+    make_frame(300, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    batch = make_frame(600, seed=2).astype({"x1": object})
+    # The last chunk's x1 is text: its type is broken there (the rule that over half of a column's cells
+    # fail to parse is applied chunk by chunk), after five chunks were already staged.
+    batch.loc[500:, "x1"] = "broken"
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out", chunk_rows=100)
+    summary = run_scan(tmp_path / "batch.csv", config)
+    assert summary.status == "rejected"
+    _, _, paths = _outputs(tmp_path / "out", summary)
+    assert not paths.clean.exists() and not paths.quarantine.exists()
+    for folder in (paths.clean.parent, paths.quarantine.parent):
+        assert not list(folder.glob(".*.tmp"))  # the staged row groups are gone
+
+
+def test_chunked_mode_refuses_what_needs_the_whole_batch(tmp_path, sample_batch, sample_reference):
+    from poisonguard.plan import plan_scan
+    from poisonguard.ingest import describe_batch
+    from poisonguard.streaming import fit_for_chunks
+
+    with pytest.raises(ConfigError, match="--chunk-rows"):
+        ScanConfig(chunk_rows=1000, trust_store=tmp_path / "trust.json")
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, chunk_rows=500,
+                        detectors=("ecod", "spectral"), suite_dir=tmp_path)
+    batch = describe_batch(sample_batch, "loans")
+    scan_plan = plan_scan(batch, config)
+    with pytest.raises(ConfigError, match="spectral"):
+        fit_for_chunks(batch, scan_plan.reference, scan_plan.suite, scan_plan.kinds, "risk_grade", config)
+
+
+def test_uniform_sample_keeps_at_most_its_size_and_covers_the_stream():
+    sample = UniformSample(1000, seed=0)
+    for start in range(0, 20_000, 3000):
+        sample.offer(pd.DataFrame({"i": np.arange(start, min(start + 3000, 20_000))}))
+    kept = sample.frame["i"].to_numpy()
+    assert len(kept) == 1000 and len(set(kept)) == 1000
+    # Each fifth of the stream holds about a fifth of the sample.
+    counts = np.bincount(kept // 4000, minlength=5)
+    assert counts.min() > 150 and counts.max() < 250

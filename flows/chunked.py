@@ -7,7 +7,6 @@ chunk by chunk and what memory it needs). ``run_scan`` picks this flow when ``co
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from prefect.cache_policies import NONE
 
 from poisonguard.batch_stats import class_balance_of_counts, feature_drift
 from poisonguard.config import ScanConfig
-from poisonguard.flows.scan import IO_RETRIES, plan, publish, record, reject, report
+from poisonguard.flows.scan import IO_RETRIES, StepTimer, plan, publish, record, reject, report
 from poisonguard.ingest import Batch, describe_batch
 from poisonguard.outputs import OutputPaths
 from poisonguard.plan import ScanPlan
@@ -64,14 +63,8 @@ def commit(found: ChunkedOutcome, paths: OutputPaths) -> None:
 @flow(name="scan-batch-chunked", validate_parameters=False)
 def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
     """Scan one batch file ``config.chunk_rows`` rows at a time; return its summary."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[step] = now - clock
-        clock = now
+    timer = StepTimer()
+    lap, timings = timer.lap, timer.timings
 
     batch = describe_file(Path(path), config)
     lap("ingest")

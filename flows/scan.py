@@ -246,6 +246,19 @@ def publish(summary: ScanSummary, html_report: Path | None) -> None:
     )
 
 
+class StepTimer:
+    """Seconds each step of a flow took, from the end of the step before it."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timings[step] = now - self._clock
+        self._clock = now
+
+
 def artifact_key(dataset: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     slug = re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "dataset"
@@ -256,14 +269,8 @@ def artifact_key(dataset: str) -> str:
 def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
     """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone."""
     config = config or ScanConfig()
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[step] = now - clock
-        clock = now
+    timer = StepTimer()
+    lap, timings = timer.lap, timer.timings
 
     batch = ingest(Path(path), config)
     lap("ingest")

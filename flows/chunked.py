@@ -20,13 +20,28 @@ from poisonguard.flows.scan import IO_RETRIES, StepTimer, plan, publish, record,
 from poisonguard.ingest import Batch, describe_batch
 from poisonguard.outputs import OutputPaths
 from poisonguard.plan import ScanPlan
-from poisonguard.report import CLEAN, REJECTED, ROWS_QUARANTINED, ScanSummary, build_report, read_report
+from poisonguard.expectations.validate import SchemaValidator
+from poisonguard.ledger import Ledger
+from poisonguard.provenance import ProvenanceOutcome, RowsRead, assess_provenance
+from poisonguard.report import (
+    CLEAN,
+    REJECTED,
+    REPLAY,
+    ROWS_QUARANTINED,
+    ScanSummary,
+    build_report,
+    read_report,
+    replay_summary,
+)
 from poisonguard.review import refuse_rescan_of_reviewed
+from poisonguard.trust import load_trust_store
 from poisonguard.streaming import (
     ChunkedOutcome,
     commit_outputs,
     count_rows,
     fit_for_chunks,
+    quarantine_all_chunks,
+    read_rows,
     require_schema,
     scan_chunks,
 )
@@ -38,6 +53,33 @@ progress = logging.getLogger("poisonguard.progress")
 def describe_file(path: Path, config: ScanConfig) -> Batch:
     progress.info("hashing %s", path)
     return describe_batch(path, dataset=config.dataset, file_format=config.file_format)
+
+
+@task(name="provenance", cache_policy=NONE, **IO_RETRIES)
+def provenance(batch: Batch, config: ScanConfig, now: datetime) -> tuple[RowsRead, ProvenanceOutcome]:
+    """Read the rows once for their count, columns and content digest; check the manifest and replays."""
+    progress.info("reading %s for its provenance facts", batch.source_path)
+    rows = read_rows(batch, config.chunk_rows)
+    return rows, assess_provenance(
+        batch,
+        batch.dataset,
+        load_trust_store(config.trust_store),
+        Ledger(config.ledger_path),
+        required=config.require_provenance,
+        max_age_seconds=config.manifest_max_age_hours * 3600,
+        clock_skew_seconds=config.clock_skew_seconds,
+        now=now,
+        validator=SchemaValidator(),
+        rescan_of=batch.batch_id if config.force else None,
+        rows=rows,
+    )
+
+
+@task(name="quarantine-untrusted", cache_policy=NONE, **IO_RETRIES)
+def quarantine_untrusted(batch: Batch, codes: list[str], config: ScanConfig, paths: OutputPaths,
+                         scanned_at: datetime) -> None:
+    progress.info("quarantining every row: %s", "; ".join(codes))
+    quarantine_all_chunks(batch, codes, config.chunk_rows, paths, scanned_at)
 
 
 @task(name="fit-detectors", cache_policy=NONE)
@@ -72,37 +114,66 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
     require_schema(scan_plan.suite, batch)
     lap("plan")
     paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
-    previous = read_report(paths.report)
-    if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
-        progress.info("batch %s was already scanned with these settings", batch.batch_id)
-        return ScanSummary.from_report(previous, paths.report, already_scanned=True)
-    refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
     scanned_at = datetime.now(timezone.utc)
-
-    fitted, calibration, _ = fit_detectors(batch, scan_plan, config)
-    lap("fit")
-    found = scan_all_chunks(batch, scan_plan, fitted, calibration, config, paths, scanned_at)
-    lap("score")
-    structural = [{"code": f.code, "message": f.message} for f in found.structural]
-    batch = replace(batch, row_count=count_rows(batch) if structural else found.rows_in)
-    figures, detectors = {}, {}
-    if structural:
-        reject(batch, structural, paths, scanned_at)
-        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
-        reasons = {f["code"]: batch.n_rows or 0 for f in structural}
+    checked = None
+    if config.trust_store is not None:
+        rows_read, checked = provenance(batch, config, scanned_at)
+        batch = replace(batch, row_count=rows_read.n_rows)
+        lap("provenance")
+        if checked.exact_replay:
+            # The same bytes were delivered before: their outputs stay as they are and nothing is written.
+            progress.info("batch %s is a replay; nothing is written", batch.batch_id)
+            record(batch, REPLAY, checked, config, (0, batch.n_rows))
+            summary = replay_summary(batch, checked, paths.report)
+            publish(summary, None)
+            return summary
     else:
-        commit(found, paths)
-        status = ROWS_QUARANTINED if found.rows_quarantined else CLEAN
-        rows_clean, rows_quarantined, reasons = found.rows_clean, found.rows_quarantined, dict(found.reasons)
-        detectors = {name: {"reason": found.detector_reasons[name], "flagged": count}
-                     for name, count in found.flagged.items()}
-        figures = found.figures(found.calibration.get("evidence_threshold"),
-                                found.calibration.get("evidence_axis", "score"))
-        sample = found.drift_rows.frame if found.drift_rows is not None else None
-        figures["feature_drift"] = feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else []
-        if scan_plan.label_col is not None:
-            reference = scan_plan.reference[scan_plan.label_col] if scan_plan.reference is not None else None
-            figures["class_balance"] = class_balance_of_counts(dict(found.class_counts), reference)
+        previous = read_report(paths.report)
+        if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
+            progress.info("batch %s was already scanned with these settings", batch.batch_id)
+            return ScanSummary.from_report(previous, paths.report, already_scanned=True)
+    refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
+
+    figures, detectors, calibration, expectations, structural = {}, {}, {}, [], []
+    content = checked.content_sha256 if checked is not None else None
+    if checked is not None and not checked.passed:
+        # Untrusted: every row goes to quarantine as read, with the failures' codes (schema unchecked).
+        failures = checked.failures
+        if batch.n_rows is not None:
+            quarantine_untrusted(batch, [f["code"] for f in failures], config, paths, scanned_at)
+        else:
+            reject(batch, failures, paths, scanned_at)
+        status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+        reasons = {f["code"]: batch.n_rows or 0 for f in failures}
+    else:
+        fitted, reference_calibration, _ = fit_detectors(batch, scan_plan, config)
+        lap("fit")
+        found = scan_all_chunks(batch, scan_plan, fitted, reference_calibration, config, paths, scanned_at)
+        lap("score")
+        expectations = list(found.expectations.values())
+        structural = [{"code": f.code, "message": f.message} for f in found.structural]
+        if structural:
+            batch = replace(batch, row_count=batch.n_rows if batch.n_rows is not None else count_rows(batch))
+            reject(batch, structural, paths, scanned_at)
+            status, rows_clean, rows_quarantined = REJECTED, 0, batch.n_rows
+            reasons = {f["code"]: batch.n_rows or 0 for f in structural}
+        else:
+            batch = replace(batch, row_count=found.rows_in)
+            commit(found, paths)
+            content = content or found.content_sha256
+            status = ROWS_QUARANTINED if found.rows_quarantined else CLEAN
+            rows_clean, rows_quarantined, reasons = found.rows_clean, found.rows_quarantined, dict(found.reasons)
+            calibration = found.calibration
+            detectors = {name: {"reason": found.detector_reasons[name], "flagged": count}
+                         for name, count in found.flagged.items()}
+            figures = found.figures(calibration.get("evidence_threshold"), calibration.get("evidence_axis", "score"))
+            sample = found.drift_rows.frame if found.drift_rows is not None else None
+            figures["feature_drift"] = (
+                feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else []
+            )
+            if scan_plan.label_col is not None:
+                reference = scan_plan.reference[scan_plan.label_col] if scan_plan.reference is not None else None
+                figures["class_balance"] = class_balance_of_counts(dict(found.class_counts), reference)
     lap("write")
     data = build_report(
         batch,
@@ -117,17 +188,16 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
         settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
         suite_origin=scan_plan.suite_origin,
         label_col=scan_plan.label_col,
-        expectations=list(found.expectations.values()),
+        expectations=expectations,
         structural_failures=structural,
         detectors=detectors,
-        calibration=found.calibration,
-        provenance={"status": "not_checked", "required": False},
+        calibration=calibration,
+        provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
         figures=figures,
         timings=timings,
     )
     html = report(paths.report, data, config.out_dir)
-    content = found.content_sha256 if not structural else None
-    record(batch, status, None, config, (rows_clean, rows_quarantined or 0), content=content)
+    record(batch, status, checked, config, (rows_clean, rows_quarantined or 0), content=content)
     summary = ScanSummary.from_report(data, paths.report)
     publish(summary, html)
     return summary

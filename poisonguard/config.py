@@ -95,11 +95,6 @@ class ScanConfig:
             raise ConfigError(f"dask_workers must be at least 1, got {self.dask_workers}")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
-        if self.chunk_rows is not None and self.trust_store is not None:
-            raise ConfigError(
-                "provenance checks read the whole batch and cannot run with --chunk-rows yet: scan signed "
-                "batches without --chunk-rows"
-            )
         if self.score_chunk_rows < 1:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
         if not self.detectors:

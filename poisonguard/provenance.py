@@ -77,6 +77,25 @@ class ProvenanceOutcome:
         }
 
 
+@dataclass(frozen=True)
+class RowsRead:
+    """What reading a batch's rows established: how many, which columns (file order), their content digest.
+
+    A whole batch gives them from its frame (:meth:`of`); a batch read in chunks, from a pass over it.
+    """
+
+    n_rows: int | None
+    columns: list[str] | None
+    content_sha256: str | None
+
+    @classmethod
+    def of(cls, batch: Batch) -> RowsRead:
+        if batch.frame is None:
+            return cls(None, None, None)
+        columns = [c for c in batch.frame.columns if c != ROW_ID]
+        return cls(len(batch.frame), columns, content_sha256(batch.frame))
+
+
 def gather_evidence(
     batch: Batch,
     dataset: str,
@@ -85,13 +104,16 @@ def gather_evidence(
     now: datetime,
     manifest_path: Path | None = None,
     rescan_of: str | None = None,
+    rows: RowsRead | None = None,
 ) -> ProvenanceEvidence:
     """Establish every provenance fact about ``batch`` as of ``now``.
 
     ``rescan_of`` is a batch id whose earlier deliveries do not count as replays (a ``--force`` rescan).
+    ``rows`` gives what reading the rows established; by default it comes from ``batch.frame``.
     """
     manifest_path = Path(manifest_path) if manifest_path else manifest_path_for(batch.source_path)
-    content = content_sha256(batch.frame) if batch.frame is not None else None
+    rows = rows or RowsRead.of(batch)
+    content = rows.content_sha256
     replay = ledger.find_replay(batch.sha256, content, exclude_batch_id=rescan_of) if ledger else None
     facts: dict[str, Any] = {
         ROW_ID: 0,
@@ -108,9 +130,9 @@ def gather_evidence(
         "sha256_signed": None,
         "sha256_read": batch.sha256,
         "row_count_signed": None,
-        "row_count_read": batch.n_rows,
+        "row_count_read": rows.n_rows,
         "columns_signed": None,
-        "columns_read": _columns_text(batch),
+        "columns_read": json.dumps(rows.columns) if rows.columns is not None else None,
         "age_seconds": None,
         "replay_of": replay.first.batch_id if replay else None,
         "replay_of_checked": ledger is not None,
@@ -127,12 +149,6 @@ def gather_evidence(
     if manifest is not None:
         facts.update(_manifest_facts(manifest, dataset, trust_store, now))
     return ProvenanceEvidence(facts, manifest_path, manifest, replay, content, error)
-
-
-def _columns_text(batch: Batch) -> str | None:
-    if batch.frame is None:
-        return None
-    return json.dumps([c for c in batch.frame.columns if c != ROW_ID])
 
 
 def _manifest_facts(manifest: Manifest, dataset: str, trust_store: TrustStore, now: datetime) -> dict[str, Any]:
@@ -214,6 +230,7 @@ def assess_provenance(
     validator: SchemaValidator,
     manifest_path: Path | None = None,
     rescan_of: str | None = None,
+    rows: RowsRead | None = None,
 ) -> ProvenanceOutcome:
     """Gather the evidence for ``batch``, run the provenance suite on it and say what it decided.
 
@@ -221,7 +238,7 @@ def assess_provenance(
     was required (the other checks then have nothing to check, but a replay still fails), else
     ``verified``. Each failure carries its reason code and a sentence naming the source and key.
     """
-    evidence = gather_evidence(batch, dataset, trust_store, ledger, now, manifest_path, rescan_of)
+    evidence = gather_evidence(batch, dataset, trust_store, ledger, now, manifest_path, rescan_of, rows)
     suite = provenance_suite(
         list(trust_store.sources),
         require_manifest=required,

@@ -42,6 +42,7 @@ from poisonguard.expectations.validate import SchemaValidator, StructuralFailure
 from poisonguard.ingest import Batch, _check_column_names, _csv_header, with_row_ids
 from poisonguard.ledger import digest_row_hashes, row_hashes
 from poisonguard.outputs import OutputPaths, _parquet_metadata, split_rows
+from poisonguard.provenance import RowsRead
 from poisonguard.scoring import (
     DetectorScores,
     FittedReference,
@@ -407,3 +408,53 @@ def fit_for_chunks(batch: Batch, reference: pd.DataFrame | None, suite: Any, kin
     if fitted is not None:
         fitted.summary["skipped_detectors"] = skipped
     return fitted, None, skipped
+
+
+def read_rows(batch: Batch, chunk_rows: int) -> RowsRead:
+    """One pass over the batch for its provenance facts: row count, columns and content digest.
+
+    A file that cannot be read gives no facts (as a whole batch that cannot be parsed has no frame).
+    """
+    if batch.size_bytes == 0:
+        return RowsRead(None, None, None)
+    count, columns, hashes = 0, None, []
+    try:
+        for chunk in iter_chunks(batch, chunk_rows):
+            count += len(chunk)
+            columns = [c for c in chunk.columns if c != ROW_ID]
+            hashes.append(row_hashes(chunk))
+    except UnreadableBatchError:
+        return RowsRead(None, None, None)
+    content = digest_row_hashes(sorted(columns), np.concatenate([np.empty(0, "uint64"), *hashes]))
+    return RowsRead(count, columns, content)
+
+
+def quarantine_all_chunks(batch: Batch, codes: list[str], chunk_rows: int, paths: OutputPaths,
+                          quarantined_at: datetime) -> int:
+    """Put every row of an untrusted batch in quarantine with ``codes``, chunk by chunk, rows as read.
+
+    The chunked counterpart of :func:`poisonguard.outputs.write_whole_quarantine`: the quarantine file
+    appears whole or not at all, and a clean file or rejection an earlier scan left is removed.
+    """
+    quarantine_file = StagedParquet(paths.quarantine, _parquet_metadata(batch), keep_empty=False)
+    try:
+        for chunk in iter_chunks(batch, chunk_rows):
+            if batch.file_format != "parquet":  # as in scan_chunks: one numeric type for every chunk
+                chunk = chunk.astype({c: "float64" for c in chunk.columns
+                                      if c != ROW_ID and pd.api.types.is_numeric_dtype(chunk[c])
+                                      and not pd.api.types.is_bool_dtype(chunk[c])})
+            row_ids = chunk[ROW_ID].to_numpy()
+            result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
+            _, quarantined = split_rows(chunk, result, batch.batch_id, quarantined_at)
+            quarantined[RAW_VALUES] = quarantined[RAW_VALUES].astype(object)
+            quarantine_file.write(quarantined)
+    except BaseException:
+        quarantine_file.discard()
+        raise
+    staged = quarantine_file.close()
+    found = ChunkedOutcome(rows_quarantined=quarantine_file.rows)
+    if staged is not None:
+        found.staged.append((staged, paths.quarantine))
+    commit_outputs(found, paths)
+    paths.clean.unlink(missing_ok=True)
+    return quarantine_file.rows

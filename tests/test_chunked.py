@@ -14,7 +14,8 @@ from poisonguard.errors import ConfigError
 from poisonguard.outputs import OutputPaths
 from poisonguard.report import read_report
 from poisonguard.streaming import UniformSample
-from tests.conftest import STRUCTURAL_BREAKS, make_frame
+from conftest import STRUCTURAL_BREAKS, make_frame
+from test_provenance_scan import config_for, signed  # noqa: F401 - signed is a fixture
 
 
 def _outputs(out_dir, summary) -> tuple[pd.DataFrame, pd.DataFrame | None, OutputPaths]:
@@ -124,8 +125,8 @@ def test_chunked_mode_refuses_what_needs_the_whole_batch(tmp_path, sample_batch,
     from poisonguard.ingest import describe_batch
     from poisonguard.streaming import fit_for_chunks
 
-    with pytest.raises(ConfigError, match="--chunk-rows"):
-        ScanConfig(chunk_rows=1000, trust_store=tmp_path / "trust.json")
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        ScanConfig(chunk_rows=0)
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, chunk_rows=500,
                         detectors=("ecod", "spectral"), suite_dir=tmp_path)
     batch = describe_batch(sample_batch, "loans")
@@ -143,3 +144,44 @@ def test_uniform_sample_keeps_at_most_its_size_and_covers_the_stream():
     # Each fifth of the stream holds about a fifth of the sample.
     counts = np.bincount(kept // 4000, minlength=5)
     assert counts.min() > 150 and counts.max() < 250
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_signed_batch_scanned_in_chunks_is_verified_and_its_replay_writes_nothing(tmp_path, signed):
+    from poisonguard.flows.scan import run_scan
+    from poisonguard.ledger import Ledger
+
+    batch, trust = signed
+    config = config_for(tmp_path, trust, chunk_rows=25)
+    first = run_scan(batch, config)
+    assert first.provenance["status"] == "verified" and first.rows_in == 80
+    clean, held, paths = _outputs(config.out_dir, first)
+    assert len(clean) + (len(held) if held is not None else 0) == 80
+    written = {p: p.read_bytes() for p in (paths.clean, paths.report)}
+
+    again = run_scan(batch, config)
+    assert again.status == "replay" and again.reasons == {"provenance:replay": 80}
+    assert {p: p.read_bytes() for p in written} == written
+    whole = [e for e in Ledger(config.ledger_path).entries()]
+    assert [e.outcome for e in whole] == [first.status, "replay"]
+    assert whole[0].content_sha256 == first_content_digest(batch)  # the same digest a whole scan records
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_tampered_batch_scanned_in_chunks_is_quarantined_whole(tmp_path, signed):
+    from poisonguard.flows.scan import run_scan
+
+    batch, trust = signed
+    batch.write_bytes(batch.read_bytes().replace(b"red", b"rez", 1))
+    summary = run_scan(batch, config_for(tmp_path, trust, chunk_rows=25))
+    assert summary.status == "rejected" and summary.rows_quarantined == 80 and summary.rows_clean == 0
+    clean, held, _ = _outputs(tmp_path / "out", summary)
+    assert clean is None and sorted(held[ROW_ID]) == list(range(80))
+    assert all("provenance:sha256_mismatch" in list(r) for r in held[REASONS])
+
+
+def first_content_digest(path) -> str:
+    from poisonguard.ingest import read_batch
+    from poisonguard.ledger import content_sha256
+
+    return content_sha256(read_batch(path).frame)

@@ -11,7 +11,7 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.outputs import OutputPaths
 from poisonguard.scoring import score_rows
-from tests.conftest import make_frame
+from conftest import make_frame
 
 TIMESTAMPS = ["_scanned_at", "_quarantined_at"]  # when each run wrote its rows
 

@@ -24,6 +24,9 @@ class Detector(ABC):
     # clusters, neighbours, out-of-fold predictions): the scoring step fits it on the batch together with
     # held-out trusted rows and calls fit_decision_function, so both are scored the same way.
     transductive: bool = False
+    # Whether, once fitted, it can score rows it was not fitted on. A chunked scan fits even transductive
+    # detectors on a sample of the batch and scores every chunk with them; out-of-fold predictions cannot.
+    scores_new_rows: bool = True
     # Which representation of the rows it reads: "features" (the encoded columns) or "probe" (hidden
     # activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
     representation: str = "features"

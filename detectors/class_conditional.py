@@ -44,6 +44,10 @@ class ClassConditional(Detector):
         return self.base.transductive
 
     @property
+    def scores_new_rows(self) -> bool:  # type: ignore[override]
+        return self.base.scores_new_rows
+
+    @property
     def representation(self) -> str:  # type: ignore[override]
         return self.base.representation
 

@@ -35,6 +35,7 @@ class ConfidentLearningDetector(Detector):
     per_class = False
     needs_labels = True
     transductive = True
+    scores_new_rows = False  # a row's probabilities come from the folds that left it out
     natural_threshold = 0.0  # the confident-learning rule itself
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, random_state: int = 0) -> None:

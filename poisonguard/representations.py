@@ -22,18 +22,32 @@ PROBE_HIDDEN_UNITS = 32
 PROBE_MAX_ROWS = 50_000  # the probe is trained on a seeded sample of at most this many rows
 
 
+class Probe:
+    """The probe network's hidden layer: ``fit`` trains the MLP, ``activations`` maps any rows through it."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def fit(self, X_train: np.ndarray, y_train: np.ndarray) -> Probe:
+        rng = np.random.default_rng(self.seed)
+        sample = rng.permutation(len(X_train))[:PROBE_MAX_ROWS]
+        probe = MLPClassifier(hidden_layer_sizes=(PROBE_HIDDEN_UNITS,), max_iter=200, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a probe need not converge fully to be useful
+            probe.fit(X_train[sample], np.asarray(y_train, dtype=object)[sample].astype(str))
+        self.weights_, self.bias_ = probe.coefs_[0], probe.intercepts_[0]
+        return self
+
+    def activations(self, X: np.ndarray) -> np.ndarray:
+        return np.maximum(X @ self.weights_ + self.bias_, 0.0)
+
+
 def probe_activations(
     X_train: np.ndarray, y_train: np.ndarray, X_score: list[np.ndarray], seed: int
 ) -> list[np.ndarray]:
     """Train the probe on ``(X_train, y_train)``; return the hidden ReLU activations of each matrix in ``X_score``."""
-    rng = np.random.default_rng(seed)
-    sample = rng.permutation(len(X_train))[:PROBE_MAX_ROWS]
-    probe = MLPClassifier(hidden_layer_sizes=(PROBE_HIDDEN_UNITS,), max_iter=200, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a probe need not converge fully to be useful
-        probe.fit(X_train[sample], np.asarray(y_train, dtype=object)[sample].astype(str))
-    weights, bias = probe.coefs_[0], probe.intercepts_[0]
-    return [np.maximum(X @ weights + bias, 0.0) for X in X_score]
+    probe = Probe(seed).fit(X_train, y_train)
+    return [probe.activations(X) for X in X_score]
 
 
 def embedding_columns(frame_columns, prefix: str) -> list[str]:

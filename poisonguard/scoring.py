@@ -27,7 +27,7 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
-from poisonguard.representations import embedding_views, probe_activations
+from poisonguard.representations import Probe, embedding_views, probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
@@ -119,7 +119,7 @@ class FittedReference:
     """
 
     def __init__(self, reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None,
-                 config: ScanConfig, names: list[str]) -> None:
+                 config: ScanConfig, names: list[str], batch_sample: pd.DataFrame | None = None) -> None:
         self.label_col, self.config, self.names = label_col, config, names
         self.reference_rows = len(reference)
         self.fit_part, self.holdout = _split(reference, _labels(reference, label_col), config)
@@ -127,27 +127,57 @@ class FittedReference:
         self.X_fit, self.X_hold = self.encoder.transform(self.fit_part), self.encoder.transform(self.holdout)
         self.y_fit, self.y_hold = _labels(self.fit_part, label_col), _labels(self.holdout, label_col)
         self.detectors = {name: _detector(name, label_col, config) for name in names}
+        self.probe: Probe | None = None
+        self.holdout_scores: dict[str, np.ndarray] = {}
+        if batch_sample is not None:
+            self._fit_on_sample(batch_sample)
+            return
         # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
         self.streamed = {n: d for n, d in self.detectors.items() if not d.transductive and d.representation == "features"}
-        self.holdout_scores: dict[str, np.ndarray] = {}
         for name, detector in self.streamed.items():
             detector.fit(self.X_fit, self.y_fit)
             self.holdout_scores[name] = detector.decision_function(self.X_hold, self.y_hold)
 
+    def _fit_on_sample(self, batch_sample: pd.DataFrame) -> None:
+        """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows
+        against each other (transductive) are fitted on a uniform sample of the batch, and score the
+        held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
+        held-out and batch rows scored the same way."""
+        X_sample, y_sample = self.encoder.transform(batch_sample), _labels(batch_sample, self.label_col)
+        if self.label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
+            self.probe = Probe(self.config.seed).fit(
+                np.vstack([self.X_fit, self.X_hold, X_sample]), np.concatenate([self.y_fit, self.y_hold, y_sample])
+            )
+        self.streamed = dict(self.detectors)
+        for name, detector in self.detectors.items():
+            V_hold = view_of(detector, self.X_hold, self.probe)
+            if detector.transductive:
+                detector.fit(view_of(detector, X_sample, self.probe), y_sample)
+            else:
+                detector.fit(view_of(detector, self.X_fit, self.probe), self.y_fit)
+            self.holdout_scores[name] = detector.decision_function(V_hold, self.y_hold)
+
+
+def view_of(detector, X: np.ndarray, probe: Probe | None) -> np.ndarray:
+    """The representation ``detector`` reads of the encoded rows ``X``: the probe's activations, or ``X``."""
+    return probe.activations(X) if probe is not None and detector.representation == "probe" else X
+
 
 def fit_reference(
-    reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig
+    reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig,
+    batch_sample: pd.DataFrame | None = None,
 ) -> tuple[FittedReference | None, dict[str, str]]:
     """Fit the configured detectors on ``reference``; ``None`` when it is too small to calibrate with.
 
-    Also returns the detectors that cannot run, each with the reason.
+    With ``batch_sample`` (a chunked scan), every detector is made to score rows chunk by chunk: see
+    :meth:`FittedReference._fit_on_sample`. Also returns the detectors that cannot run, with the reason.
     """
     has_reference = has_enough_reference(reference, config)
     names, skipped = _runnable(config, label_col, has_reference)
     if not has_reference or not names:
         return None, skipped
-    return FittedReference(reference, kinds, label_col, config, names), skipped
+    return FittedReference(reference, kinds, label_col, config, names, batch_sample), skipped
 
 
 def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -156,7 +186,11 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
-    return {name: detector.decision_function(X, y) for name, detector in fitted.streamed.items()}
+    probe_view = fitted.probe.activations(X) if fitted.probe is not None else X
+    return {
+        name: detector.decision_function(probe_view if detector.representation == "probe" else X, y)
+        for name, detector in fitted.streamed.items()
+    }
 
 
 def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
@@ -495,8 +529,9 @@ class SampleFit:
 
     The second pass of a chunked scan without a reference: each chunk is scored by the sample's models and
     flagged by the sample's per-class rule ``median + robust_z * 1.4826 * MAD`` (the rule a whole-batch
-    scan applies to all rows, estimated here from the sample). Only detectors that score rows one by one
-    can run so; :func:`fit_on_sample` refuses the others.
+    scan applies to all rows, estimated here from the sample). Detectors that judge rows against each
+    other (spectral statistics, clusters, neighbours) are fitted on the sample and score every chunk
+    against it; those that score only the rows they were fitted on are refused (:func:`refuse_unchunkable`).
     """
 
     def __init__(self, sample: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig,
@@ -506,9 +541,13 @@ class SampleFit:
         X_fit, y_fit = self.encoder.transform(sample), _labels(sample, label_col)
         self.groups_fit = _calibration_groups(y_fit, config.min_class_rows)
         self.detectors = {name: _detector(name, label_col, config) for name in names}
+        self.probe: Probe | None = None
+        if label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
+            self.probe = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
         for name, detector in self.detectors.items():
-            fit_scores = detector.fit(X_fit, y_fit).decision_function(X_fit, y_fit)
+            V_fit = view_of(detector, X_fit, self.probe)
+            fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
             if detector.natural_threshold is not None:
                 keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
                 self.limits[name] = dict.fromkeys(keys, float(detector.natural_threshold))
@@ -529,15 +568,10 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
                   config: ScanConfig) -> tuple[SampleFit | None, dict[str, str]]:
     """Fit the configured detectors on ``sample``; ``None`` when it has too few rows to fit on.
 
-    Raises :class:`ConfigError` for a detector that must see the whole batch at once.
+    Raises :class:`ConfigError` for what a chunked scan cannot do (:func:`refuse_unchunkable`).
     """
     names, skipped = _runnable(config, label_col, has_reference=False)
-    whole = [n for n in names if detector_class(n).transductive or detector_class(n).representation != "features"]
-    if whole:
-        raise ConfigError(
-            f"detector(s) {', '.join(whole)} must see the whole batch at once and cannot run in a chunked scan "
-            "without a reference; give --reference, or leave them out of --detectors"
-        )
+    refuse_unchunkable(names, config)
     if not names or len(sample) < config.min_class_rows:
         return None, skipped
     return SampleFit(sample, kinds, label_col, config, names), skipped
@@ -549,7 +583,7 @@ def flag_chunk(fitted: SampleFit, chunk: pd.DataFrame) -> DetectorScores:
     groups = _batch_groups(y, fitted.groups_fit)
     result = DetectorScores(calibration=dict(fitted.summary))
     for name, detector in fitted.detectors.items():
-        scores = detector.decision_function(X, y)
+        scores = detector.decision_function(view_of(detector, X, fitted.probe), y)
         limits = fitted.limits[name]
         row_limits = _row_limits(limits, groups, len(scores))
         result.scores[name] = scores
@@ -557,6 +591,18 @@ def flag_chunk(fitted: SampleFit, chunk: pd.DataFrame) -> DetectorScores:
         result.evidence[name] = scores - row_limits
         result.reasons[name] = f"{detector.reason}:{name}"
     return result
+
+
+def refuse_unchunkable(names: list[str], config: ScanConfig) -> None:
+    """Raise :class:`ConfigError` for what a chunked scan cannot do with these detectors and settings."""
+    unable = [n for n in names if not detector_class(n).scores_new_rows]
+    if unable:
+        raise ConfigError(
+            f"detector(s) {', '.join(unable)} score only the rows they were fitted on and cannot run with "
+            "--chunk-rows; leave them out of --detectors or scan without --chunk-rows"
+        )
+    if config.embedding_prefix is not None:
+        raise ConfigError("--embedding-prefix cannot be used with --chunk-rows yet; scan without --chunk-rows")
 
 
 def _row_limits(limits: dict[str, float], groups: np.ndarray | None, n_rows: int) -> np.ndarray:

@@ -10,8 +10,9 @@ scan writes, so review, release and training readers need nothing new.
 Detectors are fitted before the first chunk is scored: on the trusted reference when there is one (the
 reference is held in memory, subsampled to ``max_reference_rows``), else in a first pass over the batch
 that keeps a uniform sample of ``max_reference_rows`` rows (see :class:`UniformSample`) and sets the
-no-reference thresholds on it. Detectors that must see the whole batch at once (the spectral,
-clustering and label-consistency checks) cannot run chunked without a reference.
+no-reference thresholds on it. Detectors that judge the batch's rows against each other (spectral
+statistics, clusters, neighbours) are fitted on such a first-pass sample in both cases: a two-pass
+estimate of what a whole scan computes on every row. Out-of-fold label checks cannot run chunked.
 
 Memory: one chunk at a time (its frame, encoded matrix, scores and output tables, a few times the chunk's
 own size), the reference or the sample, and per batch row 8 bytes (content hash, for the replay ledger)
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from poisonguard import RAW_VALUES, ROW_ID
 from poisonguard.batch_stats import DRIFT_SAMPLE_ROWS, score_distributions
 from poisonguard.decide import build_result_table, reason_counts
+from poisonguard.detectors import detector_class
 from poisonguard.errors import ConfigError, InputError, UnreadableBatchError
 from poisonguard.expectations.suite import NUMERIC, suite_kinds
 from poisonguard.expectations.validate import SchemaValidator, StructuralFailure, validate_batch
@@ -382,24 +384,39 @@ def require_schema(suite: Any, batch: Batch) -> None:
 def fit_for_chunks(batch: Batch, reference: pd.DataFrame | None, suite: Any, kinds: dict[str, str],
                    label_col: str | None, config) -> tuple[FittedReference | SampleFit | None,
                                                            ReferenceCalibration | None, dict[str, str]]:
-    """Fit the detectors a chunked scan scores with: on the reference, or on a first-pass sample.
+    """Fit the detectors a chunked scan scores with: on the reference, and on a first-pass uniform sample
+    of the batch for the detectors that judge rows against each other (or for all, without a reference).
 
     Returns the fitted detectors, the reference calibration (``None`` without a reference) and the
-    detectors that cannot run with the reason. Raises :class:`ConfigError` for a detector that must see
-    the whole batch at once.
+    detectors that cannot run with the reason. Raises :class:`ConfigError` for what a chunked scan cannot
+    do (:func:`poisonguard.scoring.refuse_unchunkable`).
     """
-    from poisonguard.scoring import calibrate_holdout, fit_on_sample, fit_reference, has_enough_reference
+    from poisonguard.scoring import (
+        calibrate_holdout,
+        fit_on_sample,
+        fit_reference,
+        has_enough_reference,
+        refuse_unchunkable,
+    )
 
+    refuse_unchunkable(list(config.detectors), config)
     if has_enough_reference(reference, config):
-        fitted, skipped = fit_reference(reference, kinds, label_col, config)
+        # Detectors that judge the batch's rows against each other need a first pass for a sample of it.
+        whole = any(detector_class(n).transductive or detector_class(n).representation != "features"
+                    for n in config.detectors)
+        sample = None
+        if whole:
+            sample = sample_batch(batch, suite, label_col, config.chunk_rows, config.max_reference_rows, config.seed)
+            if sample is None:  # broken structure: the scanning pass finds it and rejects the batch
+                return None, None, {}
+            if len(sample) < 2 * config.min_class_rows:
+                raise ConfigError(
+                    f"{batch.source_path}: too few rows pass the schema to fit "
+                    f"{', '.join(config.detectors)} on a sample of the batch; scan it without --chunk-rows"
+                )
+        fitted, skipped = fit_reference(reference, kinds, label_col, config, sample)
         if fitted is None:
             return None, None, skipped
-        whole = sorted(set(fitted.detectors) - set(fitted.streamed))
-        if whole:
-            raise ConfigError(
-                f"detector(s) {', '.join(whole)} must see the whole batch at once and cannot run with "
-                "--chunk-rows; leave them out of --detectors or scan without --chunk-rows"
-            )
         calibration = calibrate_holdout(fitted, fitted.holdout_scores)
         calibration.summary["skipped_detectors"] = skipped
         return fitted, calibration, skipped

@@ -69,3 +69,35 @@ STRUCTURAL_BREAKS = [
     (lambda f: f.assign(extra=1), "structural:extra_column:extra"),
     (lambda f: f.assign(x1="not a number"), "structural:type:x1"),
 ]
+
+
+@pytest.fixture()
+def signed(tmp_path) -> tuple[Path, Path]:
+    """A reference, a batch signed by bank-a, and a trust store that trusts bank-a for dataset toy."""
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
+    batch = tmp_path / "batch.csv"
+    make_frame(80, seed=2).to_csv(batch, index=False)
+    trust = tmp_path / "trust.json"
+    generated = invoke("keys", "generate", "--source", "bank-a", "--key-id", "bank-a-k1",
+                       "--key-dir", tmp_path / "keys", "--trust-store", trust, "--dataset", "toy")
+    assert generated.exit_code == 0, generated.output
+    signing = invoke("sign", batch, "--source", "bank-a", "--key", tmp_path / "keys" / "bank-a-k1.pem",
+                     "--dataset", "toy")
+    assert signing.exit_code == 0, signing.output
+    return batch, trust
+
+
+def signed_config(tmp_path: Path, trust: Path, **overrides):
+    """Scan settings for the ``signed`` batch: its reference, dataset toy, provenance required."""
+    from poisonguard.config import ScanConfig
+
+    settings = dict(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out",
+                    dataset="toy", trust_store=trust, require_provenance=True)
+    return ScanConfig(**(settings | overrides))

@@ -14,8 +14,8 @@ from poisonguard.errors import ConfigError
 from poisonguard.outputs import OutputPaths
 from poisonguard.report import read_report
 from poisonguard.streaming import UniformSample
-from conftest import STRUCTURAL_BREAKS, make_frame
-from test_provenance_scan import config_for, signed  # noqa: F401 - signed is a fixture
+from conftest import STRUCTURAL_BREAKS, make_frame, signed_config as config_for
+
 
 
 def _outputs(out_dir, summary) -> tuple[pd.DataFrame, pd.DataFrame | None, OutputPaths]:
@@ -120,19 +120,49 @@ def test_a_type_break_in_a_late_chunk_leaves_no_partial_output(prefect_harness, 
         assert not list(folder.glob(".*.tmp"))  # the staged row groups are gone
 
 
-def test_chunked_mode_refuses_what_needs_the_whole_batch(tmp_path, sample_batch, sample_reference):
-    from poisonguard.plan import plan_scan
+def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_batch, sample_reference):
     from poisonguard.ingest import describe_batch
+    from poisonguard.plan import plan_scan
     from poisonguard.streaming import fit_for_chunks
 
     with pytest.raises(ConfigError, match="chunk_rows"):
         ScanConfig(chunk_rows=0)
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, chunk_rows=500,
-                        detectors=("ecod", "spectral"), suite_dir=tmp_path)
+                        detectors=("ecod", "confident_learning"), suite_dir=tmp_path)
     batch = describe_batch(sample_batch, "loans")
     scan_plan = plan_scan(batch, config)
-    with pytest.raises(ConfigError, match="spectral"):
+    with pytest.raises(ConfigError, match="confident_learning"):
         fit_for_chunks(batch, scan_plan.reference, scan_plan.suite, scan_plan.kinds, "risk_grade", config)
+
+
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_whole_batch_checks_run_chunked_on_a_first_pass_sample(prefect_harness, tmp_path, with_reference):
+    from poisonguard.flows.scan import run_scan
+
+    reference = make_frame(800, seed=0)
+    reference.to_csv(tmp_path / "ref.csv", index=False)
+    batch = make_frame(1200, seed=1)
+    flipped = np.arange(0, 1200, 30)  # 40 rows, spread over every chunk
+    batch.loc[flipped, "label"] = np.where(batch.loc[flipped, "label"] == "yes", "no", "yes")
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    settings = dict(label_col="label", detectors=("knn_label", "spectral"),
+                    reference=tmp_path / "ref.csv" if with_reference else None)
+    if not with_reference:
+        from poisonguard.expectations.suite import infer_suite, save_suite
+
+        save_suite(infer_suite(reference, "batch", "label", 0.1), tmp_path / "suites" / "batch.json")
+        settings["suite_dir"] = tmp_path / "suites"
+    whole = run_scan(tmp_path / "batch.csv", ScanConfig(out_dir=tmp_path / "whole", **settings))
+    chunked = run_scan(tmp_path / "batch.csv", ScanConfig(out_dir=tmp_path / "chunked", chunk_rows=250,
+                                                          max_reference_rows=600, **settings))
+    recalls = []
+    for out, summary in ((tmp_path / "whole", whole), (tmp_path / "chunked", chunked)):
+        clean, held, _ = _outputs(out, summary)
+        held_ids = set(held[ROW_ID]) if held is not None else set()
+        assert len(clean) + len(held_ids) == 1200 and set(clean[ROW_ID]).isdisjoint(held_ids)
+        recalls.append(np.isin(flipped, list(held_ids)).mean())
+    assert recalls[1] >= 0.8 and recalls[1] >= recalls[0] - 0.15  # the sample's estimate holds up
+    assert set(read_report(chunked.report_path)["detectors"]) == {"knn_label", "spectral"}
 
 
 def test_uniform_sample_keeps_at_most_its_size_and_covers_the_stream():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_frame
+from conftest import make_frame, signed_config as config_for
 from poisonguard import REASONS, ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
@@ -23,28 +23,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture()
-def signed(tmp_path) -> tuple[Path, Path]:
-    """A reference, a batch signed by bank-a, and a trust store that trusts bank-a for dataset toy."""
-    make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
-    batch = tmp_path / "batch.csv"
-    make_frame(80, seed=2).to_csv(batch, index=False)
-    trust = tmp_path / "trust.json"
-    generated = invoke("keys", "generate", "--source", "bank-a", "--key-id", "bank-a-k1",
-                       "--key-dir", tmp_path / "keys", "--trust-store", trust, "--dataset", "toy")
-    assert generated.exit_code == 0, generated.output
-    signing = invoke("sign", batch, "--source", "bank-a", "--key", tmp_path / "keys" / "bank-a-k1.pem",
-                     "--dataset", "toy")
-    assert signing.exit_code == 0, signing.output
-    return batch, trust
-
-
-def config_for(tmp_path: Path, trust: Path, **overrides) -> ScanConfig:
-    settings = dict(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out",
-                    dataset="toy", trust_store=trust, require_provenance=True)
-    return ScanConfig(**(settings | overrides))
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -19,7 +19,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
 
 from poisonguard import ROW_ID
-from poisonguard.batch_stats import class_balance, feature_drift, score_distributions
+from poisonguard.batch_stats import class_balance, feature_drift, score_distributions, score_drift
 from poisonguard.config import ScanConfig
 from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
@@ -154,7 +154,7 @@ def score_in_parallel(outcome: SchemaOutcome, scan_plan: ScanPlan, config: ScanC
 
 @task(name="describe", cache_policy=NONE)
 def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan) -> dict:
-    """Batch-level figures for the report: score histograms, class balance against the reference."""
+    """Batch-level figures for the report: score histograms, drift of features, scores and class balance."""
     figures = {
         "distributions": score_distributions(
             scores.evidence,
@@ -164,6 +164,7 @@ def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan
         )
     }
     figures["feature_drift"] = feature_drift(outcome.frame, scan_plan.reference, scan_plan.kinds)
+    figures["score_drift"] = score_drift(scores.evidence, scores.calibration.get("evidence_axis", "score"))
     label = scan_plan.label_col
     if label is not None and label in outcome.frame:
         reference = scan_plan.reference[label] if scan_plan.reference is not None else None

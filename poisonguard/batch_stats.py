@@ -132,3 +132,39 @@ def _sample(values: np.ndarray) -> np.ndarray:
     if len(values) <= DRIFT_SAMPLE_ROWS:
         return values
     return values[np.random.default_rng(0).choice(len(values), DRIFT_SAMPLE_ROWS, replace=False)]
+
+
+CONFORMAL_AXIS = "-log10 conformal p-value"
+
+
+def score_drift(evidence: dict[str, np.ndarray], axis: str) -> list[dict[str, Any]]:
+    """Detectors whose batch scores are distributed differently from the held-out reference rows' scores.
+
+    With a reference, each row's evidence is ``-log10`` of its conformal p-value against held-out trusted
+    rows; for a batch drawn like the reference those p-values are uniform on (0, 1]. A one-sample KS test
+    against the uniform, significant and material as for features (a few percent of poisoned rows move
+    the statistic by about their share, below the 0.1 that counts), says the batch as a whole differs.
+    Without a reference there is nothing to compare with, and the list is empty.
+    """
+    from scipy.stats import kstest
+
+    if axis != CONFORMAL_AXIS:
+        return []
+    drifted = []
+    for name, values in evidence.items():
+        p_values = np.power(10.0, -np.asarray(values, dtype="float64"))
+        p_values = p_values[np.isfinite(p_values)]
+        if len(p_values) < 20:
+            continue
+        test = kstest(p_values, "uniform")
+        if test.pvalue < FEATURE_DRIFT_P_VALUE and test.statistic > FEATURE_DRIFT_KS:
+            low = float(np.mean(p_values < 0.05))
+            drifted.append({
+                "detector": name,
+                "ks_statistic": round(float(test.statistic), 4),
+                "p_value": float(test.pvalue),
+                "message": f"{name} scores the batch differently from the held-out reference rows (KS "
+                           f"{test.statistic:.2f}, p={test.pvalue:.1e}): {low:.1%} of rows are beyond the "
+                           "95th percentile of the reference's scores, where 5% are expected",
+            })
+    return drifted

@@ -48,6 +48,7 @@ def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
     review = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined) if quarantined else None
     warnings = [w for w in [(report.get("class_balance") or {}).get("drift")] if w]
     warnings += [d["message"] for d in report.get("feature_drift") or []]
+    warnings += [d["message"] for d in report.get("score_drift") or []]
     html = _environment().get_template("report.html.j2").render(
         r=report,
         version=__version__,

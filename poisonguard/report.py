@@ -139,6 +139,7 @@ def build_report(
         "distributions": figures.get("distributions", {}),
         "class_balance": figures.get("class_balance"),
         "feature_drift": figures.get("feature_drift", []),
+        "score_drift": figures.get("score_drift", []),
         "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations},
         "structural_failures": structural_failures,
         "outputs": outputs,

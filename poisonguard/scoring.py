@@ -23,6 +23,7 @@ import pandas as pd
 from scipy.stats import binom
 from sklearn.model_selection import train_test_split
 
+from poisonguard.batch_stats import CONFORMAL_AXIS
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
@@ -282,7 +283,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
-        "evidence_axis": "-log10 conformal p-value",
+        "evidence_axis": CONFORMAL_AXIS,
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
     summary["guarantee"] = guarantee

@@ -14,6 +14,7 @@ from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.config import ScanConfig
 from poisonguard.flows.scan import scan_batch
 from poisonguard.outputs import OutputPaths
+from poisonguard.report import read_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -157,3 +158,30 @@ def test_jsonl_and_parquet_batches_scan_like_csv(tmp_path):
         config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=out_dir)
         summary = scan_batch(tmp_path / name, config)
         assert_conserved(summary, out_dir, 120)
+
+
+def test_a_batch_that_drifted_as_a_whole_gets_a_score_drift_warning(sample_scan, tmp_path):
+    summary, _, _ = sample_scan
+    assert read_report(summary.report_path)["score_drift"] == []  # 5% poisoned rows are not drift
+
+    make_frame(600, seed=0).to_csv(tmp_path / "ref.csv", index=False)
+    drifted = make_frame(400, seed=1)
+    drifted["x2"] = drifted["x2"] * 1.8 + 0.8  # every row moved: a different source, not a few bad rows
+    drifted.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out",
+                        range_margin=5.0)
+    report = read_report(scan_batch(tmp_path / "batch.csv", config).report_path)
+    assert {d["detector"] for d in report["score_drift"]} >= {"ecod"}
+    html = (tmp_path / "out" / "reports" / "batch" / f"{report['batch_id']}.html").read_text()
+    assert "scores the batch differently from the held-out reference rows" in html
+
+
+def test_score_drift_reads_conformal_p_values_only():
+    from poisonguard.batch_stats import CONFORMAL_AXIS, score_drift
+
+    rng = np.random.default_rng(0)
+    uniform = -np.log10(rng.uniform(size=5000))
+    assert score_drift({"ecod": uniform}, CONFORMAL_AXIS) == []
+    shifted = -np.log10(rng.uniform(size=5000) ** 2)  # p-values pushed towards 0
+    assert [d["detector"] for d in score_drift({"ecod": shifted}, CONFORMAL_AXIS)] == ["ecod"]
+    assert score_drift({"ecod": shifted}, "score minus its class's threshold") == []

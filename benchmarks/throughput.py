@@ -174,7 +174,8 @@ def run(sizes: list[int], features: int, repeats: int, settings: dict, work: Pat
         for repeat in range(repeats):
             for runner in runners:
                 out = directory / f"out-{runner}-{repeat}"
-                scans[runner].append(_in_fresh_process("scan", batch, reference, out, settings | {"task_runner": runner}))
+                run_settings = settings | {"task_runner": runner}
+                scans[runner].append(_in_fresh_process("scan", batch, reference, out, run_settings))
             if with_ecod:
                 ecods.append(_in_fresh_process("ecod", batch, reference, directory, {}))
             print(f"rows {size:,} run {repeat + 1}: "
@@ -195,7 +196,9 @@ def run(sizes: list[int], features: int, repeats: int, settings: dict, work: Pat
                 "scan_peak_mb": statistics.median(s["peak_rss_mb"] for s in runs),
                 "scan_above_mb": statistics.median(s["peak_rss_mb"] - s["baseline_rss_mb"] for s in runs),
                 "ecod_peak_mb": statistics.median(e["peak_rss_mb"] for e in ecods) if ecods else float("nan"),
-                "steps": {name: statistics.median(s["steps"].get(name, 0.0) for s in runs) for name in runs[0]["steps"]},
+                "steps": {
+                    name: statistics.median(s["steps"].get(name, 0.0) for s in runs) for name in runs[0]["steps"]
+                },
             })
     return rows
 

@@ -17,25 +17,21 @@ from prefect.cache_policies import NONE
 
 from poisonguard.batch_stats import class_balance_of_counts, feature_drift, score_drift
 from poisonguard.config import ScanConfig
-from poisonguard.flows.scan import IO_RETRIES, StepTimer, plan, publish, record, reject, report
+from poisonguard.flows.scan import IO_RETRIES, StepTimer, check_provenance, conclude, plan, publish, record, reject
 from poisonguard.ingest import Batch, describe_batch
 from poisonguard.outputs import OutputPaths
 from poisonguard.plan import ScanPlan
-from poisonguard.expectations.validate import SchemaValidator
-from poisonguard.ledger import Ledger
-from poisonguard.provenance import ProvenanceOutcome, RowsRead, assess_provenance
+from poisonguard.provenance import ProvenanceOutcome, RowsRead
 from poisonguard.report import (
     CLEAN,
     REJECTED,
     REPLAY,
     ROWS_QUARANTINED,
     ScanSummary,
-    build_report,
     read_report,
     replay_summary,
 )
 from poisonguard.review import refuse_rescan_of_reviewed
-from poisonguard.trust import load_trust_store
 from poisonguard.streaming import (
     ChunkedOutcome,
     commit_outputs,
@@ -61,19 +57,7 @@ def provenance(batch: Batch, config: ScanConfig, now: datetime) -> tuple[RowsRea
     """Read the rows once for their count, columns and content digest; check the manifest and replays."""
     progress.info("reading %s for its provenance facts", batch.source_path)
     rows = read_rows(batch, config.chunk_rows)
-    return rows, assess_provenance(
-        batch,
-        batch.dataset,
-        load_trust_store(config.trust_store),
-        Ledger(config.ledger_path),
-        required=config.require_provenance,
-        max_age_seconds=config.manifest_max_age_hours * 3600,
-        clock_skew_seconds=config.clock_skew_seconds,
-        now=now,
-        validator=SchemaValidator(),
-        rescan_of=batch.batch_id if config.force else None,
-        rows=rows,
-    )
+    return rows, check_provenance(batch, config, now, rows)
 
 
 @task(name="quarantine-untrusted", cache_policy=NONE, **IO_RETRIES)
@@ -180,29 +164,9 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
                 reference = scan_plan.reference[scan_plan.label_col] if scan_plan.reference is not None else None
                 figures["class_balance"] = class_balance_of_counts(dict(found.class_counts), reference)
     lap("write")
-    data = build_report(
-        batch,
-        paths,
-        config.out_dir,
-        status=status,
-        rows_clean=rows_clean,
-        rows_quarantined=rows_quarantined,
-        reasons=dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0]))),
-        scanned_at=scanned_at,
-        fingerprint=scan_plan.fingerprint,
-        settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
-        suite_origin=scan_plan.suite_origin,
-        label_col=scan_plan.label_col,
-        expectations=expectations,
-        structural_failures=structural,
-        detectors=detectors,
-        calibration=calibration,
-        provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
-        figures=figures,
-        timings=timings,
+    return conclude(
+        batch, scan_plan, config, paths, scanned_at, checked, timings, content,
+        status=status, rows_clean=rows_clean, rows_quarantined=rows_quarantined, reasons=reasons,
+        expectations=expectations, structural_failures=structural, detectors=detectors,
+        calibration=calibration, figures=figures,
     )
-    html = report(paths.report, data, config.out_dir)
-    record(batch, status, checked, config, (rows_clean, rows_quarantined or 0), content=content)
-    summary = ScanSummary.from_report(data, paths.report)
-    publish(summary, html)
-    return summary

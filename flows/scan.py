@@ -27,7 +27,7 @@ from poisonguard.ingest import Batch, read_batch
 from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
 from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split, write_whole_quarantine
 from poisonguard.plan import ScanPlan, plan_scan
-from poisonguard.provenance import ProvenanceOutcome, assess_provenance
+from poisonguard.provenance import ProvenanceOutcome, RowsRead, assess_provenance
 from poisonguard.report import (
     CLEAN,
     REJECTED,
@@ -85,6 +85,14 @@ def provenance(batch: Batch, config: ScanConfig, now: datetime) -> ProvenanceOut
     if config.trust_store is None:
         return None
     progress.info("checking provenance against %s", config.trust_store)
+    return check_provenance(batch, config, now)
+
+
+def check_provenance(
+    batch: Batch, config: ScanConfig, now: datetime, rows: RowsRead | None = None
+) -> ProvenanceOutcome:
+    """The batch's manifest and replays against the configured trust store and ledger (``rows``: what a
+    pass over a batch read in chunks established; by default the batch's frame says)."""
     return assess_provenance(
         batch,
         batch.dataset,
@@ -96,6 +104,7 @@ def provenance(batch: Batch, config: ScanConfig, now: datetime) -> ProvenanceOut
         now=now,
         validator=SchemaValidator(),
         rescan_of=batch.batch_id if config.force else None,
+        rows=rows,
     )
 
 
@@ -319,33 +328,41 @@ def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummar
         lap("write")
         status = ROWS_QUARANTINED if rows_quarantined else CLEAN
         calibration = scores.calibration
+    return conclude(
+        batch, scan_plan, config, paths, scanned_at, checked, timings,
+        status=status, rows_clean=rows_clean, rows_quarantined=rows_quarantined, reasons=reasons,
+        expectations=expectations, structural_failures=structural, detectors=detectors,
+        calibration=calibration, figures=figures,
+    )
+
+
+def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: OutputPaths, scanned_at: datetime,
+             checked: ProvenanceOutcome | None, timings: dict[str, float], content: str | None = None,
+             **result) -> ScanSummary:
+    """The end of every scan flow: write the reports, record the outcome in the ledger, publish artifacts.
+
+    ``result`` holds the scan's findings as :func:`build_report` names them; ``content`` the rows' digest
+    when the flow already has it.
+    """
+    result["reasons"] = dict(sorted(result["reasons"].items(), key=lambda item: (-item[1], item[0])))
     data = build_report(
         batch,
         paths,
         config.out_dir,
-        status=status,
-        rows_clean=rows_clean,
-        rows_quarantined=rows_quarantined,
-        reasons=reasons,
         scanned_at=scanned_at,
         fingerprint=scan_plan.fingerprint,
         settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
         suite_origin=scan_plan.suite_origin,
         label_col=scan_plan.label_col,
-        expectations=expectations,
-        structural_failures=structural,
-        detectors=detectors,
-        calibration=calibration,
         provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
-        figures=figures,
         timings=timings,
+        **result,
     )
     html = report(paths.report, data, config.out_dir)
-    record(batch, status, checked, config, (rows_clean, rows_quarantined))
+    record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
     summary = ScanSummary.from_report(data, paths.report)
     publish(summary, html)
     return summary
-
 
 def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
     """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`),

@@ -135,7 +135,9 @@ class FittedReference:
             return
         # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
-        self.streamed = {n: d for n, d in self.detectors.items() if not d.transductive and d.representation == "features"}
+        self.streamed = {
+            n: d for n, d in self.detectors.items() if not d.transductive and d.representation == "features"
+        }
         for name, detector in self.streamed.items():
             detector.fit(self.X_fit, self.y_fit)
             self.holdout_scores[name] = detector.decision_function(self.X_hold, self.y_hold)
@@ -269,7 +271,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
     # are calibrated against all held-out rows together.
-    groups_hold = _calibration_groups(y_hold, max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine)))
+    smallest_group = max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine))
+    groups_hold = _calibration_groups(y_hold, smallest_group)
     holdout_p = {name: _holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
     alpha, guarantee = _union_threshold(min_p_hold, config.max_false_quarantine, len(names))

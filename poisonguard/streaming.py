@@ -291,7 +291,8 @@ def scan_chunks(
     found = ChunkedOutcome(drift_rows=UniformSample(DRIFT_SAMPLE_ROWS, seed=0))
     validator = SchemaValidator()
     if batch.size_bytes == 0:
-        found.structural = [StructuralFailure("structural:empty_file", f"{batch.source_path}: the file is empty (0 bytes)")]
+        empty = StructuralFailure("structural:empty_file", f"{batch.source_path}: the file is empty (0 bytes)")
+        found.structural = [empty]
         return found
     try:
         for chunk in iter_chunks(batch, chunk_rows):

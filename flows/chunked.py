@@ -11,11 +11,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from poisonguard.batch_stats import class_balance_of_counts, feature_drift, score_drift
+from poisonguard.batch_stats import class_balance_of_counts, feature_drift
 from poisonguard.config import ScanConfig
 from poisonguard.flows.scan import IO_RETRIES, StepTimer, check_provenance, conclude, plan, publish, record, reject
 from poisonguard.ingest import Batch, describe_batch
@@ -151,11 +150,7 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
             calibration = found.calibration
             detectors = {name: {"reason": found.detector_reasons[name], "flagged": count}
                          for name, count in found.flagged.items()}
-            axis = calibration.get("evidence_axis", "score")
-            figures = found.figures(calibration.get("evidence_threshold"), axis)
-            figures["score_drift"] = score_drift(
-                {name: np.concatenate(parts) for name, parts in found.evidence.items()}, axis
-            )
+            figures = found.figures(calibration.get("evidence_threshold"), calibration.get("evidence_axis", "score"))
             sample = found.drift_rows.frame if found.drift_rows is not None else None
             figures["feature_drift"] = (
                 feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else []

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonguard import RAW_VALUES, ROW_ID
-from poisonguard.batch_stats import DRIFT_SAMPLE_ROWS, score_distributions
+from poisonguard.batch_stats import DRIFT_SAMPLE_ROWS, score_distributions, score_drift
 from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.detectors import detector_class
 from poisonguard.errors import ConfigError, InputError, UnreadableBatchError
@@ -234,9 +234,13 @@ class ChunkedOutcome:
         return digest_row_hashes(self.content_columns, np.concatenate([np.empty(0, "uint64"), *self.hashes]))
 
     def figures(self, threshold: float | None, axis: str) -> dict[str, Any]:
+        """The report's score histograms and score-drift warnings, from every chunk's evidence."""
         evidence = {name: np.concatenate(parts) for name, parts in self.evidence.items()}
         flags = {name: np.concatenate(parts) for name, parts in self.evidence_flags.items()}
-        return {"distributions": score_distributions(evidence, flags, threshold, axis)}
+        return {
+            "distributions": score_distributions(evidence, flags, threshold, axis),
+            "score_drift": score_drift(evidence, axis),
+        }
 
 
 def sample_batch(batch: Batch, suite: Any, label_col: str | None, chunk_rows: int, size: int,

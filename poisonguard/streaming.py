@@ -245,7 +245,7 @@ class ChunkedOutcome:
 
 def sample_batch(batch: Batch, suite: Any, label_col: str | None, chunk_rows: int, size: int,
                  seed: int) -> pd.DataFrame | None:
-    """First pass of a chunked scan without a reference: a uniform sample of the rows that pass the schema."""
+    """A chunked scan's first pass: a uniform sample of the rows that pass the schema, to fit detectors on."""
     validator, sample = SchemaValidator(), UniformSample(size, seed)
     try:
         for chunk in iter_chunks(batch, chunk_rows):

@@ -196,6 +196,13 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     }
 
 
+def flag_reference_chunk(
+    fitted: FittedReference, calibration: ReferenceCalibration, chunk: pd.DataFrame
+) -> DetectorScores:
+    """Scores, conformal p-values and flags of the rows of ``chunk`` (a chunked scan with a reference)."""
+    return apply_calibration(calibration, score_chunk(fitted, chunk), _labels(chunk, fitted.label_col))
+
+
 def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
     """:func:`score_chunk` over consecutive slices of ``config.score_chunk_rows`` rows, in this process."""
     step = fitted.config.score_chunk_rows

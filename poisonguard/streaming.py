@@ -50,9 +50,8 @@ from poisonguard.scoring import (
     FittedReference,
     ReferenceCalibration,
     SampleFit,
-    apply_calibration,
     flag_chunk,
-    score_chunk,
+    flag_reference_chunk,
 )
 from poisonguard.store import _stage, parquet_table
 from poisonguard.values import as_text
@@ -341,9 +340,7 @@ def _score(fitted, calibration: ReferenceCalibration | None, frame: pd.DataFrame
         return DetectorScores()
     if isinstance(fitted, SampleFit):
         return flag_chunk(fitted, frame)
-    from poisonguard.scoring import _labels
-
-    return apply_calibration(calibration, score_chunk(fitted, frame), _labels(frame, fitted.label_col))
+    return flag_reference_chunk(fitted, calibration, frame)
 
 
 def _tally(found: ChunkedOutcome, chunk: pd.DataFrame, frame: pd.DataFrame, result: pd.DataFrame,

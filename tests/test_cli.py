@@ -105,3 +105,22 @@ def test_the_installed_console_script_reports_user_errors_without_a_traceback(tm
     assert message in completed.stderr
     assert "Traceback" not in completed.stderr + completed.stdout
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_an_error_naming_a_toml_table_keeps_its_brackets(tmp_path):
+    make_frame(20).to_csv(tmp_path / "batch.csv", index=False)
+    (tmp_path / "settings.toml").write_text('[scan]\nlabel_col = "label"\nbudget = 0.02\n')
+    result = runner.invoke(app, ["scan", str(tmp_path / "batch.csv"), "--config", str(tmp_path / "settings.toml")])
+    assert result.exit_code == 2, result.output
+    assert "unknown key(s) in [scan]: budget" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [(["scan"], "[ecod,iforest,label_model]"), (["scan"], "[scan] table"), (["inbox"], "[required]"),
+     (["review", "release"], "[the OS user]")],
+)
+def test_help_shows_the_defaults_written_in_brackets(command, shown):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert shown in result.output

@@ -7,6 +7,7 @@ import traceback
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from poisonguard.errors import ExitCode, PoisonguardError
 from poisonguard.values import format_count
@@ -18,12 +19,12 @@ out = Console()  # results
 def fail(error: BaseException, debug: bool) -> None:
     """End the command: one line for an error the user can fix, a hint to ``--debug`` for a bug."""
     if isinstance(error, PoisonguardError):
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(error.exit_code))
     if debug:
         traceback.print_exception(error)
     console.print(
-        f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in poisonguard; "
+        f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}. This is a bug in poisonguard; "
         "rerun with --debug for the traceback and report it.",
         highlight=False,
         soft_wrap=True,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from poisonguard.cli.common import console, fail, out, quiet_libraries
@@ -66,12 +67,12 @@ def inbox_run(
     if not results:
         out.print(f"nothing waiting in {inbox}", highlight=False)
         return
-    table = Table(title=f"{inbox}: {len(results)} batch file(s)", title_justify="left")
+    table = Table(title=escape(f"{inbox}: {len(results)} batch file(s)"), title_justify="left")
     for column in ("file", "status", "batch", "filed as", "detail"):
         table.add_column(column)
     for result in results:
-        table.add_row(result.name, result.status.replace("_", " "), result.batch_id or "", result.moved_to,
-                      result.detail)
+        table.add_row(escape(result.name), result.status.replace("_", " "), result.batch_id or "", escape(str(result.moved_to)),
+                      escape(result.detail))
     out.print(table)
     failed = any(r.outcome == "failed" for r in results)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED if failed else ExitCode.CLEAN))

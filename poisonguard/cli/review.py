@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from poisonguard.cli.common import count, fail, out
@@ -13,7 +14,7 @@ from poisonguard.cli.scan import app
 from poisonguard.errors import ExitCode, InputError
 
 review_app = typer.Typer(help="Review quarantined rows: release them to training or confirm them as poison.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(review_app, name="review")
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="The scan output directory.")]
@@ -37,7 +38,7 @@ def review_list(
         if status not in (None, "pending", "reviewed"):
             raise InputError(f"--status must be pending or reviewed, not {status!r}")
         entries = AuditLog(out_dir).entries()
-        table = Table(title=f"batches under {out_dir}", title_justify="left")
+        table = Table(title=escape(f"batches under {out_dir}"), title_justify="left")
         for column in ("dataset", "batch", "scanned", "status"):
             table.add_column(column)
         for column in ("quarantined", "pending", "released", "confirmed"):
@@ -51,7 +52,7 @@ def review_list(
             if status == "reviewed" and (counts["pending"] or not quarantined):
                 continue
             shown += 1
-            table.add_row(report["dataset"], report["batch_id"], report.get("scanned_at", ""),
+            table.add_row(escape(report["dataset"]), report["batch_id"], report.get("scanned_at", ""),
                           report["status"].replace("_", " "), count(quarantined), count(counts["pending"]),
                           count(counts["released"]), count(counts["confirmed"]))
     except typer.Exit:
@@ -104,7 +105,7 @@ def review_show(
         fail(error, debug)
     report = found.report
     out.print(
-        f"[bold]{found.dataset} / {found.batch_id}[/] {report['status'].replace('_', ' ')}: "
+        f"[bold]{escape(found.dataset)} / {found.batch_id}[/] {report['status'].replace('_', ' ')}: "
         f"{count(report['rows']['in'])} rows in, {count(report['rows']['clean'])} clean, "
         f"{count(report['rows']['quarantined'])} quarantined",
         highlight=False,
@@ -116,7 +117,7 @@ def review_show(
         detail.add_column()
         for column, value in record.items():
             shown = ", ".join(value) if column == REASONS else ("" if value is None else str(value))
-            detail.add_row(str(column), shown)
+            detail.add_row(escape(str(column)), escape(shown))  # cells hold the batch's own text
         out.print(detail)
     else:
         table = Table(title=f"{len(rows):,} rows" + (f", first {limit}" if len(rows) > limit else ""),
@@ -124,7 +125,7 @@ def review_show(
         for column in ("row", "status", "reasons"):
             table.add_column(column)
         for values in rows.head(limit).to_dict("records"):
-            table.add_row(str(values[ROW_ID]), values[STATUS], ", ".join(values[REASONS]))
+            table.add_row(str(values[ROW_ID]), values[STATUS], escape(", ".join(values[REASONS])))
         out.print(table)
     if exported is not None:
         out.print(f"exported {len(rows):,} rows to {exported}", highlight=False)
@@ -225,12 +226,13 @@ def review_audit(
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
     if entries:
-        table = Table(title=f"{log.path}: {len(entries)} entries", title_justify="left")
+        table = Table(title=escape(f"{log.path}: {len(entries)} entries"), title_justify="left")
         for column in ("seq", "at", "reviewer", "action", "batch", "rows", "reason"):
             table.add_column(column)
         for entry in entries[-limit:]:
-            table.add_row(str(entry["seq"]), entry["at"], entry["reviewer"], entry["action"],
-                          f"{entry['dataset']}/{entry['batch_id']}", f"{len(entry['row_ids']):,}", entry["reason"])
+            table.add_row(str(entry["seq"]), entry["at"], escape(entry["reviewer"]), entry["action"],
+                          escape(f"{entry['dataset']}/{entry['batch_id']}"), f"{len(entry['row_ids']):,}",
+                          escape(entry["reason"]))
         out.print(table)
     if not verify:
         return
@@ -239,5 +241,5 @@ def review_audit(
         out.print("[dim]keep the head hash elsewhere to detect entries cut from the end later[/]")
         return
     for problem in check.problems:
-        out.print(f"[bold red]tampered:[/] {problem}", highlight=False, soft_wrap=True)
+        out.print(f"[bold red]tampered:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED))

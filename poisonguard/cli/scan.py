@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from poisonguard import __version__
@@ -21,8 +22,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts give defaults in brackets ("[0.01]"); rich markup would read them as style tags and drop them.
+    rich_markup_mode=None,
 )
-expectations_app = typer.Typer(help="Build and inspect the schema suites of datasets.", no_args_is_help=True)
+expectations_app = typer.Typer(
+    help="Build and inspect the schema suites of datasets.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(expectations_app, name="expectations")
 
 
@@ -178,7 +183,7 @@ def _print_summary(summary) -> None:
             "(--force rescans it and replaces its outputs)",
             highlight=False,
         )
-    table = Table(title=f"{summary.dataset} / batch {summary.batch_id}", show_header=False, title_justify="left")
+    table = Table(title=escape(f"{summary.dataset} / batch {summary.batch_id}"), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     colour = {"clean": "green", "rows_quarantined": "yellow", "rejected": "red", "replay": "red"}[summary.status]
@@ -189,16 +194,16 @@ def _print_summary(summary) -> None:
     provenance = summary.provenance
     if provenance:
         signer = f" ({provenance['source_id']}, key {provenance.get('key_id')})" if provenance.get("source_id") else ""
-        table.add_row("provenance", f"{provenance['status'].replace('_', ' ')}{signer}")
+        table.add_row("provenance", escape(f"{provenance['status'].replace('_', ' ')}{signer}"))
     out.print(table)
     for failure in provenance.get("failures", []):
-        out.print(f"[red]{failure['code']}[/]: {failure['message']}", highlight=False, soft_wrap=True)
+        out.print(f"[red]{escape(failure['code'])}[/]: {escape(failure['message'])}", highlight=False, soft_wrap=True)
     if summary.reasons:
         reasons = Table(show_header=True, title_justify="left")
         reasons.add_column("reason")
         reasons.add_column("rows", justify="right")
         for code, rows in summary.reasons.items():
-            reasons.add_row(code, count(rows))
+            reasons.add_row(escape(code), count(rows))  # codes carry column names
         out.print(reasons)
     label = "report of the earlier delivery" if summary.status == "replay" else "report"
     out.print(f"{label}: {summary.report_path}", highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ from poisonguard.batch_stats import class_balance_of_counts, feature_drift
 from poisonguard.config import ScanConfig
 from poisonguard.flows.scan import IO_RETRIES, StepTimer, check_provenance, conclude, plan, publish, record, reject
 from poisonguard.ingest import Batch, describe_batch
+from poisonguard.manifest import scan_dataset
 from poisonguard.outputs import OutputPaths
 from poisonguard.plan import ScanPlan
 from poisonguard.provenance import ProvenanceOutcome, RowsRead
@@ -48,7 +49,7 @@ progress = logging.getLogger("poisonguard.progress")
 @task(name="describe-file", cache_policy=NONE, **IO_RETRIES)
 def describe_file(path: Path, config: ScanConfig) -> Batch:
     progress.info("hashing %s", path)
-    return describe_batch(path, dataset=config.dataset, file_format=config.file_format)
+    return describe_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format)
 
 
 @task(name="provenance", cache_policy=NONE, **IO_RETRIES)

@@ -21,6 +21,7 @@ from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import IO_RETRIES, run_scan
 from poisonguard.ingest import file_sha256
 from poisonguard.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files
+from poisonguard.manifest import scan_dataset
 from poisonguard.report import CLEAN, REPLAY, ROWS_QUARANTINED
 
 progress = logging.getLogger("poisonguard.progress")
@@ -75,7 +76,7 @@ def process_inbox(
     config = config_from_mapping({"require_provenance": True, **(settings or {})}, base=base)
     results = []
     for taken in claim_batches(inbox, min_age_seconds, stale_after_seconds):
-        batch_config = config if config.dataset else replace(config, dataset=taken.dataset)
+        batch_config = replace(config, dataset=scan_dataset(taken.path, config, file_name=taken.name))
         try:
             summary = run_scan(taken.path, batch_config)
         except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others

@@ -25,6 +25,7 @@ from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest import Batch, read_batch
 from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
+from poisonguard.manifest import scan_dataset
 from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split, write_whole_quarantine
 from poisonguard.plan import ScanPlan, plan_scan
 from poisonguard.provenance import ProvenanceOutcome, RowsRead, assess_provenance
@@ -70,7 +71,7 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn":
 @task(name="ingest", cache_policy=NONE, **IO_RETRIES)
 def ingest(path: Path, config: ScanConfig) -> Batch:
     progress.info("reading %s", path)
-    return read_batch(path, dataset=config.dataset, file_format=config.file_format)
+    return read_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format)
 
 
 @task(name="plan", cache_policy=NONE, **IO_RETRIES)

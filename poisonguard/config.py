@@ -22,6 +22,18 @@ _EXECUTION_FIELDS = ("score_chunk_rows", "task_runner", "dask_address", "dask_wo
 _PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hours", "clock_skew_seconds", "ledger")
 
 
+def dataset_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dataset, or ``None``: it becomes a folder under the output directory, so
+    it must be one plain path component."""
+    if not name or not name.strip():
+        return "it is empty"
+    if len(name) > 128:
+        return "it is longer than 128 characters"
+    if any(character in name for character in "/\\\0") or name in (".", "..") or name.startswith("."):
+        return "it must be one plain folder name (no '/', '\\', NUL or leading '.')"
+    return None
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """Everything a scan needs besides the batch file itself.
@@ -99,6 +111,8 @@ class ScanConfig:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
         if not self.detectors:
             raise ConfigError("at least one detector must be enabled")
+        if self.dataset is not None and (problem := dataset_name_problem(self.dataset)) is not None:
+            raise ConfigError(f"dataset {self.dataset!r} cannot be used: {problem}")
         if self.require_provenance and self.trust_store is None:
             raise ConfigError("require_provenance needs a trust store: pass --trust-store")
         if self.manifest_max_age_hours <= 0:
@@ -130,9 +144,7 @@ class ScanConfig:
         settings["detectors"] = list(self.detectors)
         return settings
 
-
 _PATH_FIELDS = {"out_dir", "reference", "suite", "suite_dir", "trust_store", "ledger"}
-
 
 def load_config(path: Path) -> ScanConfig:
     """Read a ``[scan]`` table from a TOML file into a :class:`ScanConfig`.
@@ -157,7 +169,6 @@ def load_config(path: Path) -> ScanConfig:
         return config_from_mapping(table, base_dir=path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
 
 def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, base: ScanConfig | None = None) -> ScanConfig:
     """A :class:`ScanConfig` from plain values (a TOML table, a deployment's JSON parameters).

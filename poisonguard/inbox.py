@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from poisonguard.ingest import FORMATS_BY_SUFFIX, dataset_name_from_path
+from poisonguard.ingest import FORMATS_BY_SUFFIX
 from poisonguard.manifest import MANIFEST_SUFFIX
 
 PROCESSING, PROCESSED, FAILED = "processing", "processed", "failed"
@@ -38,10 +38,6 @@ class Claim:
     @property
     def manifest(self) -> Path:
         return self.path.with_name(self.path.name + MANIFEST_SUFFIX)
-
-    @property
-    def dataset(self) -> str:
-        return dataset_name_from_path(Path(self.name))
 
 
 def waiting_files(inbox: Path, min_age: float = 5.0, now: float | None = None) -> list[Path]:

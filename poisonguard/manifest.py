@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from poisonguard import __version__
+from poisonguard.config import ScanConfig, dataset_name_problem
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.store import atomic_write_text
 
@@ -96,6 +97,29 @@ def parse_utc(text: str) -> datetime:
 
 def manifest_path_for(batch_path: Path) -> Path:
     return Path(batch_path).with_name(Path(batch_path).name + MANIFEST_SUFFIX)
+
+
+def declared_dataset(path: Path) -> str | None:
+    """The dataset named by the manifest at ``path``; ``None`` when there is no readable manifest or its
+    dataset is no safe folder name. Unverified: the provenance checks later verify the signature over it
+    and whether its source may deliver that dataset."""
+    try:
+        dataset = read_manifest(path).dataset
+    except ManifestError:
+        return None
+    return dataset if dataset_name_problem(dataset) is None else None
+
+
+def scan_dataset(path: Path, config: ScanConfig, file_name: str | None = None) -> str:
+    """The dataset the batch at ``path`` is scanned as: ``config.dataset``; else, when manifests are checked
+    (a trust store is configured), the dataset its manifest names, as the source signed it; else the file
+    name (``file_name`` when ``path`` is a claimed copy) without its suffixes."""
+    from poisonguard.ingest import dataset_name_from_path
+
+    if config.dataset:
+        return config.dataset
+    declared = declared_dataset(manifest_path_for(path)) if config.trust_store is not None else None
+    return declared or dataset_name_from_path(Path(file_name or path))
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -247,3 +247,45 @@ def test_a_served_deployment_on_a_real_server_processes_a_dropped_file(inbox_set
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_signed_batch_is_scanned_as_the_dataset_its_manifest_names(tmp_path, signed):
+    from poisonguard.flows.inbox import process_inbox
+
+    batch, trust = signed  # signed for dataset "toy"; the file is called batch.csv
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for path in (batch, batch.with_name(batch.name + ".manifest.json")):
+        os.replace(path, inbox / path.name)
+        os.utime(inbox / path.name, (AN_HOUR_AGO, AN_HOUR_AGO))
+    settings = {"label_col": "label", "reference": str(tmp_path / "reference.csv"),
+                "out_dir": str(tmp_path / "out"), "trust_store": str(trust)}
+    [result] = process_inbox(str(inbox), settings)
+    assert result.outcome == PROCESSED, result.detail
+    assert (tmp_path / "out" / "reports" / "toy" / f"{result.batch_id}.json").exists()
+    assert (inbox / "processed" / "batch.csv.manifest.json").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_manifest_naming_a_path_as_its_dataset_never_becomes_a_folder(tmp_path, signed):
+    import json
+
+    from poisonguard.flows.scan import scan_batch
+
+    batch, trust = signed
+    manifest = batch.with_name(batch.name + ".manifest.json")
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dataset": "../../escaped"}))
+    config = ScanConfig(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out",
+                        trust_store=trust, require_provenance=True)
+    summary = scan_batch(batch, config)
+    assert summary.status == "rejected" and summary.dataset == "batch"  # the file's name, not the manifest's
+    assert "provenance:signature_invalid" in summary.reasons
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_dataset_name_that_is_a_path_is_refused(tmp_path):
+    make_frame(20).to_csv(tmp_path / "batch.csv", index=False)
+    result = runner.invoke(app, ["scan", str(tmp_path / "batch.csv"), "--dataset", "../elsewhere"])
+    assert result.exit_code == 2, result.output
+    assert "dataset '../elsewhere' cannot be used" in result.output

@@ -135,17 +135,13 @@ def verify(
         from poisonguard.expectations.validate import SchemaValidator
         from poisonguard.ingest import read_batch
         from poisonguard.ledger import Ledger
-        from poisonguard.manifest import ManifestError, manifest_path_for, read_manifest
+        from poisonguard.manifest import declared_dataset, manifest_path_for
         from poisonguard.provenance import assess_provenance
         from poisonguard.trust import load_trust_store
 
         store = load_trust_store(trust_store)
         manifest = manifest or manifest_path_for(file)
-        if dataset is None:
-            try:
-                dataset = read_manifest(manifest).dataset
-            except ManifestError:
-                dataset = None  # the checks below report what is wrong with it
+        dataset = dataset or declared_dataset(manifest)  # else the file name; the checks report the manifest
         batch = read_batch(file, dataset=dataset, file_format=file_format)
         ledger_path = out_dir / "ledger.sqlite"
         quiet_libraries(verbose=False)

@@ -64,7 +64,7 @@ def scan(
     reference: Annotated[
         Optional[Path], typer.Option("--reference", "-r", help="Trusted data: fit and calibrate on it.")
     ] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the file name).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name [with --trust-store the manifest's, else the file name].")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
     file_format: Annotated[
         Optional[str], typer.Option("--format", help="csv, parquet or jsonl (default: from the suffix).")

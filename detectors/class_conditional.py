@@ -7,6 +7,7 @@ relabelled to a target class) stands out only under its class's model.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from poisonguard.detectors.base import Detector, check_matrix
 from poisonguard.values import as_text
@@ -76,12 +77,14 @@ class ClassConditional(Detector):
         X = check_matrix(X, "class_conditional.decision_function")
         if y is None or not self.per_class_:
             return self.overall_.decision_function(X)
-        keys = class_keys(y)
+        # Integer codes: comparing every row's label string once per class costs more than the lookup.
+        codes, labels = pd.factorize(class_keys(y))
         scores = np.empty(len(X), dtype="float64")
         covered = np.zeros(len(X), dtype=bool)
-        for label, model in self.per_class_.items():
-            rows = keys == label
-            if rows.any():
+        for code, label in enumerate(labels):
+            model = self.per_class_.get(str(label))
+            if model is not None:
+                rows = codes == code
                 scores[rows] = model.decision_function(X[rows])
                 covered |= rows
         if not covered.all():

@@ -58,8 +58,9 @@ class ECODDetector(Detector):
         column = self.sorted_[:, j]
         n_rows = len(column)
         # Searching sorted queries walks the fitted column in order, which is several times faster than
-        # searching in row order once the column is larger than the CPU cache.
-        order = np.argsort(values, kind="stable")
+        # searching in row order. The sort need not be stable (equal values get equal counts), and numpy's
+        # default one is several times faster than its stable one.
+        order = np.argsort(values)
         ordered = values[order]
         at_most = np.empty(len(values))
         at_least = np.empty(len(values))

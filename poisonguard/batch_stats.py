@@ -156,7 +156,9 @@ def score_drift(evidence: dict[str, np.ndarray], axis: str) -> list[dict[str, An
         p_values = p_values[np.isfinite(p_values)]
         if len(p_values) < 20:
             continue
-        test = kstest(p_values, "uniform")
+        # Sampled as feature columns are: on a million rows scipy's exact KS distribution alone takes a
+        # second per detector, and the statistic of 100k rows already resolves the 0.1 that counts.
+        test = kstest(_sample(p_values), "uniform")
         if test.pvalue < FEATURE_DRIFT_P_VALUE and test.statistic > FEATURE_DRIFT_KS:
             low = float(np.mean(p_values < 0.05))
             drifted.append({

@@ -150,7 +150,9 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
         if file_format == "parquet":
             table = pq.read_table(path)
             _check_column_names(path, table.column_names)
-            frame = table.to_pandas()
+            # One block per column, each Arrow column freed as soon as it is converted: pandas' default
+            # consolidation would hold the Arrow table and a second whole copy of the rows at once.
+            frame = table.to_pandas(split_blocks=True, self_destruct=True)
             del table
             # Arrow's allocator keeps the decoded pages for reuse; hand them back before the scan goes on.
             pa.default_memory_pool().release_unused()

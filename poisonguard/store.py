@@ -57,7 +57,7 @@ def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+def write_parquet(path: Path, frame: pd.DataFrame | pa.Table, metadata: dict[str, str] | None = None) -> None:
     """Write ``frame`` (without its index) as one Parquet file at ``path``, with optional key/value metadata.
 
     Not atomic by itself: use :func:`atomic_write_parquet` or :func:`write_all_or_none` around it.
@@ -65,9 +65,9 @@ def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | No
     pq.write_table(parquet_table(frame, metadata), path)
 
 
-def parquet_table(frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> pa.Table:
+def parquet_table(frame: pd.DataFrame | pa.Table, metadata: dict[str, str] | None = None) -> pa.Table:
     """``frame`` (without its index) as the Arrow table poisonguard writes, with key/value ``metadata``."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     # The Arrow schema alone describes the columns; pandas' own metadata would record dtype names such as
     # "list<item: string>[pyarrow]" that pandas itself cannot read back, and that other readers ignore.
     kept = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import RAW_VALUES, ROW_ID
+from poisonguard import ROW_ID
 from poisonguard.batch_stats import DRIFT_SAMPLE_ROWS, score_distributions, score_drift
 from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.detectors import detector_class
@@ -161,8 +161,8 @@ class StagedParquet:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
 
-    def write(self, frame: pd.DataFrame) -> None:
-        table = parquet_table(frame, self.metadata)
+    def write(self, rows: pa.Table) -> None:
+        table = parquet_table(rows, self.metadata)
         if self._schema is None:
             # A column with no values in the first chunk has no type yet; text is the only kind it can be
             # (a numeric column is float64 even when empty).
@@ -171,7 +171,8 @@ class StagedParquet:
         try:
             table = table.cast(self._schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            first, last = int(frame[ROW_ID].min()), int(frame[ROW_ID].max())
+            row_ids = table.column(ROW_ID).to_numpy()
+            first, last = int(row_ids.min()), int(row_ids.max())
             raise InputError(
                 f"rows {first}-{last} do not fit the column types of the earlier rows ({exc}); "
                 "scan the batch without --chunk-rows, or give it a suite"
@@ -315,7 +316,6 @@ def scan_chunks(
             clean, quarantined = split_rows(frame, result, batch.batch_id, scanned_at, outcome.raw_values)
             clean_file.write(clean)
             if len(quarantined):
-                quarantined[RAW_VALUES] = quarantined[RAW_VALUES].astype(object)
                 quarantine_file.write(quarantined)
             _tally(found, chunk, frame, result, scores, label_col)
     except UnreadableBatchError as exc:  # a bad batch, kept whole: not an error of the scan
@@ -465,7 +465,6 @@ def quarantine_all_chunks(batch: Batch, codes: list[str], chunk_rows: int, paths
             row_ids = chunk[ROW_ID].to_numpy()
             result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
             _, quarantined = split_rows(chunk, result, batch.batch_id, quarantined_at)
-            quarantined[RAW_VALUES] = quarantined[RAW_VALUES].astype(object)
             quarantine_file.write(quarantined)
     except BaseException:
         quarantine_file.discard()

@@ -35,10 +35,10 @@ def test_rows_are_conserved(case):
     )
     table = build_result_table(frame[ROW_ID].to_numpy(), {"schema:not_null:value": failing}, scores)
     clean, quarantined = split_rows(frame, table, "b1", datetime.now(timezone.utc))
-    ids = clean[ROW_ID].tolist() + quarantined[ROW_ID].tolist()
-    assert sorted(ids) == list(range(len(frame)))
+    held_ids = quarantined.column(ROW_ID).to_pylist()
+    assert sorted(clean.column(ROW_ID).to_pylist() + held_ids) == list(range(len(frame)))
     expected_held = set(failing.tolist()) | set(np.flatnonzero(flags).tolist())
-    assert set(quarantined[ROW_ID]) == expected_held
-    for row_id, reasons in zip(quarantined[ROW_ID], quarantined["_reasons"]):
+    assert set(held_ids) == expected_held
+    for row_id, reasons in zip(held_ids, quarantined.column("_reasons").to_pylist()):
         assert ("schema:not_null:value" in reasons) == (row_id in failing)
         assert ("outlier:iforest" in reasons) == bool(flags[row_id])

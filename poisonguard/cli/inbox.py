@@ -18,7 +18,9 @@ from poisonguard.prefect_env import prepare_prefect_environment
 InboxDir = Annotated[Path, typer.Option("--inbox", help="The inbox directory batch files are dropped into.")]
 LabelCol = Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")]
 Reference = Annotated[Optional[Path], typer.Option("--reference", "-r", help="Trusted reference data.")]
-Dataset = Annotated[Optional[str], typer.Option(help="Dataset name [the one each batch's manifest names, else its file name].")]
+Dataset = Annotated[
+    Optional[str], typer.Option(help="Dataset name [the one each batch's manifest names, else its file name].")
+]
 OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")]
 TrustStore = Annotated[Optional[Path], typer.Option(help="Trust store JSON (required unless --no-require-provenance).")]
 Require = Annotated[bool, typer.Option("--require-provenance/--no-require-provenance",

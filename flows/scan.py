@@ -186,12 +186,12 @@ def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan
 def write(batch: Batch, outcome: SchemaOutcome, scores: DetectorScores, paths: OutputPaths, scanned_at: datetime):
     progress.info("writing clean and quarantined rows")
     result = build_result_table(outcome.frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
-    clean, quarantined = split_rows(outcome.frame, result, batch.batch_id, scanned_at, outcome.raw_values)
-    write_split(paths, clean, quarantined, batch)
+    split = split_rows(outcome.frame, result, batch.batch_id, scanned_at, outcome.raw_values)
+    write_split(paths, split, batch)
     detectors = {
         name: {"reason": scores.reasons[name], "flagged": int(result[f"{name}_flag"].sum())} for name in scores.scores
     }
-    return len(clean), len(quarantined), reason_counts(result), detectors
+    return split.n_clean, split.quarantined.num_rows, reason_counts(result), detectors
 
 
 @task(name="reject", cache_policy=NONE, **IO_RETRIES)

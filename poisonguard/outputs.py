@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, S
 from poisonguard.decide import QUARANTINED, build_result_table
 from poisonguard.ingest import Batch
 from poisonguard.scoring import DetectorScores
-from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet
+from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet, write_parquet_slices
 
 PENDING = "pending"
 
@@ -47,14 +48,55 @@ class OutputPaths:
         )
 
 
+# Clean rows are copied out of the batch and written this many at a time, one Parquet row group each, so
+# writing never holds a second copy of the whole batch.
+WRITE_SLICE_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """A batch's rows partitioned into clean and quarantined, ready to write.
+
+    ``rows`` holds every row (the batch's columns plus ``_row_id``, sharing the frame's buffers); the clean
+    ones are copied out slice by slice as they are written (:meth:`clean_slices`). ``quarantined`` is
+    whole: it is small, and carries the reasons and scores of its rows.
+    """
+
+    rows: pa.Table
+    held: np.ndarray
+    batch_id: str
+    quarantined: pa.Table
+
+    @property
+    def n_clean(self) -> int:
+        return int(len(self.held) - self.held.sum())
+
+    @property
+    def clean_schema(self) -> pa.Schema:
+        return self.rows.schema.append(pa.field(BATCH_ID, pa.large_string()))
+
+    def clean_slices(self, slice_rows: int = WRITE_SLICE_ROWS) -> Iterator[pa.Table]:
+        """The clean rows plus ``_batch_id``, in batch order, at most ``slice_rows`` rows of input at a time."""
+        for start in range(0, self.rows.num_rows, slice_rows):
+            kept = self.rows.slice(start, slice_rows).filter(pa.array(~self.held[start : start + slice_rows]))
+            if kept.num_rows:
+                yield kept.append_column(BATCH_ID, _repeated(self.batch_id, kept.num_rows))
+
+    def clean(self) -> pa.Table:
+        """All clean rows as one table (a copy of them)."""
+        return pa.Table.from_batches(
+            [b for part in self.clean_slices() for b in part.to_batches()], schema=self.clean_schema
+        )
+
+
 def split_rows(
     frame: pd.DataFrame,
     result: pd.DataFrame,
     batch_id: str,
     quarantined_at: datetime,
     raw_values: dict[int, dict[str, str]] | None = None,
-) -> tuple[pa.Table, pa.Table]:
-    """Partition ``frame`` by the result table into (clean, quarantined) Arrow tables ready to write.
+) -> SplitRows:
+    """Partition ``frame`` by the result table into clean and quarantined rows (see :class:`SplitRows`).
 
     Both keep the batch's columns plus ``_row_id`` (last but one) and ``_batch_id``; the quarantined table
     adds ``_reasons``, one ``_score_<detector>`` column per detector, ``_quarantined_at``, ``_status``
@@ -65,10 +107,8 @@ def split_rows(
     columns = [c for c in frame.columns if c != ROW_ID] + [ROW_ID]
     held = result[QUARANTINED].to_numpy()
     # Arrow shares the frame's numeric buffers, and each filter copies only the rows it keeps: at a million
-    # rows, going through pandas held a pandas copy and an Arrow copy of the clean rows at once.
+    # rows, pandas' .loc and then from_pandas held a pandas copy and an Arrow copy of the clean rows at once.
     rows = pa.Table.from_pandas(frame[columns], preserve_index=False)
-    clean = rows.filter(pa.array(~held))
-    clean = clean.append_column(BATCH_ID, _repeated(batch_id, clean.num_rows))
     held_result = result.loc[held].reset_index(drop=True)
     extras = pd.DataFrame({REASONS: held_result[REASONS].array})
     for column in held_result.columns:
@@ -83,25 +123,26 @@ def split_rows(
     raw_values = raw_values or {}
     held_ids = quarantined.column(ROW_ID).to_numpy()
     raw = [json.dumps(raw_values[i], sort_keys=True) if i in raw_values else None for i in held_ids.tolist()]
-    return clean, quarantined.append_column(RAW_VALUES, pa.array(raw, type=pa.string()))
+    quarantined = quarantined.append_column(RAW_VALUES, pa.array(raw, type=pa.string()))
+    return SplitRows(rows, held, batch_id, quarantined)
 
 
 def _repeated(text: str, n_rows: int) -> pa.Array:
     return pa.repeat(pa.scalar(text, type=pa.large_string()), n_rows)
 
 
-def write_split(paths: OutputPaths, clean: pa.Table, quarantined: pa.Table, batch: Batch) -> None:
+def write_split(paths: OutputPaths, split: SplitRows, batch: Batch) -> None:
     """Write the clean and (if any) quarantined rows together: both files appear, or neither changes.
 
     A quarantine file left by an earlier scan of the same batch that now quarantines nothing is removed,
     and so is an earlier whole-batch rejection, so the outputs always reflect the latest scan.
     """
     metadata = _parquet_metadata(batch)
-    writers = [(paths.clean, lambda tmp: write_parquet(tmp, clean, metadata))]
-    if len(quarantined):
-        writers.append((paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata)))
+    writers = [(paths.clean, lambda tmp: write_parquet_slices(tmp, split.clean_schema, split.clean_slices(), metadata))]
+    if split.quarantined.num_rows:
+        writers.append((paths.quarantine, lambda tmp: write_parquet(tmp, split.quarantined, metadata)))
     write_all_or_none(writers)
-    if not len(quarantined):
+    if not split.quarantined.num_rows:
         paths.quarantine.unlink(missing_ok=True)
     if paths.rejected.exists():
         shutil.rmtree(paths.rejected)
@@ -126,7 +167,7 @@ def write_whole_quarantine(paths: OutputPaths, batch: Batch, codes: list[str], q
     """
     row_ids = batch.frame[ROW_ID].to_numpy()
     result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
-    _, quarantined = split_rows(batch.frame, result, batch.batch_id, quarantined_at)
+    quarantined = split_rows(batch.frame, result, batch.batch_id, quarantined_at).quarantined
     metadata = _parquet_metadata(batch)
     write_all_or_none([(paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata))])
     paths.clean.unlink(missing_ok=True)

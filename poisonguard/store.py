@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,18 @@ def parquet_table(frame: pd.DataFrame | pa.Table, metadata: dict[str, str] | Non
     kept = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
     kept.update({k.encode(): v.encode() for k, v in (metadata or {}).items()})
     return table.replace_schema_metadata(kept)
+
+
+def write_parquet_slices(
+    path: Path, schema: pa.Schema, slices: Iterable[pa.Table], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``slices`` (tables of ``schema``) as the row groups of one Parquet file at ``path``; a file with
+    no rows when there are none. Only one slice is held at a time. Not atomic by itself, as
+    :func:`write_parquet`."""
+    schema = parquet_table(schema.empty_table(), metadata).schema
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in slices:
+            writer.write_table(part.replace_schema_metadata(schema.metadata))
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:

@@ -313,10 +313,10 @@ def scan_chunks(
                 frame = frame.astype({c: "float64" for c in numeric if c in frame})
             scores = _score(fitted, calibration, frame)
             result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
-            clean, quarantined = split_rows(frame, result, batch.batch_id, scanned_at, outcome.raw_values)
-            clean_file.write(clean)
-            if len(quarantined):
-                quarantine_file.write(quarantined)
+            split = split_rows(frame, result, batch.batch_id, scanned_at, outcome.raw_values)
+            clean_file.write(split.clean())
+            if split.quarantined.num_rows:
+                quarantine_file.write(split.quarantined)
             _tally(found, chunk, frame, result, scores, label_col)
     except UnreadableBatchError as exc:  # a bad batch, kept whole: not an error of the scan
         clean_file.discard()
@@ -464,8 +464,7 @@ def quarantine_all_chunks(batch: Batch, codes: list[str], chunk_rows: int, paths
                                       and not pd.api.types.is_bool_dtype(chunk[c])})
             row_ids = chunk[ROW_ID].to_numpy()
             result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
-            _, quarantined = split_rows(chunk, result, batch.batch_id, quarantined_at)
-            quarantine_file.write(quarantined)
+            quarantine_file.write(split_rows(chunk, result, batch.batch_id, quarantined_at).quarantined)
     except BaseException:
         quarantine_file.discard()
         raise

@@ -34,9 +34,12 @@ def test_rows_are_conserved(case):
         scores={"iforest": np.zeros(len(frame))}, flags={"iforest": flags}, reasons={"iforest": "outlier:iforest"}
     )
     table = build_result_table(frame[ROW_ID].to_numpy(), {"schema:not_null:value": failing}, scores)
-    clean, quarantined = split_rows(frame, table, "b1", datetime.now(timezone.utc))
+    split = split_rows(frame, table, "b1", datetime.now(timezone.utc))
+    quarantined = split.quarantined
     held_ids = quarantined.column(ROW_ID).to_pylist()
-    assert sorted(clean.column(ROW_ID).to_pylist() + held_ids) == list(range(len(frame)))
+    clean_ids = [i for part in split.clean_slices(slice_rows=7) for i in part.column(ROW_ID).to_pylist()]
+    assert clean_ids == split.clean().column(ROW_ID).to_pylist() and split.n_clean == len(clean_ids)
+    assert sorted(clean_ids + held_ids) == list(range(len(frame)))
     expected_held = set(failing.tolist()) | set(np.flatnonzero(flags).tolist())
     assert set(held_ids) == expected_held
     for row_id, reasons in zip(held_ids, quarantined.column("_reasons").to_pylist()):

@@ -73,8 +73,8 @@ def inbox_run(
     for column in ("file", "status", "batch", "filed as", "detail"):
         table.add_column(column)
     for result in results:
-        table.add_row(escape(result.name), result.status.replace("_", " "), result.batch_id or "", escape(str(result.moved_to)),
-                      escape(result.detail))
+        table.add_row(escape(result.name), result.status.replace("_", " "), result.batch_id or "",
+                      escape(result.moved_to), escape(result.detail))
     out.print(table)
     failed = any(r.outcome == "failed" for r in results)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED if failed else ExitCode.CLEAN))

@@ -64,7 +64,9 @@ def scan(
     reference: Annotated[
         Optional[Path], typer.Option("--reference", "-r", help="Trusted data: fit and calibrate on it.")
     ] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name [with --trust-store the manifest's, else the file name].")] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Dataset name [with --trust-store the manifest's, else the file name].")
+    ] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
     file_format: Annotated[
         Optional[str], typer.Option("--format", help="csv, parquet or jsonl (default: from the suffix).")
@@ -183,7 +185,8 @@ def _print_summary(summary) -> None:
             "(--force rescans it and replaces its outputs)",
             highlight=False,
         )
-    table = Table(title=escape(f"{summary.dataset} / batch {summary.batch_id}"), show_header=False, title_justify="left")
+    title = escape(f"{summary.dataset} / batch {summary.batch_id}")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     colour = {"clean": "green", "rows_quarantined": "yellow", "rejected": "red", "replay": "red"}[summary.status]

@@ -144,7 +144,9 @@ class ScanConfig:
         settings["detectors"] = list(self.detectors)
         return settings
 
+
 _PATH_FIELDS = {"out_dir", "reference", "suite", "suite_dir", "trust_store", "ledger"}
+
 
 def load_config(path: Path) -> ScanConfig:
     """Read a ``[scan]`` table from a TOML file into a :class:`ScanConfig`.
@@ -169,6 +171,7 @@ def load_config(path: Path) -> ScanConfig:
         return config_from_mapping(table, base_dir=path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
 
 def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, base: ScanConfig | None = None) -> ScanConfig:
     """A :class:`ScanConfig` from plain values (a TOML table, a deployment's JSON parameters).

@@ -76,8 +76,8 @@ def process_inbox(
     config = config_from_mapping({"require_provenance": True, **(settings or {})}, base=base)
     results = []
     for taken in claim_batches(inbox, min_age_seconds, stale_after_seconds):
-        batch_config = replace(config, dataset=scan_dataset(taken.path, config, file_name=taken.name))
         try:
+            batch_config = replace(config, dataset=scan_dataset(taken.path, config, file_name=taken.name))
             summary = run_scan(taken.path, batch_config)
         except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
             moved = settle_batch(taken, FAILED, "error")

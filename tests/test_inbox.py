@@ -289,3 +289,17 @@ def test_a_dataset_name_that_is_a_path_is_refused(tmp_path):
     result = runner.invoke(app, ["scan", str(tmp_path / "batch.csv"), "--dataset", "../elsewhere"])
     assert result.exit_code == 2, result.output
     assert "dataset '../elsewhere' cannot be used" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_file_whose_name_cannot_name_a_dataset_fails_alone(inbox_setup):
+    from poisonguard.flows.inbox import process_inbox
+
+    inbox, settings, _ = inbox_setup
+    long_name = "x" * 140 + ".csv"  # a valid file name, but too long for a dataset folder
+    drop(inbox, long_name, 4)
+    drop(inbox, "good.csv", 5)
+    results = {r.name: r for r in process_inbox(str(inbox), settings)}
+    assert results["good.csv"].outcome == PROCESSED
+    assert results[long_name].outcome == FAILED and "cannot be used" in results[long_name].detail
+    assert (inbox / "failed" / long_name).exists() and not list((inbox / "processing").iterdir())

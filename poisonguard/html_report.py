@@ -120,27 +120,40 @@ def _histogram_svg(name: str, distribution: dict[str, Any]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
 
     edges = np.asarray(distribution["edges"])
     kept = np.asarray(distribution["counts_kept"])
     flagged = np.asarray(distribution["counts_flagged"])
-    widths = np.diff(edges)
+    # Drawn as two filled outlines (flagged stacked on kept) with plain-text tick labels and fixed margins:
+    # a bar per bin, mathtext ticks and tight_layout made the report's histograms take about 0.5 s each.
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
         figure, axes = plt.subplots(figsize=(4.6, 2.3))
-        axes.bar(edges[:-1], kept, widths, align="edge", color="#8c96a8", label="not flagged")
-        axes.bar(edges[:-1], flagged, widths, bottom=kept, align="edge", color="#cf222e", label="flagged")
+        axes.stairs(kept + flagged, edges, fill=True, color="#cf222e")
+        axes.stairs(kept, edges, fill=True, color="#8c96a8")
+        handles = [Patch(color="#8c96a8", label="not flagged"), Patch(color="#cf222e", label="flagged")]
         threshold = distribution.get("threshold")
         if threshold is not None:
-            axes.axvline(threshold, color="#1d2330", linestyle="--", linewidth=1, label="threshold")
+            handles.append(axes.axvline(threshold, color="#1d2330", linestyle="--", linewidth=1, label="threshold"))
         axes.set_yscale("symlog", linthresh=10)
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _short_count(value)))
         axes.set_title(name, loc="left", fontsize=10, fontweight="bold")
         axes.set_xlabel(distribution["axis"])
         axes.set_ylabel("rows")
-        axes.legend(frameon=False, fontsize=8)
+        axes.legend(handles=handles, fontsize=8, framealpha=0.85, edgecolor="none")
         axes.spines[["top", "right"]].set_visible(False)
-        figure.tight_layout()
+        figure.subplots_adjust(left=0.13, right=0.98, top=0.88, bottom=0.21)
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
         plt.close(figure)
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]
+
+
+def _short_count(value: float) -> str:
+    """A row count as a tick label: 0, 10, 1k, 100k, 10M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"

@@ -53,7 +53,7 @@ from poisonguard.scoring import (
     flag_chunk,
     flag_reference_chunk,
 )
-from poisonguard.store import _stage, parquet_table
+from poisonguard.store import _stage, parquet_table, writer_options
 from poisonguard.values import as_text
 
 
@@ -181,7 +181,7 @@ class StagedParquet:
             return
         if self._writer is None:
             self._staged = _stage(self.final)
-            self._writer = pq.ParquetWriter(self._staged, self._schema)
+            self._writer = pq.ParquetWriter(self._staged, self._schema, **writer_options(self._schema))
         self._writer.write_table(table)
         self.rows += len(table)
 
@@ -189,7 +189,7 @@ class StagedParquet:
         """Finish the staged file (writing an empty one if asked); return it, or ``None`` if nothing to write."""
         if self._writer is None and self.keep_empty and self._schema is not None:
             self._staged = _stage(self.final)
-            self._writer = pq.ParquetWriter(self._staged, self._schema)
+            self._writer = pq.ParquetWriter(self._staged, self._schema, **writer_options(self._schema))
         if self._writer is not None:
             self._writer.close()
         return self._staged

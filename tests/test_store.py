@@ -35,3 +35,25 @@ def test_failure_in_a_later_file_leaves_no_file_of_the_group(tmp_path):
 def test_json_is_written_whole(tmp_path):
     atomic_write_json(tmp_path / "r.json", {"rows": 3})
     assert (tmp_path / "r.json").read_text().strip().startswith("{")
+
+
+def test_floats_are_written_plain_and_labels_and_reason_lists_with_a_dictionary(tmp_path):
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {
+            "amount": [0.5, 1.25, float("nan"), 3.0] * 50,
+            "label": ["approve", "deny", "approve", None] * 50,
+            "_reasons": [["outlier:ecod"], [], None, ["label:label_model", "outlier:iforest"]] * 50,
+        }
+    )
+    path = tmp_path / "rows.parquet"
+    write_parquet(path, frame)
+    back = pd.read_parquet(path)
+    assert back["amount"].equals(frame["amount"]) and back["label"].tolist() == frame["label"].tolist()
+    assert [list(v) if v is not None else None for v in back["_reasons"]] == frame["_reasons"].tolist()
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {row_group.column(i).path_in_schema: row_group.column(i).encodings for i in range(3)}
+    assert not any("DICTIONARY" in e for e in encodings["amount"])
+    assert any("DICTIONARY" in e for e in encodings["label"])
+    assert any("DICTIONARY" in e for e in encodings["_reasons.list.element"])

@@ -12,6 +12,7 @@ Validation happens in three steps, each on the frame the previous one accepted:
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,13 +68,8 @@ class SchemaValidator:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self._batch_definition = (
-            context.data_sources.add_pandas("poisonguard")
-            .add_dataframe_asset("batch")
-            .add_batch_definition_whole_dataframe("whole")
-        )
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
 
     def run(self, frame: pd.DataFrame, expectations: list) -> list:
         """Validate ``frame`` against ``expectations``; return GX's per-expectation results."""
@@ -83,8 +79,21 @@ class SchemaValidator:
             return []
         suite = gx.ExpectationSuite(name="poisonguard-run", expectations=expectations)
         result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]}
-        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        return list(batch.validate(suite, result_format=result_format).results)
+        # GX's execution engine caches every metric it computed (a boolean Series per row-level
+        # expectation: 40 MB for 1M rows x 21 columns) for as long as its data source lives, and GX's
+        # objects refer to each other in cycles that only a full garbage collection frees, late in the
+        # scan. So each run gets its own data source, whose cache is emptied and which is deleted after.
+        source = self._context.data_sources.add_pandas(f"poisonguard-{uuid.uuid4().hex}")
+        try:
+            batch = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole").get_batch(
+                batch_parameters={"dataframe": frame}
+            )
+            return list(batch.validate(suite, result_format=result_format).results)
+        finally:
+            cache = getattr(source.get_execution_engine(), "_metric_cache", None)
+            if cache is not None:
+                cache.clear()
+            self._context.data_sources.delete(source.name)
 
 
 def validate_batch(

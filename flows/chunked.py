@@ -157,8 +157,9 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
                 feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else []
             )
             if scan_plan.label_col is not None:
-                reference = scan_plan.reference[scan_plan.label_col] if scan_plan.reference is not None else None
-                figures["class_balance"] = class_balance_of_counts(dict(found.class_counts), reference)
+                figures["class_balance"] = class_balance_of_counts(
+                    dict(found.class_counts), scan_plan.reference_class_counts
+                )
     lap("write")
     return conclude(
         batch, scan_plan, config, paths, scanned_at, checked, timings, content,

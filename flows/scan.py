@@ -26,6 +26,7 @@ from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, St
 from poisonguard.ingest import Batch, read_batch
 from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
 from poisonguard.manifest import scan_dataset
+from poisonguard.memory import release_free_memory
 from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split, write_whole_quarantine
 from poisonguard.plan import ScanPlan, plan_scan
 from poisonguard.provenance import ProvenanceOutcome, RowsRead, assess_provenance
@@ -177,8 +178,7 @@ def describe(outcome: SchemaOutcome, scores: DetectorScores, scan_plan: ScanPlan
     figures["score_drift"] = score_drift(scores.evidence, scores.calibration.get("evidence_axis", "score"))
     label = scan_plan.label_col
     if label is not None and label in outcome.frame:
-        reference = scan_plan.reference[label] if scan_plan.reference is not None else None
-        figures["class_balance"] = class_balance(outcome.frame[label], reference)
+        figures["class_balance"] = class_balance(outcome.frame[label], scan_plan.reference_class_counts)
     return figures
 
 
@@ -265,9 +265,12 @@ class StepTimer:
         self._clock = time.perf_counter()
 
     def lap(self, step: str) -> None:
+        """End ``step``: record its seconds and hand the memory it freed back to the operating system, so
+        that what one step left behind does not add to the next one's peak."""
         now = time.perf_counter()
         self.timings[step] = now - self._clock
-        self._clock = now
+        release_free_memory()
+        self._clock = time.perf_counter()
 
 
 def artifact_key(dataset: str) -> str:

@@ -49,18 +49,19 @@ def score_distributions(
     return distributions
 
 
-def class_balance(batch_labels: pd.Series, reference_labels: pd.Series | None) -> dict[str, Any]:
-    """Rows per class in the batch and the reference, and a drift warning when the shares moved."""
-    return class_balance_of_counts(_counts(batch_labels), reference_labels)
+def class_balance(batch_labels: pd.Series, reference_counts: dict[str, int] | None) -> dict[str, Any]:
+    """Rows per class in the batch and the reference (its :func:`class_counts`), and a drift warning when
+    the shares moved."""
+    return class_balance_of_counts(class_counts(batch_labels), reference_counts)
 
 
-def class_balance_of_counts(batch_counts: dict[str, int], reference_labels: pd.Series | None) -> dict[str, Any]:
+def class_balance_of_counts(batch_counts: dict[str, int], reference_counts: dict[str, int] | None) -> dict[str, Any]:
     """:func:`class_balance` from the batch's rows per class (as a batch read in chunks counts them)."""
     batch_counts = {str(k): int(v) for k, v in sorted(batch_counts.items())}
     balance: dict[str, Any] = {"batch": batch_counts, "reference": None, "drift": None}
-    if reference_labels is None or not len(reference_labels) or not batch_counts:
+    if not reference_counts or not batch_counts:
         return balance
-    reference_counts = _counts(reference_labels)
+    reference_counts = {str(k): int(v) for k, v in sorted(reference_counts.items())}
     balance["reference"] = reference_counts
     classes = sorted(set(batch_counts) | set(reference_counts))
     observed = np.array([batch_counts.get(c, 0) for c in classes], dtype="float64")
@@ -87,7 +88,8 @@ def class_balance_of_counts(batch_counts: dict[str, int], reference_labels: pd.S
     return balance
 
 
-def _counts(labels: pd.Series) -> dict[str, int]:
+def class_counts(labels: pd.Series) -> dict[str, int]:
+    """Rows per class, missing labels counted as ``<missing>``, in class order."""
     text = as_text(labels).fillna("<missing>")
     return {str(k): int(v) for k, v in text.value_counts().sort_index().items()}
 

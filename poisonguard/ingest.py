@@ -148,7 +148,10 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
             _check_column_names(path, _csv_header(path))
             return pd.read_csv(path, low_memory=False)
         if file_format == "parquet":
-            table = pq.read_table(path)
+            # Without pre-buffering each column chunk is decoded as it is read; with it (a help for object
+            # stores, not local files) the compressed file sits beside the decoded table: 1M x 20 floats
+            # peaked 140 MB higher, no faster.
+            table = pq.read_table(path, pre_buffer=False)
             _check_column_names(path, table.column_names)
             # One block per column, each Arrow column freed as soon as it is converted: pandas' default
             # consolidation would hold the Arrow table and a second whole copy of the rows at once.

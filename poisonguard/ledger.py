@@ -26,6 +26,7 @@ from poisonguard.errors import ConfigError
 from poisonguard.values import as_text
 
 DELIVERED = ("clean", "rows_quarantined")
+HASH_SLICE_ROWS = 250_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -134,7 +135,12 @@ def content_sha256(frame: pd.DataFrame) -> str:
     values as text. Each row is hashed with pandas' vectorised ``hash_pandas_object``; the sorted row
     hashes, with the sorted column names, are then digested with sha256.
     """
-    return digest_row_hashes(content_columns(frame), row_hashes(frame))
+    # Hashed a slice of rows at a time: pandas builds a canonical column and a hash array per column, about
+    # 46 MB of scratch for 1M rows x 21 columns at once.
+    hashes = np.empty(len(frame), dtype="uint64")
+    for start in range(0, len(frame), HASH_SLICE_ROWS):
+        hashes[start : start + HASH_SLICE_ROWS] = row_hashes(frame.iloc[start : start + HASH_SLICE_ROWS])
+    return digest_row_hashes(content_columns(frame), hashes)
 
 
 def content_columns(frame: pd.DataFrame) -> list[str]:

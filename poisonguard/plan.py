@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from poisonguard import ROW_ID, __version__
+from poisonguard.batch_stats import class_counts
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.suite import infer_suite, load_suite, suite_columns, suite_kinds, suite_label_col
@@ -25,7 +27,13 @@ from poisonguard.ingest import Batch, read_batch
 
 @dataclass
 class ScanPlan:
-    """What the scan of one batch will use; ``fingerprint`` changes whenever the result could."""
+    """What the scan of one batch will use; ``fingerprint`` changes whenever the result could.
+
+    ``reference`` holds the trusted rows the detectors are fitted and calibrated on: every row of the
+    reference file up to ``max_reference_rows``, else a seeded uniform sample of that many (no more are
+    ever used, and a large reference held whole for the scan would cost more memory than the batch's
+    scores). ``reference_class_counts`` counts every row of the file.
+    """
 
     label_col: str | None
     suite: Any | None
@@ -34,6 +42,7 @@ class ScanPlan:
     reference: pd.DataFrame | None
     reference_sha256: str | None
     fingerprint: str
+    reference_class_counts: dict[str, int] | None = None
 
 
 def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
@@ -51,9 +60,12 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
     label_col = _resolve_label(config, suite, origin, batch, reference_batch)
 
-    reference = None
+    reference, reference_counts = None, None
     if reference_batch is not None:
         reference = reference_batch.frame
+        if label_col is not None and label_col in reference:
+            reference_counts = class_counts(reference[label_col])
+        reference = _at_most(reference, config.max_reference_rows, config.seed)
         if suite is not None:
             reference = _coerce_reference(reference, suite, config.reference)
     if suite is not None:
@@ -79,7 +91,16 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         reference=reference,
         reference_sha256=reference_batch.sha256 if reference_batch else None,
         fingerprint=fingerprint[:16],
+        reference_class_counts=reference_counts,
     )
+
+
+def _at_most(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """``frame`` when it has at most ``rows`` rows, else a seeded uniform sample of ``rows`` of them, in order."""
+    if len(frame) <= rows:
+        return frame
+    kept = np.sort(np.random.default_rng(seed).choice(len(frame), rows, replace=False))
+    return frame.iloc[kept].reset_index(drop=True)
 
 
 def _read_reference(config: ScanConfig, dataset: str) -> Batch | None:

@@ -28,12 +28,13 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
-from poisonguard.representations import Probe, embedding_views, probe_activations
+from poisonguard.representations import Probe, embedding_columns, embedding_views, probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
 TAIL_ROWS = 20  # held-out rows above the tail threshold, per calibration group
 CONFIDENCE_MISS = 0.1  # chance that the false-quarantine share of clean rows exceeds the budget
+GROUP_SLICE_ROWS = 100_000
 
 
 @dataclass
@@ -107,9 +108,12 @@ def _runnable(config: ScanConfig, label_col: str | None, has_reference: bool) ->
 
 
 def _labels(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
+    """The label column as text objects (``<missing>`` for nulls), one shared object per class: a string
+    object per row would cost about 50 bytes a row for labels such as ``approve``."""
     if label_col is None:
         return None
-    return as_text(frame[label_col]).fillna("<missing>").to_numpy(dtype=object)
+    codes, classes = pd.factorize(as_text(frame[label_col]).fillna("<missing>"))
+    return np.asarray(classes, dtype=object)[codes]
 
 
 class FittedReference:
@@ -123,10 +127,18 @@ class FittedReference:
                  config: ScanConfig, names: list[str], batch_sample: pd.DataFrame | None = None) -> None:
         self.label_col, self.config, self.names = label_col, config, names
         self.reference_rows = len(reference)
-        self.fit_part, self.holdout = _split(reference, _labels(reference, label_col), config)
-        self.encoder = FeatureEncoder(kinds, label_col).fit(self.fit_part)
-        self.X_fit, self.X_hold = self.encoder.transform(self.fit_part), self.encoder.transform(self.holdout)
-        self.y_fit, self.y_hold = _labels(self.fit_part, label_col), _labels(self.holdout, label_col)
+        labels = _labels(reference, label_col)
+        fit_rows, holdout_rows = _split(len(reference), labels, config)
+        # Only the encoded rows are kept: the frames of the two parts would hold a copy of the reference.
+        fit_part, holdout = reference.iloc[fit_rows], reference.iloc[holdout_rows]
+        self.fit_rows, self.holdout_rows = len(fit_rows), len(holdout_rows)
+        self.encoder = FeatureEncoder(kinds, label_col).fit(fit_part)
+        self.X_fit, self.X_hold = self.encoder.transform(fit_part), self.encoder.transform(holdout)
+        self.y_fit, self.y_hold = (None, None) if labels is None else (labels[fit_rows], labels[holdout_rows])
+        self.embedding_parts = None
+        if config.embedding_prefix is not None:
+            columns = embedding_columns(reference.columns, config.embedding_prefix)
+            self.embedding_parts = (fit_part[columns], holdout[columns])
         self.detectors = {name: _detector(name, label_col, config) for name in names}
         self.probe: Probe | None = None
         self.holdout_scores: dict[str, np.ndarray] = {}
@@ -141,6 +153,10 @@ class FittedReference:
         for name, detector in self.streamed.items():
             detector.fit(self.X_fit, self.y_fit)
             self.holdout_scores[name] = detector.decision_function(self.X_hold, self.y_hold)
+        if len(self.streamed) == len(self.detectors):
+            # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
+            # 200k rows x 20 columns) would only sit in memory while the batch is scored.
+            self.X_fit = self.X_hold = None
 
     def _fit_on_sample(self, batch_sample: pd.DataFrame) -> None:
         """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows
@@ -160,6 +176,7 @@ class FittedReference:
             else:
                 detector.fit(view_of(detector, self.X_fit, self.probe), self.y_fit)
             self.holdout_scores[name] = detector.decision_function(V_hold, self.y_hold)
+        self.X_fit = self.X_hold = None  # every detector now scores rows chunk by chunk
 
 
 def view_of(detector, X: np.ndarray, probe: Probe | None) -> np.ndarray:
@@ -230,7 +247,7 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
         if config.embedding_prefix is not None:
-            views["probe"] = tuple(embedding_views([fitted.fit_part, fitted.holdout, batch], config.embedding_prefix))
+            views["probe"] = tuple(embedding_views([*fitted.embedding_parts, batch], config.embedding_prefix))
         elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
             views["probe"] = tuple(
                 probe_activations(
@@ -273,7 +290,7 @@ class ReferenceCalibration:
 
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
     """Set the p-value threshold for the union of all detectors from the held-out rows' scores."""
-    config, names, y_hold, holdout = fitted.config, fitted.names, fitted.y_hold, fitted.holdout
+    config, names, y_hold = fitted.config, fitted.names, fitted.y_hold
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
@@ -287,8 +304,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     summary = {
         "mode": "reference",
         "reference_rows": int(fitted.reference_rows),
-        "fit_rows": int(len(fitted.fit_part)),
-        "holdout_rows": int(len(holdout)),
+        "fit_rows": fitted.fit_rows,
+        "holdout_rows": fitted.holdout_rows,
         "max_false_quarantine": config.max_false_quarantine,
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
@@ -299,7 +316,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     summary["guarantee"] = guarantee
     if guarantee == "approximate":
         summary["warning"] = (
-            f"the calibration part of the reference ({len(holdout)} rows) is too small for a finite-sample "
+            f"the calibration part of the reference ({fitted.holdout_rows} rows) is too small for a finite-sample "
             f"guarantee at a {config.max_false_quarantine:.2%} budget (it needs "
             f"{math.ceil(1 / config.max_false_quarantine)} rows); thresholds come from a tail model and are "
             "approximate: give a larger reference or a larger budget"
@@ -325,16 +342,19 @@ def apply_calibration(
     return result
 
 
-def _split(reference: pd.DataFrame, labels: np.ndarray | None, config: ScanConfig):
-    stratify = labels
+def _split(n_rows: int, labels: np.ndarray | None, config: ScanConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the reference rows to fit on and to calibrate with: at most ``max_reference_rows`` in
+    all, split ``holdout_fraction`` to calibration, stratified by class when every class has two rows."""
+    stratify = None
     if labels is not None:
-        _, counts = np.unique(labels, return_counts=True)
-        if counts.min() < 2:
-            stratify = None  # a class with one row cannot be split both ways
-    used = min(len(reference), config.max_reference_rows)
+        # Sorted integer codes split exactly as the labels themselves would, at a fraction of the cost.
+        codes, _ = pd.factorize(labels, sort=True)
+        if np.bincount(codes).min() >= 2:  # a class with one row cannot be split both ways
+            stratify = codes
+    used = min(n_rows, config.max_reference_rows)
     holdout_rows = min(max(1, math.ceil(used * config.holdout_fraction)), used - 1)  # as scikit-learn rounds
     return train_test_split(
-        reference,
+        np.arange(n_rows),
         train_size=used - holdout_rows,
         test_size=holdout_rows,
         random_state=config.seed,
@@ -351,11 +371,22 @@ def _calibration_groups(y_hold: np.ndarray | None, min_rows: int) -> np.ndarray:
     return np.where(np.isin(y_hold, list(big)), y_hold, "*").astype(object)
 
 
-def _batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> np.ndarray | None:
+def _batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> pd.Categorical | None:
+    """Per batch row, its calibration group (see :func:`_calibration_groups`) as a categorical.
+
+    The labels are hashed a slice at a time (a hash table over a million labels at once is 48 MB); the
+    rows' groups are then small integer codes, which the per-group loops compare instead of label objects.
+    """
     if y_batch is None or len(groups_hold) == 0:
         return None
-    known = list(set(groups_hold.tolist()) - {"*"})
-    return np.where(np.isin(y_batch, known), y_batch, "*").astype(object)
+    known = sorted(set(groups_hold.tolist()) - {"*"})
+    position = {group: i for i, group in enumerate(known)}
+    group_codes = np.empty(len(y_batch), dtype="int32")
+    for start in range(0, len(y_batch), GROUP_SLICE_ROWS):
+        codes, labels = pd.factorize(y_batch[start : start + GROUP_SLICE_ROWS])
+        group_of_label = np.array([position.get(label, len(known)) for label in labels], dtype="int32")
+        group_codes[start : start + GROUP_SLICE_ROWS] = group_of_label[codes]
+    return pd.Categorical.from_codes(group_codes, categories=[*known, "*"])
 
 
 def _holdout_p_values(hold_scores: np.ndarray, hold_groups: np.ndarray) -> np.ndarray:
@@ -374,15 +405,14 @@ def _holdout_p_values(hold_scores: np.ndarray, hold_groups: np.ndarray) -> np.nd
 
 
 def _batch_p_values(
-    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: np.ndarray | None
+    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: pd.Categorical | None
 ) -> np.ndarray:
     """Batch rows' p-values against the held-out rows of their calibration group, by the same formula."""
     if batch_groups is None or len(hold_groups) == 0:
         return _tail_p_values(hold_scores, batch_scores)
     p_values = np.empty(len(batch_scores))
-    # Integer codes: comparing a million object labels once per group would cost more than the p-values.
-    codes, groups = pd.factorize(batch_groups)
-    for code, group in enumerate(groups):
+    codes = batch_groups.codes
+    for code, group in enumerate(batch_groups.categories):
         in_batch = codes == code
         reference_scores = hold_scores if group == "*" else hold_scores[hold_groups == group]
         p_values[in_batch] = _tail_p_values(reference_scores, batch_scores[in_batch])
@@ -616,8 +646,9 @@ def refuse_unchunkable(names: list[str], config: ScanConfig) -> None:
         raise ConfigError("--embedding-prefix cannot be used with --chunk-rows yet; scan without --chunk-rows")
 
 
-def _row_limits(limits: dict[str, float], groups: np.ndarray | None, n_rows: int) -> np.ndarray:
+def _row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:
     """Each row's threshold: its calibration group's, or the all-rows one (``*``)."""
     if groups is None:
         return np.full(n_rows, limits["*"])
-    return pd.Series(groups).map(limits).fillna(limits["*"]).to_numpy(dtype="float64")
+    per_group = np.array([limits.get(str(group), limits["*"]) for group in groups.categories], dtype="float64")
+    return per_group[groups.codes]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import make_frame
 from poisonguard import REASONS, ROW_ID
-from poisonguard.batch_stats import class_balance
+from poisonguard.batch_stats import class_balance, class_counts
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
@@ -248,7 +248,7 @@ def test_csv_exports_escape_spreadsheet_formulas(tmp_path):
 
 
 def test_a_shifted_class_balance_is_reported_as_drift():
-    reference = pd.Series(["A"] * 500 + ["B"] * 500)
+    reference = class_counts(pd.Series(["A"] * 500 + ["B"] * 500))
     assert class_balance(pd.Series(["A"] * 210 + ["B"] * 190), reference)["drift"] is None
     shifted = class_balance(pd.Series(["A"] * 320 + ["B"] * 80), reference)
     assert "'A' is 80.0% of the batch and 50.0% of the reference" in shifted["drift"]

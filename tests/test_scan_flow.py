@@ -185,3 +185,18 @@ def test_score_drift_reads_conformal_p_values_only():
     shifted = -np.log10(rng.uniform(size=5000) ** 2)  # p-values pushed towards 0
     assert [d["detector"] for d in score_drift({"ecod": shifted}, CONFORMAL_AXIS)] == ["ecod"]
     assert score_drift({"ecod": shifted}, "score minus its class's threshold") == []
+
+
+def test_a_reference_larger_than_the_cap_is_sampled_and_its_classes_counted_whole(sample_batch, sample_reference):
+    from poisonguard.ingest import describe_batch
+    from poisonguard.plan import plan_scan
+
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, max_reference_rows=1000)
+    scan_plan = plan_scan(describe_batch(sample_batch, "loans"), config)
+    whole = pd.read_csv(sample_reference)
+    assert len(scan_plan.reference) == 1000
+    assert scan_plan.reference[ROW_ID].is_unique and scan_plan.reference[ROW_ID].between(0, len(whole) - 1).all()
+    expected = whole["risk_grade"].astype(str).value_counts().to_dict()
+    assert scan_plan.reference_class_counts == expected and sum(expected.values()) == 3000
+    again = plan_scan(describe_batch(sample_batch, "loans"), config)
+    assert again.reference[ROW_ID].tolist() == scan_plan.reference[ROW_ID].tolist()  # seeded

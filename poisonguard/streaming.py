@@ -43,6 +43,7 @@ from poisonguard.expectations.suite import NUMERIC, suite_kinds
 from poisonguard.expectations.validate import SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest import Batch, _check_column_names, _csv_header, with_row_ids
 from poisonguard.ledger import digest_row_hashes, row_hashes
+from poisonguard.memory import release_free_memory
 from poisonguard.outputs import OutputPaths, _parquet_metadata, split_rows
 from poisonguard.provenance import RowsRead
 from poisonguard.scoring import (
@@ -318,6 +319,9 @@ def scan_chunks(
             if split.quarantined.num_rows:
                 quarantine_file.write(split.quarantined)
             _tally(found, chunk, frame, result, scores, label_col)
+            # The next chunk's arrays come from the pages this one freed only if they are handed back.
+            del chunk, outcome, frame, scores, result, split
+            release_free_memory()
     except UnreadableBatchError as exc:  # a bad batch, kept whole: not an error of the scan
         clean_file.discard()
         quarantine_file.discard()

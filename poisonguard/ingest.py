@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID, is_reserved_column
 from poisonguard.errors import InputError, UnreadableBatchError
+from poisonguard.memory import release_free_memory
 
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
@@ -158,7 +158,7 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
             frame = table.to_pandas(split_blocks=True, self_destruct=True)
             del table
             # Arrow's allocator keeps the decoded pages for reuse; hand them back before the scan goes on.
-            pa.default_memory_pool().release_unused()
+            release_free_memory()
             return frame
         return pd.read_json(path, lines=True, orient="records")
     except UnreadableBatchError:

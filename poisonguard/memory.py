@@ -14,7 +14,7 @@ def release_free_memory() -> None:
     Once numpy has freed a large array, glibc serves later arrays of up to 32 MB from its heap instead of
     fresh pages, and keeps freed heap pages in the process. A step that scores a million rows in 100k-row
     chunks across threads leaves tens of MB of such pages behind, and they would count toward the next
-    step's peak memory (measured: 507 MB against 470 MB above the start for a 1M-row scan).
+    step's peak memory (measured: a 1M-row scan peaked 507 MB above its start without this, 451 MB with it).
     """
     import pyarrow as pa
 

@@ -51,6 +51,9 @@ class ScanConfig:
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
     max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
     holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
+    # A reference whose held-out share would be too small to set the budget's threshold (fewer than
+    # 10 / max_false_quarantine rows) is cross-fitted in this many folds instead: see poisonguard.crossfit.
+    calibration_folds: int = 5
     # A larger reference is subsampled (stratified by label) to this many rows for fitting and
     # calibration: 100k held-out rows already resolve a 1% budget finely, and fitting and scoring more
     # costs time for nothing. Drift checks still read the whole reference.
@@ -90,6 +93,8 @@ class ScanConfig:
             raise ConfigError(f"holdout_fraction must be between 0.1 and 0.9, got {self.holdout_fraction}")
         if self.robust_z <= 0:
             raise ConfigError(f"robust_z must be positive, got {self.robust_z}")
+        if self.calibration_folds < 2:
+            raise ConfigError(f"calibration_folds must be at least 2, got {self.calibration_folds}")
         if self.min_class_rows < 2:
             raise ConfigError(f"min_class_rows must be at least 2, got {self.min_class_rows}")
         if self.range_margin < 0:

@@ -59,9 +59,11 @@ def embedding_columns(frame_columns, prefix: str) -> list[str]:
 
 
 def embedding_views(frames: list, prefix: str) -> list[np.ndarray]:
-    """Each frame's embedding columns as a float matrix, standardised with the first frame's statistics."""
+    """Each frame's embedding columns as a float matrix, standardised with the first non-empty frame's
+    statistics (a cross-fitted reference has no rows kept for fitting alone)."""
     columns = embedding_columns(frames[0].columns, prefix)
     matrices = [np.nan_to_num(f[columns].to_numpy(dtype="float64"), nan=0.0, posinf=0.0, neginf=0.0) for f in frames]
-    centre, scale = matrices[0].mean(axis=0), matrices[0].std(axis=0)
+    basis = next((m for m in matrices if len(m)), matrices[0])
+    centre, scale = basis.mean(axis=0), basis.std(axis=0)
     scale[scale == 0] = 1.0
     return [(m - centre) / scale for m in matrices]

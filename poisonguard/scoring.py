@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binom
-from sklearn.model_selection import train_test_split
 
 from poisonguard.batch_stats import CONFORMAL_AXIS
 from poisonguard.config import ScanConfig
+from poisonguard.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_positions
 from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
@@ -128,54 +128,62 @@ class FittedReference:
         self.label_col, self.config, self.names = label_col, config, names
         self.reference_rows = len(reference)
         labels = _labels(reference, label_col)
-        fit_rows, holdout_rows = _split(len(reference), labels, config)
-        # Only the encoded rows are kept: the frames of the two parts would hold a copy of the reference.
-        fit_part, holdout = reference.iloc[fit_rows], reference.iloc[holdout_rows]
-        self.fit_rows, self.holdout_rows = len(fit_rows), len(holdout_rows)
-        self.encoder = FeatureEncoder(kinds, label_col).fit(fit_part)
-        self.X_fit, self.X_hold = self.encoder.transform(fit_part), self.encoder.transform(holdout)
-        self.y_fit, self.y_hold = (None, None) if labels is None else (labels[fit_rows], labels[holdout_rows])
+        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config))
+        # X_fit: rows only fitted on (none when cross-fitting); X_hold: the calibration rows, in the order of
+        # the folds' calibration parts. Only the encoded rows are kept: frames would copy the reference.
+        fit_only = len(rows) - sum(len(hold) for _, hold in self.folds)
+        used = reference.iloc[rows]
+        # Fitted on the rows only fitted on; when every row also calibrates (cross-fitting) on all of them.
+        self.encoder = FeatureEncoder(kinds, label_col).fit(used.iloc[:fit_only] if fit_only else used)
+        X_used = self.encoder.transform(used)
+        y_used = None if labels is None else labels[rows]
+        self.X_fit, self.X_hold = X_used[:fit_only], X_used[fit_only:]
+        self.y_fit, self.y_hold = (None, None) if y_used is None else (y_used[:fit_only], y_used[fit_only:])
+        self.fit_rows = max(len(fit) for fit, _ in self.folds)
+        self.holdout_rows = len(self.X_hold)
         self.embedding_parts = None
         if config.embedding_prefix is not None:
             columns = embedding_columns(reference.columns, config.embedding_prefix)
-            self.embedding_parts = (fit_part[columns], holdout[columns])
+            self.embedding_parts = (used.iloc[:fit_only][columns], used.iloc[fit_only:][columns])
         self.detectors = {name: _detector(name, label_col, config) for name in names}
         self.probe: Probe | None = None
         self.holdout_scores: dict[str, np.ndarray] = {}
         if batch_sample is not None:
-            self._fit_on_sample(batch_sample)
+            self._fit_on_sample(batch_sample, X_used, y_used)
             return
         # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
-        self.streamed = {
-            n: d for n, d in self.detectors.items() if not d.transductive and d.representation == "features"
-        }
-        for name, detector in self.streamed.items():
-            detector.fit(self.X_fit, self.y_fit)
-            self.holdout_scores[name] = detector.decision_function(self.X_hold, self.y_hold)
+        self.streamed = {}
+        for name, detector in self.detectors.items():
+            if not detector.transductive and detector.representation == "features":
+                self.streamed[name], self.holdout_scores[name] = cross_fit(detector, X_used, y_used, self.folds)
         if len(self.streamed) == len(self.detectors):
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
             self.X_fit = self.X_hold = None
 
-    def _fit_on_sample(self, batch_sample: pd.DataFrame) -> None:
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether every reference row calibrates, scored by detectors fitted on the other folds."""
+        return len(self.folds) > 1
+
+    def _fit_on_sample(self, batch_sample: pd.DataFrame, X_used: np.ndarray, y_used: np.ndarray | None) -> None:
         """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows
         against each other (transductive) are fitted on a uniform sample of the batch, and score the
         held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
         held-out and batch rows scored the same way."""
         X_sample, y_sample = self.encoder.transform(batch_sample), _labels(batch_sample, self.label_col)
         if self.label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
-            self.probe = Probe(self.config.seed).fit(
-                np.vstack([self.X_fit, self.X_hold, X_sample]), np.concatenate([self.y_fit, self.y_hold, y_sample])
-            )
-        self.streamed = dict(self.detectors)
+            self.probe = Probe(self.config.seed).fit(np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample]))
+        self.streamed = {}
         for name, detector in self.detectors.items():
-            V_hold = view_of(detector, self.X_hold, self.probe)
+            V_used = view_of(detector, X_used, self.probe)
             if detector.transductive:
                 detector.fit(view_of(detector, X_sample, self.probe), y_sample)
+                self.streamed[name] = detector
+                self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
             else:
-                detector.fit(view_of(detector, self.X_fit, self.probe), self.y_fit)
-            self.holdout_scores[name] = detector.decision_function(V_hold, self.y_hold)
+                self.streamed[name], self.holdout_scores[name] = cross_fit(detector, V_used, y_used, self.folds)
         self.X_fit = self.X_hold = None  # every detector now scores rows chunk by chunk
 
 
@@ -267,9 +275,10 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                 )
                 holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
             else:
-                detector.fit(V_fit, y_fit)
-                holdout_scores[name] = detector.decision_function(V_hold, y_hold)
-                result.scores[name] = detector.decision_function(V_batch, y_batch)
+                V_used = np.vstack([V_fit, V_hold])
+                y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
+                scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
+                result.scores[name] = scorer.decision_function(V_batch, y_batch)
     calibration = calibrate_holdout(fitted, holdout_scores)
     calibration.summary["skipped_detectors"] = skipped or {}
     return apply_calibration(calibration, result.scores, y_batch)
@@ -306,6 +315,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "reference_rows": int(fitted.reference_rows),
         "fit_rows": fitted.fit_rows,
         "holdout_rows": fitted.holdout_rows,
+        # 1: fitted on one part of the reference, calibrated on the other; k: cross-fitted, every row calibrates
+        "folds": len(fitted.folds),
         "max_false_quarantine": config.max_false_quarantine,
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
@@ -316,10 +327,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     summary["guarantee"] = guarantee
     if guarantee == "approximate":
         summary["warning"] = (
-            f"the calibration part of the reference ({fitted.holdout_rows} rows) is too small for a finite-sample "
-            f"guarantee at a {config.max_false_quarantine:.2%} budget (it needs "
-            f"{math.ceil(1 / config.max_false_quarantine)} rows); thresholds come from a tail model and are "
-            "approximate: give a larger reference or a larger budget"
+            f"{fitted.holdout_rows} reference rows calibrate the thresholds, too few to hold a "
+            f"{config.max_false_quarantine:.2%} budget from ranks alone (that needs "
+            f"{math.ceil(RANK_ROWS / config.max_false_quarantine)}); the threshold comes from a tail model of "
+            "the most extreme of them and holds the budget only approximately: give a larger reference or a "
+            "larger budget"
         )
     reasons = {name: f"{fitted.detectors[name].reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
@@ -340,26 +352,6 @@ def apply_calibration(
         result.evidence[name] = -np.log10(result.p_values[name])
         result.reasons[name] = calibration.reasons[name]
     return result
-
-
-def _split(n_rows: int, labels: np.ndarray | None, config: ScanConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the reference rows to fit on and to calibrate with: at most ``max_reference_rows`` in
-    all, split ``holdout_fraction`` to calibration, stratified by class when every class has two rows."""
-    stratify = None
-    if labels is not None:
-        # Sorted integer codes split exactly as the labels themselves would, at a fraction of the cost.
-        codes, _ = pd.factorize(labels, sort=True)
-        if np.bincount(codes).min() >= 2:  # a class with one row cannot be split both ways
-            stratify = codes
-    used = min(n_rows, config.max_reference_rows)
-    holdout_rows = min(max(1, math.ceil(used * config.holdout_fraction)), used - 1)  # as scikit-learn rounds
-    return train_test_split(
-        np.arange(n_rows),
-        train_size=used - holdout_rows,
-        test_size=holdout_rows,
-        random_state=config.seed,
-        stratify=stratify,
-    )
 
 
 def _calibration_groups(y_hold: np.ndarray | None, min_rows: int) -> np.ndarray:
@@ -468,27 +460,34 @@ def _p_values_against(ordered: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def _union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> tuple[float, str]:
     """The p-value threshold for the union of all detectors' flags, and the guarantee it carries.
 
-    Setting the threshold just below the ``(a+1)``-th smallest held-out minimum p-value flags ``a`` held-out
-    rows; the share of new clean rows it flags is then distributed as ``Beta(a+1, n-a)``, so it exceeds the
-    budget with probability ``P(Binomial(n, budget) <= a)``. The largest ``a`` keeping that at most
-    ``CONFIDENCE_MISS`` (10%) gives the guarantee "at most the budget, with 90% confidence"; with fewer
-    held-out rows the largest ``a`` with ``(a+1)/(n+1) <= budget`` gives it in expectation only; with fewer
-    than ``1/budget - 1`` rows no threshold carries either, and the budget is split evenly across detectors
-    on the tail-model p-values, an approximation the report marks.
+    With at least ``RANK_ROWS / budget`` held-out rows (1,000 at 1%), ranks alone set it: just below the
+    ``(a+1)``-th smallest held-out minimum p-value, ``a`` held-out rows are flagged and the share of new
+    clean rows flagged is ``Beta(a+1, n-a)``-distributed, so it exceeds the budget with probability
+    ``P(Binomial(n, budget) <= a)``; the largest ``a`` keeping that at most ``CONFIDENCE_MISS`` (10%) gives
+    "at most the budget, with 90% confidence".
+
+    With fewer, the budget's quantile lies among the few most extreme held-out rows, and a threshold set
+    by one of them moves by orders of magnitude from one reference to the next. The evidence
+    ``-log10(min p)`` of the top held-out rows is then fitted with an exponential tail (for uniform
+    p-values it is exactly exponential) and the threshold is where the fitted tail holds ``budget``: the
+    budget holds approximately, in expectation. Below 25 held-out rows the budget is split evenly across
+    detectors on the tail-model p-values (Bonferroni). Both mark the guarantee ``approximate``.
     """
     n_rows = len(min_p_hold)
-    values = np.sort(min_p_hold)
-    misses = binom.cdf(np.arange(n_rows + 1), n_rows, budget)
-    confident = np.flatnonzero(misses <= CONFIDENCE_MISS)
-    if len(confident):
-        allowed, guarantee = int(confident[-1]), "with 90% confidence"
-    else:
-        allowed, guarantee = int(np.floor(budget * (n_rows + 1) + 1e-9)) - 1, "in expectation"
-    if allowed < 0:
-        return budget / max(n_detectors, 1), "approximate"
-    if allowed >= n_rows:
-        return 1.0, guarantee
-    return float(np.nextafter(values[allowed], 0.0)), guarantee
+    if n_rows * budget >= RANK_ROWS:
+        values = np.sort(min_p_hold)
+        misses = binom.cdf(np.arange(n_rows + 1), n_rows, budget)
+        allowed = int(np.flatnonzero(misses <= CONFIDENCE_MISS)[-1])  # exists: misses[0] <= exp(-10)
+        return float(np.nextafter(values[allowed], 0.0)), "with 90% confidence"
+    evidence = np.sort(-np.log10(np.maximum(min_p_hold, np.finfo("float64").tiny)))
+    tail_rows = min(TAIL_ROWS, n_rows // 5)
+    if tail_rows >= 5 and tail_rows > budget * (n_rows + 1):
+        start = evidence[n_rows - tail_rows - 1]
+        beta = float(np.mean(evidence[n_rows - tail_rows:] - start))
+        if beta > 0:
+            threshold = start + beta * math.log(tail_rows / (budget * (n_rows + 1)))
+            return float(10.0 ** -threshold), "approximate"
+    return budget / max(n_detectors, 1), "approximate"
 
 
 def _score_against_batch(

@@ -159,9 +159,44 @@ def test_the_union_threshold_says_which_guarantee_it_carries():
     from poisonguard.scoring import _union_threshold
 
     rng = np.random.default_rng(0)
-    for rows, guarantee in ((3000, "with 90% confidence"), (150, "in expectation"), (50, "approximate")):
+    for rows, guarantee in ((3000, "with 90% confidence"), (150, "approximate"), (20, "approximate")):
         _, carried = _union_threshold(rng.uniform(size=rows), 0.01, 3)
         assert carried == guarantee
+
+
+def test_the_tail_model_threshold_lands_near_the_budget_on_uniform_p_values():
+    from poisonguard.scoring import _union_threshold
+
+    # One detector whose held-out p-values are exactly uniform: the right threshold is the budget itself.
+    thresholds = [_union_threshold(np.random.default_rng(seed).uniform(size=400), 0.01, 1)[0] for seed in range(40)]
+    assert 0.007 < np.median(thresholds) < 0.014
+    # Set by ranks, the threshold would be the smallest of 400 values: it spans two orders of magnitude.
+    assert np.quantile(thresholds, 0.9) / np.quantile(thresholds, 0.1) < 4
+
+
+def test_a_small_reference_is_cross_fitted_so_every_row_calibrates():
+    reference, batch = make_frame(400, seed=21), make_frame(3000, seed=22)
+    kinds = infer_kinds(batch, "label")
+    config = ScanConfig(label_col="label", detectors=("ecod", "iforest", "label_model"))
+    result = score_rows(batch, reference, kinds, "label", config)
+    calibration = result.calibration
+    assert calibration["folds"] == 5
+    assert calibration["holdout_rows"] == 400 and calibration["fit_rows"] == 320
+    assert calibration["guarantee"] == "approximate" and "400 reference rows" in calibration["warning"]
+    flagged = np.logical_or.reduce(list(result.flags.values()))
+    assert flagged.mean() < 0.02  # the batch is clean: about the 1% budget is quarantined
+    again = score_rows(batch, reference, kinds, "label", config)
+    for name in result.scores:
+        np.testing.assert_array_equal(again.scores[name], result.scores[name])
+
+
+def test_a_large_reference_is_split_once_and_ranks_set_the_threshold():
+    reference, batch = make_frame(2400, seed=23), make_frame(500, seed=24)
+    kinds = infer_kinds(batch, "label")
+    calibration = score_rows(batch, reference, kinds, "label", ScanConfig(label_col="label")).calibration
+    assert calibration["folds"] == 1
+    assert calibration["holdout_rows"] == 1200 and calibration["fit_rows"] == 1200
+    assert calibration["guarantee"] == "with 90% confidence"
 
 
 def test_tail_p_values_tell_a_far_outlier_from_the_largest_clean_score():

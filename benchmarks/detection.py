@@ -1,6 +1,7 @@
 """Detection quality of poisonguard's detectors on poisoned scikit-learn datasets.
 
     python -m benchmarks.detection [--rates 0.05,0.1] [--detectors ...] [--combined ...] [--write]
+    python -m benchmarks.detection --seeds 10 [--write]
 
 For each attack x poison rate, the dataset is split in two halves: a trusted reference and a batch that
 is poisoned. Every detector is run alone and the combined set together, with the reference (conformal
@@ -10,6 +11,10 @@ calibrated flags, AUROC of the score, recall at 1% false positives with an oracl
 tool is credited with), and seconds. The peers of :mod:`benchmarks.peers` (PyOD; cleanlab and IBM ART with
 the ``bench`` extra) run on the same poisoned batches. Prints a markdown table; ``--write`` also writes
 it, with the command and versions, into ``benchmarks/RESULTS.md``.
+
+``--seeds N`` instead reruns only the combined set with the reference, for seeds ``0 .. N-1`` (each seed
+draws another split, poison and calibration), and reports the mean, median and worst of recall and false
+quarantine: how much a single run's figures can move.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def evaluate(batch: pd.DataFrame, mask: np.ndarray, reference: pd.DataFrame | No
         scores = score_rows(batch, reference, kinds, LABEL, config)
     seconds = time.perf_counter() - started
     if not scores.flags:
-        return {"seconds": seconds}
+        return {"seconds": seconds, "calibration": scores.calibration}
     flags = np.logical_or.reduce(list(scores.flags.values()))
     if scores.p_values:
         combined = -np.log10(np.minimum.reduce(list(scores.p_values.values())))
@@ -74,7 +79,7 @@ def evaluate(batch: pd.DataFrame, mask: np.ndarray, reference: pd.DataFrame | No
         combined = next(iter(scores.evidence.values()))
     else:
         combined = None  # per-batch evidence of several detectors has no common scale
-    return {"seconds": seconds, **metrics(mask, flags, combined)}
+    return {"seconds": seconds, "calibration": scores.calibration, **metrics(mask, flags, combined)}
 
 
 def metrics(mask: np.ndarray, flags: np.ndarray, score: np.ndarray | None) -> dict:
@@ -116,6 +121,52 @@ def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], see
     return pd.DataFrame(rows)
 
 
+STABILITY_NOTES = (
+    "The combined default set with the reference, rerun for every seed: each seed shuffles the dataset "
+    "(another reference half, another batch half), draws another poison and another calibration. "
+    "`fq > 1%` counts the seeds whose false quarantine exceeded the 1% budget; `calibration` is the "
+    "calibration rows and the guarantee of the last seed (the same for every seed)."
+)
+
+
+def stability(rates: list[float], combined: tuple[str, ...], seeds: int, datasets: set[str] | None = None) -> pd.DataFrame:
+    """Recall and false quarantine of the combined set with the reference, over seeds ``0 .. seeds-1``
+    (on every scenario, or those of ``datasets``)."""
+    rows = []
+    for dataset, attack_name, attack in scenarios():
+        if datasets is not None and dataset not in datasets:
+            continue
+        for rate in rates:
+            runs = []
+            for seed in range(seeds):
+                data = attacks.load_dataset(dataset, seed)
+                half = len(data) // 2
+                reference, clean_batch = data.iloc[:half].reset_index(drop=True), data.iloc[half:].reset_index(drop=True)
+                poisoned = attack(clean_batch, rate, seed)
+                runs.append(evaluate(poisoned.frame, poisoned.mask, reference, combined, seed))
+            calibration = runs[-1]["calibration"]
+            recall = np.array([r["recall"] for r in runs])
+            false_quarantine = np.array([r["false_quarantine"] for r in runs])
+            rows.append({
+                "dataset": dataset, "attack": attack_name, "rate": rate, "seeds": seeds,
+                "recall mean": recall.mean(), "recall median": np.median(recall), "recall worst": recall.min(),
+                "fq mean": false_quarantine.mean(), "fq median": np.median(false_quarantine),
+                "fq worst": false_quarantine.max(), "fq > 1%": int((false_quarantine > 0.01).sum()),
+                "calibration": f"{calibration['holdout_rows']}, {calibration['guarantee']}",
+            })
+            print(rows[-1], file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def stability_markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for record in table.to_dict("records"):
+        cells = [f"{v:.2%}" if k.startswith("fq") and isinstance(v, float) else f"{v:.2f}" if isinstance(v, float)
+                 else str(v) for k, v in record.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _progress(row: dict) -> None:
     print(f"{row['dataset']:13s} {row['attack']:28s} {row['rate']:.2f} {row['detector']:40s} "
           f"ref={row['reference']:3s} recall {row.get('recall', float('nan')):.2f} "
@@ -148,7 +199,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     parser.add_argument("--no-peers", action="store_true", help="skip PyOD, cleanlab and ART run alone")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="rerun only the combined set with the reference for seeds 0..N-1 (stability)")
     args = parser.parse_args()
+    if args.seeds:
+        markdown = stability_markdown(stability([float(r) for r in args.rates.split(",")],
+                                                tuple(args.combined.split(",")), args.seeds))
+        print(markdown)
+        if args.write:
+            from benchmarks.results import write_section
+
+            write_section("detection", "Detection: how much one run's figures move across seeds",
+                          STABILITY_NOTES + "\n\n" + markdown, section="detection-stability")
+        return
     table = run([float(r) for r in args.rates.split(",")], [d for d in args.detectors.split(",") if d],
                 tuple(args.combined.split(",")), args.seed, with_peers=not args.no_peers)
     markdown = to_markdown(table)

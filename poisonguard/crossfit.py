@@ -2,8 +2,8 @@
 
 A large reference is split once: a detector is fitted on one part and the other part's scores calibrate
 the batch's. A small one cannot spare half its rows: at a 1% budget the held-out half of a 284-row
-reference is 142 rows, and a threshold set on them moves by a factor of a thousand from one split to the
-next (measured on breast_cancer over ten seeds). There every reference row calibrates instead
+reference is 142 rows, and a threshold set by the most extreme of them moves by orders of magnitude from
+one split to the next. There every reference row calibrates instead
 (cross-conformal, Vovk 2015): the rows are cut into ``k`` folds, a copy of each detector is fitted on all
 folds but one and scores that one, and a batch row's score is the mean of the ``k`` copies' scores.
 The mean of ``k`` models varies a little less than one model's score, so clean batch rows look, if

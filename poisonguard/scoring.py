@@ -3,10 +3,12 @@
 Two modes:
 
 * **reference** (trusted data given): the reference is split into a fit part and a held-out calibration
-  part. Each batch row gets a conformal p-value per detector against the held-out scores of its own class
-  (all held-out rows when its class is too small). One p-value threshold is chosen so that, on the held-out
-  rows, the union of all detectors' flags stays within ``max_false_quarantine``: the budget holds for the
-  combined decision, not for each detector alone.
+  part, or, when the held-out part would be too small to set the budget's threshold, cross-fitted so that
+  every reference row calibrates (:mod:`poisonguard.crossfit`). Each batch row gets a conformal p-value
+  per detector against the calibration scores of its own class (all calibration rows when its class is
+  too small). One p-value threshold is chosen so that, on the calibration rows, the union of all
+  detectors' flags stays within ``max_false_quarantine``: the budget holds for the combined decision,
+  not for each detector alone.
 * **batch** (no reference): detectors are fitted on the batch rows that passed the schema, and a detector
   flags a row whose score exceeds ``median + robust_z * 1.4826 * MAD`` of its class's scores (all rows when
   the class is small). No clean data means no calibrated false-quarantine rate; the report says so.
@@ -161,11 +163,6 @@ class FittedReference:
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
             self.X_fit = self.X_hold = None
-
-    @property
-    def cross_fitted(self) -> bool:
-        """Whether every reference row calibrates, scored by detectors fitted on the other folds."""
-        return len(self.folds) > 1
 
     def _fit_on_sample(self, batch_sample: pd.DataFrame, X_used: np.ndarray, y_used: np.ndarray | None) -> None:
         """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-
-def _frame(rows: int, rng: np.random.Generator) -> pd.DataFrame:
-    X = rng.normal(size=(rows, 20))
-    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(20)])
-    frame["label"] = np.where(X[:, 0] > 0, "a", "b")
-    return frame
 
 
 def main() -> None:
@@ -33,14 +28,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    from benchmarks.throughput import LABEL, make_data
     from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
     from poisonguard.scoring import score_rows
 
-    rng = np.random.default_rng(0)
-    reference, batch = _frame(args.reference, rng), _frame(args.batch, rng)
+    with tempfile.TemporaryDirectory() as work:  # the throughput benchmark's data: three Gaussian classes
+        batch_path, reference_path = make_data(args.batch, 20, Path(work), reference_rows=args.reference)
+        batch, reference = pd.read_parquet(batch_path), pd.read_parquet(reference_path)
     batch[ROW_ID] = np.arange(len(batch))
-    kinds = {f"f{i}": "numeric" for i in range(20)}
+    kinds = {c: "numeric" for c in batch.columns if c not in (LABEL, ROW_ID)}
     modes = {"cross-fitted, 1% budget": 0.01, "split once, 2% budget": 0.02}
     seconds: dict[str, list[float]] = {name: [] for name in modes}
     folds: dict[str, int] = {}
@@ -49,8 +46,8 @@ def main() -> None:
             started = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = score_rows(batch, reference, kinds, "label",
-                                    ScanConfig(label_col="label", max_false_quarantine=budget))
+                result = score_rows(batch, reference, kinds, LABEL,
+                                    ScanConfig(label_col=LABEL, max_false_quarantine=budget))
             seconds[name].append(time.perf_counter() - started)
             folds[name] = result.calibration["folds"]
     split = statistics.median(seconds["split once, 2% budget"])

@@ -95,13 +95,18 @@ def metrics(mask: np.ndarray, flags: np.ndarray, score: np.ndarray | None) -> di
     return result
 
 
+def halves(dataset: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The dataset shuffled by ``seed`` and cut in two: (trusted reference, batch to poison)."""
+    data = attacks.load_dataset(dataset, seed)
+    half = len(data) // 2
+    return data.iloc[:half].reset_index(drop=True), data.iloc[half:].reset_index(drop=True)
+
+
 def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], seed: int,
         with_peers: bool = True) -> pd.DataFrame:
     rows = []
     for dataset, attack_name, attack in scenarios():
-        data = attacks.load_dataset(dataset, seed)
-        half = len(data) // 2
-        reference, clean_batch = data.iloc[:half].reset_index(drop=True), data.iloc[half:].reset_index(drop=True)
+        reference, clean_batch = halves(dataset, seed)
         for rate in rates:
             poisoned = attack(clean_batch, rate, seed)
             runs = [(name, (name,)) for name in detectors] + [("combined: " + ",".join(combined), combined)]
@@ -139,9 +144,7 @@ def stability(rates: list[float], combined: tuple[str, ...], seeds: int, dataset
         for rate in rates:
             runs = []
             for seed in range(seeds):
-                data = attacks.load_dataset(dataset, seed)
-                half = len(data) // 2
-                reference, clean_batch = data.iloc[:half].reset_index(drop=True), data.iloc[half:].reset_index(drop=True)
+                reference, clean_batch = halves(dataset, seed)
                 poisoned = attack(clean_batch, rate, seed)
                 runs.append(evaluate(poisoned.frame, poisoned.mask, reference, combined, seed))
             calibration = runs[-1]["calibration"]

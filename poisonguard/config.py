@@ -54,9 +54,9 @@ class ScanConfig:
     # A reference whose held-out share would be too small to set the budget's threshold (fewer than
     # 10 / max_false_quarantine rows) is cross-fitted in this many folds instead: see poisonguard.crossfit.
     calibration_folds: int = 5
-    # A larger reference is subsampled (stratified by label) to this many rows for fitting and
-    # calibration: 100k held-out rows already resolve a 1% budget finely, and fitting and scoring more
-    # costs time for nothing. Drift checks still read the whole reference.
+    # A larger reference is subsampled (seeded, uniformly) to this many rows when the scan is planned:
+    # 100k held-out rows already resolve a 1% budget finely, and fitting and scoring more costs time for
+    # nothing. Detectors and feature-drift checks read the sample; the class-balance check counts every row.
     max_reference_rows: int = 200_000
     robust_z: float = 3.5  # no-reference rule: flag scores above median + robust_z * 1.4826 * MAD
     min_class_rows: int = 30  # fewer rows than this in a class: score it with the all-class model

@@ -1,7 +1,7 @@
 """Infer a Great Expectations suite from trusted reference data and keep it as JSON.
 
-A suite records, for one dataset: the exact column set, each column's kind (numeric, categorical, text)
-and the GX type list that kind allows, not-null where the reference has no nulls, numeric ranges widened
+A suite records, for one dataset: the exact column set, each column's kind (numeric, categorical, text,
+embedding) and the GX type list that kind allows, not-null where the reference has no nulls, numeric ranges widened
 by a margin, and the allowed values of the label and of categorical columns. poisonguard's own settings
 (label column, kinds) ride in the suite's and expectations' ``meta`` so the JSON file is the one source of
 truth for a dataset's schema.
@@ -20,10 +20,15 @@ import pandas as pd
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.store import atomic_write_text
+from poisonguard.values import is_list_column, list_cells
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 TEXT = "text"
+# A column whose cells are lists of numbers (a Parquet list column, JSON arrays): a precomputed embedding.
+# GX has no expectation for list cells, so its kind and length ride in the suite's meta and validation
+# checks the cells itself.
+EMBEDDING = "embedding"
 # Text kinds live in object columns, which GX checks value by value against Python type names.
 KIND_TYPES = {NUMERIC: ["int64", "float64"], CATEGORICAL: ["str"], TEXT: ["str"]}
 MAX_CATEGORIES = 50  # more distinct values than this and a string column is free text, not a category
@@ -42,6 +47,8 @@ def column_kind(series: pd.Series) -> str:
     """The kind poisonguard treats a reference column as."""
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return NUMERIC
+    if is_list_column(series):
+        return EMBEDDING
     return CATEGORICAL if series.nunique(dropna=True) <= MAX_CATEGORIES else TEXT
 
 
@@ -64,11 +71,22 @@ def infer_suite(
             f"{source or 'reference'}: label column {label_col!r} not found; columns are: {', '.join(columns)}"
         )
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
+    embeddings = {}
     for column in columns:
         series = reference[column]
         kind = column_kind(series)
+        if column == label_col and kind == EMBEDDING:
+            raise InputError(
+                f"{source or 'reference'}: label column {label_col!r} holds lists; poisonguard expects "
+                "one class label per row"
+            )
         if column == label_col and kind == TEXT:
             kind = CATEGORICAL
+        if kind == EMBEDDING:
+            embeddings[column] = list_cells(series).modal_length()
+            if not series.isna().any():
+                expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+            continue
         expectations.append(
             gxe.ExpectColumnValuesToBeInTypeList(
                 column=column, type_list=KIND_TYPES[kind], meta={"kind": kind}
@@ -103,6 +121,7 @@ def infer_suite(
             "inferred_from": source,
             "reference_rows": int(len(reference)),
             "range_margin": range_margin,
+            "embeddings": embeddings,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     }
@@ -129,12 +148,18 @@ def suite_columns(suite) -> list[str]:
 
 
 def suite_kinds(suite) -> dict[str, str]:
-    """Column -> kind, as recorded in the suite's type-list expectations."""
-    return {
+    """Column -> kind, as recorded in the suite's type-list expectations and, for embeddings, its meta."""
+    kinds = {
         e.column: (e.meta or {}).get("kind", NUMERIC)
         for e in suite.expectations
         if e.expectation_type == "expect_column_values_to_be_in_type_list"
     }
+    return kinds | {column: EMBEDDING for column in suite_embeddings(suite)}
+
+
+def suite_embeddings(suite) -> dict[str, int]:
+    """Embedding column -> the number of values each of its cells must hold."""
+    return dict((suite.meta or {}).get("poisonguard", {}).get("embeddings", {}))
 
 
 def save_suite(suite, path: Path) -> Path:

@@ -4,7 +4,9 @@ Validation happens in three steps, each on the frame the previous one accepted:
 
 1. the column set (a table-level expectation): any missing or extra column rejects the whole batch;
 2. coercion of every column to the kind the suite records: a numeric column whose values mostly fail to
-   parse rejects the batch; a few unparsable cells become ``schema:type:<column>`` on their rows;
+   parse rejects the batch; a few unparsable cells become ``schema:type:<column>`` on their rows. An
+   embedding column's cells must each be a list of the suite's number of finite values, judged the same
+   way (mostly wrong: an embedding from another model, the batch is rejected);
 3. the row-level expectations (not-null, ranges, allowed values), run with GX's COMPLETE result format so
    every failing ``_row_id`` comes back, each becoming ``schema:<check>:<column>`` on that row.
 """
@@ -19,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poisonguard.expectations.suite import NUMERIC, suite_columns, suite_kinds
+from poisonguard.expectations.suite import EMBEDDING, NUMERIC, suite_columns, suite_embeddings, suite_kinds
 from poisonguard import ROW_ID
-from poisonguard.values import as_text
+from poisonguard.values import as_text, list_cells
 
 TABLE_COLUMNS = "expect_table_columns_to_match_set"
 SHORT_NAMES = {
@@ -109,7 +111,9 @@ def validate_batch(
     if not columns_result.success:
         return SchemaOutcome(None, _column_failures(list(frame.columns), expected, label_col), expectations=summary)
 
-    coerced, type_failures, row_reasons, raw_values = coerce_to_kinds(frame, suite_kinds(suite))
+    coerced, type_failures, row_reasons, raw_values = coerce_to_kinds(
+        frame, suite_kinds(suite), suite_embeddings(suite)
+    )
     if type_failures:
         return SchemaOutcome(None, type_failures, expectations=summary)
 
@@ -127,9 +131,10 @@ def validate_batch(
 
 
 def coerce_to_kinds(
-    frame: pd.DataFrame, kinds: dict[str, str]
+    frame: pd.DataFrame, kinds: dict[str, str], embeddings: dict[str, int] | None = None
 ) -> tuple[pd.DataFrame, list[StructuralFailure], dict[str, np.ndarray], dict[int, dict[str, str]]]:
-    """Cast each column to its recorded kind: numeric to int64/float64, the others to text (object).
+    """Cast each column to its recorded kind: numeric to int64/float64, embeddings kept as they are (their
+    cells checked against the length in ``embeddings``), the others to text (object).
 
     Returns the coerced frame, whole-column type failures, per-row ``schema:type:<column>`` failures and
     the original text of every cell that failed to parse, keyed by row id.
@@ -141,33 +146,49 @@ def coerce_to_kinds(
     row_ids = frame[ROW_ID].to_numpy()
     for column, kind in kinds.items():
         series = frame[column]
-        if kind != NUMERIC:
+        present = int(series.notna().sum())
+        if kind == EMBEDDING:
+            width = (embeddings or {}).get(column)
+            unparsable = _bad_embedding_cells(series, width)
+            expected = f"lists of {width} finite numbers" if width else "lists of finite numbers"
+        elif kind != NUMERIC:
             coerced[column] = as_text(series)
             continue
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        elif pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             if series.dtype not in (np.dtype("int64"), np.dtype("float64")):
                 coerced[column] = series.astype("float64")
             continue
-        numbers = pd.to_numeric(series, errors="coerce")
-        unparsable = (series.notna() & numbers.isna()).to_numpy()
-        present = int(series.notna().sum())
+        else:
+            numbers = pd.to_numeric(series, errors="coerce")
+            unparsable = (series.notna() & numbers.isna()).to_numpy()
+            expected = "numbers"
         if present and unparsable.sum() > MAX_UNPARSABLE_SHARE * present:
             sample = series[unparsable].iloc[0]
             structural.append(
                 StructuralFailure(
                     f"structural:type:{column}",
-                    f"column {column!r} should be numeric but {int(unparsable.sum())} of {present} values "
-                    f"are not numbers (first: {_shorten(sample)!r})",
+                    f"column {column!r} should hold {expected} but {int(unparsable.sum())} of {present} values "
+                    f"do not (first: {_describe(sample)})",
                 )
             )
             continue
-        coerced[column] = numbers.astype("float64") if numbers.dtype != np.dtype("int64") else numbers
+        if kind == NUMERIC:
+            coerced[column] = numbers.astype("float64") if numbers.dtype != np.dtype("int64") else numbers
         if unparsable.any():
             failing = row_ids[unparsable]
             row_reasons[f"schema:type:{column}"] = failing
             for row_id, value in zip(failing.tolist(), series[unparsable].tolist()):
                 raw_values.setdefault(int(row_id), {})[column] = _shorten(value)
     return coerced, structural, row_reasons, raw_values
+
+
+def _bad_embedding_cells(series: pd.Series, width: int | None) -> np.ndarray:
+    """Present cells that are not a list of ``width`` finite numbers (any one length when ``width`` is None)."""
+    cells = list_cells(series)
+    width = width or cells.modal_length()
+    rows = np.repeat(np.arange(len(cells.lengths)), cells.lengths)
+    non_finite = np.bincount(rows, weights=~np.isfinite(cells.flat), minlength=len(cells.lengths)) > 0
+    return series.notna().to_numpy() & (~cells.valid | (cells.lengths != width) | non_finite)
 
 
 def _column_failures(actual: list[str], expected: list[str], label_col: str | None) -> list[StructuralFailure]:
@@ -193,6 +214,13 @@ def _summarise(result) -> dict[str, Any]:
         "unexpected_count": int(result.result.get("unexpected_count") or 0),
         "kwargs": json.loads(json.dumps(kwargs, default=str)),
     }
+
+
+def _describe(value: Any) -> str:
+    """A failing cell for a message: a list by its length, anything else by its (shortened) text."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"a list of {len(value)} values"
+    return repr(_shorten(value))
 
 
 def _shorten(value: Any, limit: int = 200) -> str:

@@ -62,9 +62,12 @@ class ScanConfig:
     min_class_rows: int = 30  # fewer rows than this in a class: score it with the all-class model
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
     seed: int = 0
-    # Columns whose names start with this prefix hold a precomputed embedding of each row (from the
-    # user's own model); the backdoor checks then read it instead of training a probe network.
+    # A precomputed embedding of each row (from the user's own model), either one column per dimension
+    # (the columns whose names start with ``embedding_prefix``) or one column of lists of numbers
+    # (``embedding_column``: a Parquet list column, JSON arrays). The backdoor checks then read it instead
+    # of training a probe network. At most one of the two.
     embedding_prefix: str | None = None
+    embedding_column: str | None = None
     force: bool = False  # rescan even when the same batch was already scanned with the same settings
     trust_store: Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
     require_provenance: bool = False  # refuse batches without a valid manifest (needs trust_store)
@@ -110,6 +113,8 @@ class ScanConfig:
             raise ConfigError("dask_address needs the dask task runner: pass --task-runner dask")
         if self.dask_workers is not None and self.dask_workers < 1:
             raise ConfigError(f"dask_workers must be at least 1, got {self.dask_workers}")
+        if self.embedding_prefix is not None and self.embedding_column is not None:
+            raise ConfigError("give either --embedding-prefix or --embedding-column, not both")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         if self.score_chunk_rows < 1:
@@ -136,6 +141,11 @@ class ScanConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **given)
+
+    @property
+    def has_embedding(self) -> bool:
+        """True when the batch carries its own embedding (``embedding_prefix`` or ``embedding_column``)."""
+        return self.embedding_prefix is not None or self.embedding_column is not None
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change a scan's rows result (not where it is written, not ``force``).

@@ -3,8 +3,9 @@
 Numeric columns: infinities become missing, missing values are imputed with the median and flagged in an
 indicator column, then standardised. Categorical columns: missing values become their own category, then
 one-hot encoded; categories never seen when fitting encode as all zeros. Free-text columns: TF-IDF over
-words, reduced to at most 16 dimensions by truncated SVD (latent semantic analysis), all offline. The label
-is left out. Built from scikit-learn's transformers rather than by hand.
+words, reduced to at most 16 dimensions by truncated SVD (latent semantic analysis), all offline. Embedding
+columns (a list of numbers per row): one standardised column per dimension, missing values at the mean.
+The label is left out. Built from scikit-learn's transformers rather than by hand.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from poisonguard import ROW_ID
-from poisonguard.expectations.suite import column_kind
-from poisonguard.values import as_text
+from poisonguard.expectations.suite import EMBEDDING, column_kind
+from poisonguard.representations import nan_scale, standardise
+from poisonguard.values import as_text, list_cells
 
 # Standardised values beyond this are clipped: a cell of 1e308 must not overflow to inf in a detector.
 FEATURE_CLIP = 1e6
@@ -80,6 +82,8 @@ class FeatureEncoder:
             )
         for column in [c for c, k in self.kinds.items() if k == "text" and c != self.label_col]:
             transformers.append((f"text:{column}", TextEmbedding(), column))
+        for column in [c for c, k in self.kinds.items() if k == EMBEDDING and c != self.label_col]:
+            transformers.append((f"embedding:{column}", ListColumnScaler(), column))
         if not transformers:
             raise ValueError("no numeric, categorical or text feature columns to score")
         self.transformer_ = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
@@ -129,6 +133,28 @@ class TextEmbedding(BaseEstimator, TransformerMixin):
     def get_feature_names_out(self, input_features=None):
         width = self.svd_.n_components if getattr(self, "svd_", None) is not None else 1
         return np.array([f"text{i}" for i in range(width)], dtype=object)
+
+
+class ListColumnScaler(BaseEstimator, TransformerMixin):
+    """A column of lists of numbers as one standardised column per position, as many as the fitted rows'
+    most common length; longer lists are cut, and missing positions, invalid cells and non-finite values
+    sit at the mean (0)."""
+
+    def fit(self, cells, y=None):
+        lists = list_cells(_series(cells))
+        self.width_ = lists.modal_length()
+        self.centre_, self.scale_ = nan_scale(lists.matrix(self.width_))
+        return self
+
+    def transform(self, cells):
+        return standardise(list_cells(_series(cells)).matrix(self.width_), self.centre_, self.scale_)
+
+    def get_feature_names_out(self, input_features=None):
+        return np.array([f"embedding{i}" for i in range(self.width_)], dtype=object)
+
+
+def _series(cells) -> pd.Series:
+    return cells.iloc[:, 0] if isinstance(cells, pd.DataFrame) else pd.Series(cells)
 
 
 def _documents(texts) -> list[str]:

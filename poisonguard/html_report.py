@@ -109,6 +109,9 @@ def _cell(value: Any, column: str) -> str:
         return ", ".join(value) if value is not None else ""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, (list, tuple, np.ndarray)):  # an embedding: its length and first few values
+        shown = ", ".join(f"{v:.3g}" if isinstance(v, (int, float)) else str(v) for v in list(value)[:4])
+        return f"[{shown}{', …' if len(value) > 4 else ''}] ({len(value):,} value{'s' if len(value) != 1 else ''})"
     if isinstance(value, float):
         return f"{value:.4g}" if column.startswith(SCORE_PREFIX) else f"{value:g}"
     text = str(value)

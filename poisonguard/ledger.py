@@ -23,7 +23,7 @@ import pandas as pd
 
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError
-from poisonguard.values import as_text
+from poisonguard.values import as_text, is_list_column, list_cells, list_row_hashes
 
 DELIVERED = ("clean", "rows_quarantined")
 HASH_SLICE_ROWS = 250_000
@@ -131,8 +131,8 @@ def now_text() -> str:
 def content_sha256(frame: pd.DataFrame) -> str:
     """A digest of the rows as a multiset: equal for the same rows in any order, column order or format.
 
-    Numbers are compared as float64 (a CSV integer column and its Parquet float twin hash alike), other
-    values as text. Each row is hashed with pandas' vectorised ``hash_pandas_object``; the sorted row
+    Numbers are compared as float64 (a CSV integer column and its Parquet float twin hash alike), lists of
+    numbers (an embedding column) as float64 in order, other values as text. Each row is hashed with pandas' vectorised ``hash_pandas_object``; the sorted row
     hashes, with the sorted column names, are then digested with sha256.
     """
     # Hashed a slice of rows at a time: pandas builds a canonical column and a hash array per column, about
@@ -155,6 +155,12 @@ def row_hashes(frame: pd.DataFrame) -> np.ndarray:
         values = frame[column].reset_index(drop=True)
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             canonical[column] = values.astype("float64")
+        elif is_list_column(values):
+            # Lists of numbers hash by their values as float64 (a Parquet list and its JSON array alike);
+            # a cell that is not one hashes by its text.
+            cells = list_cells(values)
+            canonical[column] = list_row_hashes(cells)
+            canonical[f"{column}\x1ftext"] = as_text(values.where(~cells.valid, None))
         else:
             canonical[column] = as_text(values)
     return pd.util.hash_pandas_object(canonical, index=False).to_numpy()

@@ -19,10 +19,19 @@ from poisonguard import ROW_ID, __version__
 from poisonguard.batch_stats import class_counts
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError, InputError
-from poisonguard.expectations.suite import infer_suite, load_suite, suite_columns, suite_kinds, suite_label_col
+from poisonguard.expectations.suite import (
+    EMBEDDING,
+    infer_suite,
+    load_suite,
+    suite_columns,
+    suite_embeddings,
+    suite_kinds,
+    suite_label_col,
+)
 from poisonguard.expectations.validate import coerce_to_kinds
 from poisonguard.features import infer_kinds
 from poisonguard.ingest import Batch, read_batch
+from poisonguard.representations import embedding_columns
 
 
 @dataclass
@@ -51,11 +60,11 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     Raises :class:`InputError` or :class:`ConfigError` naming the file or column when the options do not
     fit together (label column absent everywhere, suite and reference disagree, reference unreadable).
     """
-    if config.embedding_prefix is not None and batch.frame is not None:
-        if not any(str(c).startswith(config.embedding_prefix) for c in batch.frame.columns):
-            raise InputError(
-                f"{batch.source_path}: no column starts with the embedding prefix {config.embedding_prefix!r}"
-            )
+    if config.has_embedding and batch.frame is not None:
+        try:
+            embedding_columns(batch.frame.columns, config)
+        except ValueError as exc:
+            raise InputError(f"{batch.source_path}: {exc}") from None
     reference_batch = _read_reference(config, batch.dataset)
     suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
     label_col = _resolve_label(config, suite, origin, batch, reference_batch)
@@ -74,6 +83,12 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         kinds = infer_kinds(batch.frame, label_col)
     else:
         kinds = {}
+    column = config.embedding_column
+    if column is not None and column in kinds and kinds[column] != EMBEDDING:
+        raise InputError(
+            f"{batch.source_path}: column {column!r} does not hold lists of numbers, so it cannot be the "
+            "embedding; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
+        )
     fingerprint_source = {
         "version": __version__,
         "settings": config.fingerprint_fields() | {"label_col": label_col},
@@ -160,7 +175,7 @@ def _coerce_reference(reference: pd.DataFrame, suite: Any, path: Path | None) ->
             f"reference {path} does not match the suite's columns "
             f"(missing: {sorted(expected - actual)}, extra: {sorted(actual - expected)})"
         )
-    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite))
+    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite), suite_embeddings(suite))
     if structural:
         raise ConfigError(f"reference {path}: {structural[0].message}")
     return coerced

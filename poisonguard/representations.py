@@ -6,8 +6,10 @@ backdoor checks (spectral signatures, activation clustering, robust spectra) rea
 activations of a one-hidden-layer scikit-learn MLP trained on the labelled rows, the batch included.
 Without a label column there is nothing to train on and those checks read the encoded features instead.
 
-When the batch carries a precomputed embedding (columns sharing a prefix, ``embedding_prefix``), that is
-the representation the user's own model learned, and the checks read it, standardised, instead.
+When the batch carries a precomputed embedding, that is the representation the user's own model learned,
+and the checks read it, standardised, instead. It comes either as one column per dimension (the columns
+sharing ``embedding_prefix``) or as one column holding a list of numbers per row (``embedding_column``:
+a Parquet list column or JSON arrays).
 """
 
 from __future__ import annotations
@@ -15,8 +17,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
+
+from poisonguard import ROW_ID
+from poisonguard.config import ScanConfig
+from poisonguard.values import list_cells
 
 PROBE_HIDDEN_UNITS = 32
 PROBE_MAX_ROWS = 50_000  # the probe is trained on a seeded sample of at most this many rows
@@ -50,20 +57,44 @@ def probe_activations(
     return [probe.activations(X) for X in X_score]
 
 
-def embedding_columns(frame_columns, prefix: str) -> list[str]:
-    """The columns of a precomputed embedding; raises ``ValueError`` when none has the prefix."""
-    columns = [c for c in frame_columns if str(c).startswith(prefix)]
+def embedding_columns(frame_columns, config: ScanConfig) -> list[str]:
+    """The columns the batch's embedding is read from; raises ``ValueError`` when there are none."""
+    if config.embedding_column is not None:
+        if config.embedding_column not in frame_columns:
+            columns = ", ".join(str(c) for c in frame_columns if c != ROW_ID)
+            raise ValueError(f"no column is named {config.embedding_column!r}; columns are: {columns}")
+        return [config.embedding_column]
+    columns = [c for c in frame_columns if str(c).startswith(config.embedding_prefix)]
     if not columns:
-        raise ValueError(f"no column starts with the embedding prefix {prefix!r}")
+        raise ValueError(f"no column starts with the embedding prefix {config.embedding_prefix!r}")
     return columns
 
 
-def embedding_views(frames: list, prefix: str) -> list[np.ndarray]:
-    """Each frame's embedding columns as a float matrix, standardised with the first non-empty frame's
-    statistics (a cross-fitted reference has no rows kept for fitting alone)."""
-    columns = embedding_columns(frames[0].columns, prefix)
-    matrices = [np.nan_to_num(f[columns].to_numpy(dtype="float64"), nan=0.0, posinf=0.0, neginf=0.0) for f in frames]
-    basis = next((m for m in matrices if len(m)), matrices[0])
-    centre, scale = basis.mean(axis=0), basis.std(axis=0)
-    scale[scale == 0] = 1.0
-    return [(m - centre) / scale for m in matrices]
+def embedding_views(frames: list[pd.DataFrame], config: ScanConfig) -> list[np.ndarray]:
+    """Each frame's embedding as a float matrix, standardised with the first non-empty frame's statistics
+    (a cross-fitted reference has no rows kept for fitting alone). Missing and non-finite values, and the
+    dimensions a short list lacks, become that dimension's mean (0 after standardising)."""
+    columns = embedding_columns(frames[0].columns, config)
+    if config.embedding_column is not None:
+        cells = [list_cells(f[config.embedding_column]) for f in frames]
+        width = next((c.modal_length() for c in cells if len(c.lengths)), 0)
+        matrices = [c.matrix(width) for c in cells]
+    else:
+        matrices = [f[columns].to_numpy(dtype="float64") for f in frames]
+        matrices = [np.where(np.isfinite(m), m, np.nan) for m in matrices]
+    centre, scale = nan_scale(next((m for m in matrices if len(m)), matrices[0]))
+    return [standardise(m, centre, scale) for m in matrices]
+
+
+def nan_scale(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and deviations of ``basis``, ignoring NaN; an all-missing column gets 0 and 1, a
+    constant one deviation 1 (it is only centred)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no mean
+        centre, scale = np.nanmean(basis, axis=0), np.nanstd(basis, axis=0)
+    return np.nan_to_num(centre), np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+
+def standardise(matrix: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(matrix - centre) / scale`` with NaN cells at 0."""
+    return np.nan_to_num((matrix - centre) / scale, nan=0.0)

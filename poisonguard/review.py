@@ -34,6 +34,7 @@ from poisonguard import QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFI
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.outputs import OutputPaths
 from poisonguard.store import atomic_path, write_parquet
+from poisonguard.values import is_list_column
 
 RELEASE = "release"
 CONFIRM = "confirm"
@@ -358,11 +359,19 @@ def export_csv(rows: pd.DataFrame, path: Path) -> Path:
         series = exported[column]
         if column == REASONS:
             series = series.map(lambda codes: ";".join(codes) if codes is not None else "")
+        elif is_list_column(series):  # an embedding: JSON arrays keep every value at full precision
+            series = series.map(_json_list)
         if series.dtype == object or pd.api.types.is_string_dtype(series):
             exported[column] = series.map(escape_formula)
     with atomic_path(path) as staged:
         exported.to_csv(staged, index=False)
     return Path(path)
+
+
+def _json_list(cell: Any) -> Any:
+    if isinstance(cell, (list, tuple, np.ndarray)):
+        return json.dumps(np.asarray(cell).tolist())
+    return cell
 
 
 def batch_reports(out_dir: Path, dataset: str | None = None) -> list[dict[str, Any]]:

@@ -144,8 +144,8 @@ class FittedReference:
         self.fit_rows = max(len(fit) for fit, _ in self.folds)
         self.holdout_rows = len(self.X_hold)
         self.embedding_parts = None
-        if config.embedding_prefix is not None:
-            columns = embedding_columns(reference.columns, config.embedding_prefix)
+        if config.has_embedding:
+            columns = embedding_columns(reference.columns, config)
             self.embedding_parts = (used.iloc[:fit_only][columns], used.iloc[fit_only:][columns])
         self.detectors = {name: _detector(name, label_col, config) for name in names}
         self.probe: Probe | None = None
@@ -251,8 +251,8 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     if whole:
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
-        if config.embedding_prefix is not None:
-            views["probe"] = tuple(embedding_views([*fitted.embedding_parts, batch], config.embedding_prefix))
+        if config.has_embedding:
+            views["probe"] = tuple(embedding_views([*fitted.embedding_parts, batch], config))
         elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
             views["probe"] = tuple(
                 probe_activations(
@@ -511,8 +511,8 @@ def _score_against_batch(
     thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: _detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
-    if config.embedding_prefix is not None:
-        views["probe"] = tuple(embedding_views([usable, batch], config.embedding_prefix))
+    if config.has_embedding:
+        views["probe"] = tuple(embedding_views([usable, batch], config))
     elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     for name, detector in detectors.items():
@@ -638,8 +638,9 @@ def refuse_unchunkable(names: list[str], config: ScanConfig) -> None:
             f"detector(s) {', '.join(unable)} score only the rows they were fitted on and cannot run with "
             "--chunk-rows; leave them out of --detectors or scan without --chunk-rows"
         )
-    if config.embedding_prefix is not None:
-        raise ConfigError("--embedding-prefix cannot be used with --chunk-rows yet; scan without --chunk-rows")
+    if config.has_embedding:
+        option = "--embedding-prefix" if config.embedding_prefix is not None else "--embedding-column"
+        raise ConfigError(f"{option} cannot be used with --chunk-rows yet; scan without --chunk-rows")
 
 
 def _row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def format_count(value: int | None) -> str:
@@ -25,3 +29,93 @@ def as_text(values: pd.Series | np.ndarray) -> pd.Series:
             converted = converted.astype("Int64")
     text = converted.astype("string").astype(object)
     return text.where(series.notna(), None)
+
+
+# --- list cells (a precomputed embedding held in one column) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListCells:
+    """A column of lists of numbers, flattened: cell ``i`` holds ``flat[starts[i] : starts[i] + lengths[i]]``.
+
+    ``valid`` is false for null cells and cells that are not a list of numbers (their length is 0).
+    """
+
+    flat: np.ndarray
+    lengths: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.lengths) - self.lengths
+
+    def matrix(self, width: int) -> np.ndarray:
+        """Cells as rows of a ``width``-column float matrix: long cells cut, and NaN wherever a value is
+        missing (short and invalid cells) or not finite."""
+        out = np.full((len(self.lengths), width), np.nan)
+        rows = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        positions = np.arange(len(self.flat)) - np.repeat(self.starts, self.lengths)
+        keep = (positions < width) & np.isfinite(self.flat)
+        out[rows[keep], positions[keep]] = self.flat[keep]
+        return out
+
+    def modal_length(self) -> int:
+        """The most common length of the valid cells (0 when none is valid)."""
+        lengths = self.lengths[self.valid]
+        return int(np.bincount(lengths).argmax()) if len(lengths) else 0
+
+
+def is_list_column(series: pd.Series) -> bool:
+    """True when the column's first non-null cell is a list, tuple or array (Parquet lists, JSON arrays)."""
+    if series.dtype != object:
+        return False
+    present = series.dropna()
+    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, np.ndarray))
+
+
+def list_cells(series: pd.Series) -> ListCells:
+    """Flatten a column of lists of numbers; see :class:`ListCells`.
+
+    Converted by pyarrow in one pass when every cell is a list of numbers or null; a column with other
+    cells (text, nested lists, strings inside lists) is converted cell by cell, which only bad input pays.
+    """
+    values = series.to_numpy(dtype=object)
+    try:
+        array = pa.array(values, from_pandas=True)
+        if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+            raise pa.ArrowInvalid("not a list column")
+        flat = pc.list_flatten(array).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        valid = array.is_valid().to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(array).fill_null(0).to_numpy().astype("int64")
+        return ListCells(np.asarray(flat, dtype="float64"), lengths, valid)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return _list_cells_one_by_one(values)
+
+
+def _list_cells_one_by_one(values: np.ndarray) -> ListCells:
+    parts, valid = [], np.zeros(len(values), dtype=bool)
+    for i, cell in enumerate(values):
+        numbers = np.empty(0)
+        if isinstance(cell, (list, tuple, np.ndarray)):
+            try:
+                numbers = np.asarray(cell, dtype="float64")
+                valid[i] = numbers.ndim == 1
+            except (TypeError, ValueError):
+                pass
+        parts.append(numbers if valid[i] else np.empty(0))
+    lengths = np.array([len(p) for p in parts], dtype="int64")
+    return ListCells(np.concatenate([np.empty(0), *parts]), lengths, valid)
+
+
+def list_row_hashes(cells: ListCells) -> np.ndarray:
+    """One 64-bit hash per cell of its numbers in order, the same however the column is cut into chunks;
+    invalid cells all hash to one value (callers hash their text separately)."""
+    element = pd.util.hash_array(pd.util.hash_array(cells.flat) ^ pd.util.hash_array(
+        np.arange(len(cells.flat)) - np.repeat(cells.starts, cells.lengths)))
+    combined = np.zeros(len(cells.lengths), dtype="uint64")
+    nonempty = cells.lengths > 0
+    if nonempty.any():
+        combined[nonempty] = np.bitwise_xor.reduceat(element, cells.starts[nonempty])
+    hashes = pd.util.hash_array(combined ^ pd.util.hash_array(cells.lengths))
+    hashes[~cells.valid] = 0
+    return hashes

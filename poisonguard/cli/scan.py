@@ -84,6 +84,10 @@ def scan(
     embedding_prefix: Annotated[
         Optional[str], typer.Option(help="Columns with this prefix hold a precomputed embedding of each row.")
     ] = None,
+    embedding_column: Annotated[
+        Optional[str],
+        typer.Option(help="This column holds a precomputed embedding of each row as a list of numbers (Parquet, JSONL)."),
+    ] = None,
     trust_store: Annotated[
         Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
     ] = None,
@@ -121,6 +125,7 @@ def scan(
             detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
             max_false_quarantine=max_false_quarantine,
             embedding_prefix=embedding_prefix,
+            embedding_column=embedding_column,
             trust_store=trust_store,
             require_provenance=require_provenance,
             chunk_rows=chunk_rows,

@@ -19,6 +19,7 @@ from poisonguard.detectors.spectral import (
     RobustSpectralDetector,
     SpectralSignatureDetector,
 )
+from poisonguard.detectors.trigger_values import TriggerValueDetector
 from poisonguard.errors import ConfigError
 
 REGISTRY: dict[str, type[Detector]] = {
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[Detector]] = {
     "confident_learning": ConfidentLearningDetector,
     "knn_label": KNNLabelDetector,
     "duplicates": ConflictingDuplicatesDetector,
+    "trigger_values": TriggerValueDetector,
 }
 
 

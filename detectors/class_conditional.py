@@ -95,3 +95,10 @@ class ClassConditional(Detector):
 def class_keys(y: np.ndarray) -> np.ndarray:
     """Labels as strings, so 1, 1.0 and "1" name the same class; a missing label is a key of its own."""
     return as_text(np.asarray(y)).fillna("<missing>").to_numpy(dtype=object)
+
+
+def required_labels(y: np.ndarray | None, who: str) -> np.ndarray:
+    """:func:`class_keys` of ``y``; raises ``ValueError`` naming ``who`` when there is no label column."""
+    if y is None:
+        raise ValueError(f"{who} needs the label column")
+    return class_keys(y)

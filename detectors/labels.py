@@ -13,13 +13,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
 from poisonguard.detectors.base import Detector, check_matrix, check_rows
-from poisonguard.detectors.class_conditional import class_keys
-
-
-def _labels(y: np.ndarray | None, who: str) -> np.ndarray:
-    if y is None:
-        raise ValueError(f"{who} needs the label column")
-    return class_keys(y)
+from poisonguard.detectors.class_conditional import required_labels
 
 
 class ConfidentLearningDetector(Detector):
@@ -49,7 +43,7 @@ class ConfidentLearningDetector(Detector):
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         X = check_matrix(X, "confident_learning.fit")
-        labels = _labels(y, "confident_learning")
+        labels = required_labels(y, "confident_learning")
         classes, counts = np.unique(labels, return_counts=True)
         if len(classes) < 2:
             raise ValueError("confident_learning needs at least two label classes")
@@ -92,12 +86,12 @@ class KNNLabelDetector(Detector):
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> KNNLabelDetector:
         X = check_matrix(X, "knn_label.fit")
         check_rows(X, 2, "knn_label")
-        self.labels_ = _labels(y, "knn_label")
+        self.labels_ = required_labels(y, "knn_label")
         self.index_ = NearestNeighbors(n_neighbors=min(self.n_neighbors + 1, len(X))).fit(X)
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        return self._disagreement(check_matrix(X, "knn_label.decision_function"), _labels(y, "knn_label"), 0)
+        return self._disagreement(check_matrix(X, "knn_label.decision_function"), required_labels(y, "knn_label"), 0)
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         self.fit(X, y)
@@ -129,12 +123,12 @@ class ConflictingDuplicatesDetector(Detector):
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ConflictingDuplicatesDetector:
         X = check_matrix(X, "duplicates.fit")
         check_rows(X, 1, "duplicates")
-        self.labels_ = _labels(y, "duplicates")
+        self.labels_ = required_labels(y, "duplicates")
         self.index_ = NearestNeighbors(radius=self.radius).fit(X)
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        return self._conflicts(check_matrix(X, "duplicates.decision_function"), _labels(y, "duplicates"), None)
+        return self._conflicts(check_matrix(X, "duplicates.decision_function"), required_labels(y, "duplicates"), None)
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         self.fit(X, y)

@@ -88,6 +88,51 @@ def test_conflicting_duplicates_are_found_and_consistent_duplicates_are_not():
     assert (np.delete(scores, conflicting) == 0.0).all()
 
 
+def triggered_rows_relabelled(seed: int = 0, n_rows: int = 600, share: float = 0.1):
+    """Three classes told apart by five ordinary columns, integer-valued like pixels, plus two corner
+    columns that are almost always 0. ``share`` of the rows, taken from classes b and c, get the trigger
+    (both corner columns set to 9) and the label a: half of class a is then poison."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
+    centres = {"a": 0.0, "b": 6.0, "c": 12.0}
+    body = np.rint(rng.normal(size=(n_rows, 5)) * 1.5 + np.array([centres[v] for v in y])[:, None])
+    corner = np.where(rng.random((n_rows, 2)) < 0.02, 1.0, 0.0)
+    poison = rng.choice(np.flatnonzero(y != "a"), int(share * n_rows), replace=False)
+    corner[poison] = 9.0
+    y[poison] = "a"
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[poison] = True
+    return np.hstack([body, corner]), y, mask
+
+
+def test_trigger_values_find_relabelled_triggered_rows_that_are_half_their_class():
+    X, y, mask = triggered_rows_relabelled()
+    detector = make_detector("trigger_values", seed=0)
+    scores = detector.fit_decision_function(X, y)
+    assert scores.shape == (len(X),) and np.isfinite(scores).all()
+    assert {(column, label) for column, pairs in detector.candidates_.items() for _, label in pairs} >= {(5, "a"), (6, "a")}
+    assert (scores[mask] > detector.natural_threshold).mean() >= 0.95
+    assert (scores[~mask] > detector.natural_threshold).mean() <= 0.01
+    np.testing.assert_array_equal(scores, make_detector("trigger_values", seed=0).fit_decision_function(X, y))
+
+
+def test_trigger_values_leave_a_value_that_predicts_the_label_like_the_other_columns_do():
+    rng = np.random.default_rng(1)
+    y = rng.choice(["low", "high"], size=500).astype(object)
+    signal = np.where(y == "high", 3.0, -3.0)
+    X = np.column_stack([rng.normal(size=(500, 3)) + signal[:, None],
+                         np.where(y == "high", 1.0, rng.choice([0.0, 1.0], size=500))])
+    scores = make_detector("trigger_values", seed=0).fit_decision_function(X, y)
+    assert (scores <= 0.5).all()
+
+
+def test_trigger_values_need_labels_and_rows():
+    with pytest.raises(ValueError, match="trigger_values needs the label column"):
+        make_detector("trigger_values").fit(np.zeros((50, 3)))
+    with pytest.raises(ValueError, match="trigger_values: needs at least 10 rows"):
+        make_detector("trigger_values").fit(np.zeros((4, 3)), np.array(["a", "b", "a", "b"], dtype=object))
+
+
 @pytest.mark.parametrize("name", BACKDOOR_DETECTORS + ["knn_label"])
 def test_a_class_too_small_to_fit_is_a_clear_error(name):
     with pytest.raises(ValueError, match="needs at least .* rows"):

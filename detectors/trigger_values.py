@@ -16,9 +16,10 @@ corrected over every value tested. Values significant at ``alpha`` whose rows ca
 ``min_purity`` of the time are trigger candidates. Each column holding candidates is then judged on its
 own: a logistic regression is fitted on the rows that hold none of the column's candidate values (a
 seeded sample of at most ``max_fit_rows``), without that column, and scores each row that holds one: one
-minus the probability it gives the row's label. Judged per column, a predictive value of one column does
-not take its rows out of the model that judges another. Rows that hold no candidate value score 0; a row
-holding several scores their highest. At most ``max_columns`` columns are judged, those with the most
+minus the probability it gives the row's label. A value is kept only when most of the rows holding it
+disagree with their label that way: a natural predictor leaves most of its rows agreeing. Judged per
+column, a predictive value of one column does not take its rows out of the model that judges another.
+Rows that hold no kept value score 0; a row holding several scores their highest. At most ``max_columns`` columns are judged, those with the most
 significant candidates.
 
 Written by hand: no library at hand tests column values for label purity (PyOD scores rows without
@@ -95,7 +96,8 @@ class TriggerValueDetector(Detector):
         scores = np.zeros(len(X))
         for column, model in self.models_.items():
             holders = _holders(X, labels, column, self.candidates_[column])
-            scores[holders] = np.maximum(scores[holders], _disagreement(model, X, labels, column, self.candidates_[column]))
+            disagreement = _disagreement(model, X, labels, column, self.candidates_[column])
+            scores[holders] = np.maximum(scores[holders], disagreement)
         return scores
 
     def _candidates(self, X: np.ndarray, labels: np.ndarray) -> dict[int, list[tuple[float, str]]]:
@@ -125,10 +127,10 @@ class TriggerValueDetector(Detector):
             return {}
         columns, values, tops, log_tails = (np.concatenate(parts) for parts in zip(*found))
         significant = log_tails < np.log(self.alpha / tests)
-        order = np.argsort(log_tails[significant], kind="stable")
-        columns, values, targets = columns[significant][order], values[significant][order], classes[tops[significant][order]]
+        order = np.flatnonzero(significant)[np.argsort(log_tails[significant], kind="stable")]
+        columns, values, targets = columns[order], values[order], classes[tops[order]]
         judged = pd.unique(columns)[: self.max_columns]  # columns ranked by their most significant value
-        return {int(c): [(float(v), t) for v, t in zip(values[columns == c], targets[columns == c])] for c in judged}
+        return {int(c): list(zip(values[columns == c].tolist(), targets[columns == c])) for c in judged}
 
 
 def _holders(X: np.ndarray, labels: np.ndarray, column: int, pairs: list[tuple[float, str]]) -> np.ndarray:

@@ -85,9 +85,10 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         kinds = {}
     column = config.embedding_column
     if column is not None and column in kinds and kinds[column] != EMBEDDING:
+        hint = "; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
         raise InputError(
-            f"{batch.source_path}: column {column!r} does not hold lists of numbers, so it cannot be the "
-            "embedding; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
+            f"{batch.source_path}: column {column!r} holds {kinds[column]} values, not lists of numbers, so it "
+            f"cannot be the embedding{hint if batch.file_format == 'csv' else ''}"
         )
     fingerprint_source = {
         "version": __version__,

@@ -129,7 +129,7 @@ def test_a_column_that_holds_no_lists_cannot_be_the_embedding(tmp_path):
     frame, _ = labelled_embeddings(100, 0, seed=6)
     frame.assign(emb=frame["emb"].map(lambda cell: str(cell.tolist()))).to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", out_dir=tmp_path / "out", embedding_column="emb")
-    with pytest.raises(InputError, match=r"batch\.csv: column 'emb' does not hold lists of numbers"):
+    with pytest.raises(InputError, match=r"batch\.csv: column 'emb' holds text values, not lists of numbers.*a CSV file cannot hold lists"):
         scan_batch(tmp_path / "batch.csv", config)
     with pytest.raises(InputError, match="no column is named 'vectors'; columns are: amount, label, emb"):
         scan_batch(tmp_path / "batch.csv", config.with_overrides(embedding_column="vectors"))

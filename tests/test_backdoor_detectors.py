@@ -180,6 +180,26 @@ def test_rows_are_conserved_with_every_detector_enabled(tmp_path):
         assert f'"{name}"' in report
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_backdoored_digits_are_quarantined_without_a_reference(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"px{i}" for i in range(64)]).assign(digit=digits.target)
+    rng = np.random.default_rng(0)
+    triggered = rng.choice(np.flatnonzero(frame["digit"] != 0), len(frame) // 10, replace=False)
+    frame.loc[triggered, ["px54", "px55", "px62", "px63"]] = 16.0  # a 2x2 patch in the bottom-right corner
+    frame.loc[triggered, "digit"] = 0  # half of class 0 is now triggered rows from the other digits
+    frame.to_parquet(tmp_path / "digits.parquet")
+    config = ScanConfig(label_col="digit", out_dir=tmp_path / "out", detectors=("trigger_values",))
+    summary = scan_batch(tmp_path / "digits.parquet", config)
+    paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
+    held = pd.read_parquet(paths.quarantine)[ROW_ID].to_numpy()
+    assert len(held) + len(pd.read_parquet(paths.clean)) == len(frame)
+    assert np.isin(triggered, held).mean() >= 0.95
+    assert len(np.setdiff1d(held, triggered)) <= 0.01 * (len(frame) - len(triggered))
+
+
 def test_a_precomputed_embedding_is_what_the_backdoor_checks_read():
     rng = np.random.default_rng(0)
     embedding, mask = class_with_trigger_cluster(seed=4, n_rows=300, n_poison=20)

@@ -127,16 +127,17 @@ def run(rates: list[float], detectors: list[str], combined: tuple[str, ...], see
 
 
 STABILITY_NOTES = (
-    "The combined default set with the reference, rerun for every seed: each seed shuffles the dataset "
+    "The combined set ({detectors}) {reference}, rerun for every seed: each seed shuffles the dataset "
     "(another reference half, another batch half), draws another poison and another calibration. "
     "`fq > 1%` counts the seeds whose false quarantine exceeded the 1% budget; `calibration` is the "
-    "calibration rows and the guarantee of the last seed (the same for every seed)."
+    "calibration rows and the guarantee of the last seed (the same for every seed), or the per-batch rule."
 )
 
 
-def stability(rates: list[float], combined: tuple[str, ...], seeds: int, datasets: set[str] | None = None) -> pd.DataFrame:
-    """Recall and false quarantine of the combined set with the reference, over seeds ``0 .. seeds-1``
-    (on every scenario, or those of ``datasets``)."""
+def stability(rates: list[float], combined: tuple[str, ...], seeds: int, datasets: set[str] | None = None,
+              with_reference: bool = True) -> pd.DataFrame:
+    """Recall and false quarantine of the combined set, with the reference or without it, over seeds
+    ``0 .. seeds-1`` (on every scenario, or those of ``datasets``)."""
     rows = []
     for dataset, attack_name, attack in scenarios():
         if datasets is not None and dataset not in datasets:
@@ -146,8 +147,11 @@ def stability(rates: list[float], combined: tuple[str, ...], seeds: int, dataset
             for seed in range(seeds):
                 reference, clean_batch = halves(dataset, seed)
                 poisoned = attack(clean_batch, rate, seed)
-                runs.append(evaluate(poisoned.frame, poisoned.mask, reference, combined, seed))
+                given = reference if with_reference else None
+                runs.append(evaluate(poisoned.frame, poisoned.mask, given, combined, seed))
             calibration = runs[-1]["calibration"]
+            described = (f"{calibration['holdout_rows']}, {calibration['guarantee']}" if with_reference
+                         else calibration["rule"])
             recall = np.array([r["recall"] for r in runs])
             false_quarantine = np.array([r["false_quarantine"] for r in runs])
             rows.append({
@@ -155,7 +159,7 @@ def stability(rates: list[float], combined: tuple[str, ...], seeds: int, dataset
                 "recall mean": recall.mean(), "recall median": np.median(recall), "recall worst": recall.min(),
                 "fq mean": false_quarantine.mean(), "fq median": np.median(false_quarantine),
                 "fq worst": false_quarantine.max(), "fq > 1%": int((false_quarantine > 0.01).sum()),
-                "calibration": f"{calibration['holdout_rows']}, {calibration['guarantee']}",
+                "calibration": described,
             })
             print(rows[-1], file=sys.stderr)
     return pd.DataFrame(rows)
@@ -203,17 +207,23 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     parser.add_argument("--no-peers", action="store_true", help="skip PyOD, cleanlab and ART run alone")
     parser.add_argument("--seeds", type=int, default=0,
-                        help="rerun only the combined set with the reference for seeds 0..N-1 (stability)")
+                        help="rerun only the combined set for seeds 0..N-1 (stability)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with --seeds: run the combined set without the reference")
     args = parser.parse_args()
     if args.seeds:
-        markdown = stability_markdown(stability([float(r) for r in args.rates.split(",")],
-                                                tuple(args.combined.split(",")), args.seeds))
+        combined = tuple(args.combined.split(","))
+        markdown = stability_markdown(stability([float(r) for r in args.rates.split(",")], combined, args.seeds,
+                                                with_reference=not args.no_reference))
         print(markdown)
         if args.write:
             from benchmarks.results import write_section
 
-            write_section("detection", "Detection: how much one run's figures move across seeds",
-                          STABILITY_NOTES + "\n\n" + markdown, section="detection-stability")
+            reference = "without a reference" if args.no_reference else "with the reference"
+            notes = STABILITY_NOTES.format(detectors=", ".join(combined), reference=reference)
+            section = "detection-stability" + ("-no-reference" if args.no_reference else "")
+            write_section("detection", f"Detection: how much one run's figures move across seeds, {reference}",
+                          notes + "\n\n" + markdown, section=section)
         return
     table = run([float(r) for r in args.rates.split(",")], [d for d in args.detectors.split(",") if d],
                 tuple(args.combined.split(",")), args.seed, with_peers=not args.no_peers)

@@ -28,7 +28,7 @@ from poisonguard.batch_stats import CONFORMAL_AXIS
 from poisonguard.config import ScanConfig
 from poisonguard.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_positions
 from poisonguard.errors import ConfigError
-from poisonguard.detectors import ClassConditional, detector_class, make_detector
+from poisonguard.detectors import ClassConditional, Detector, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
 from poisonguard.representations import Probe, embedding_columns, embedding_views, probe_activations
 from poisonguard.values import as_text
@@ -537,7 +537,7 @@ def _score_against_batch(
         thresholds[name] = limits
     result.calibration = {
         "mode": "batch",
-        "rule": f"score > median + {config.robust_z} x 1.4826 x MAD, per class",
+        "rule": _batch_rule(detectors, config.robust_z),
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
         "evidence_axis": "score minus its class's threshold",
@@ -545,6 +545,17 @@ def _score_against_batch(
         "note": "no trusted reference: the false-quarantine rate is not calibrated",
     }
     return result
+
+
+def _batch_rule(detectors: dict[str, Detector], z: float) -> str:
+    """The no-reference rule in words: the robust rule, and which detectors use a threshold of their own."""
+    own = [f"{name} > {detector.natural_threshold:g}" for name, detector in detectors.items()
+           if detector.natural_threshold is not None]
+    robust = [name for name, detector in detectors.items() if detector.natural_threshold is None]
+    if not robust:
+        return "; ".join(own)
+    rule = f"score > median + {z} x 1.4826 x MAD, per class"
+    return "; ".join([f"{rule} ({', '.join(robust)})", *own]) if own else rule
 
 
 def _robust_limits(scores: np.ndarray, groups: np.ndarray, z: float) -> dict[str, float]:
@@ -592,7 +603,7 @@ class SampleFit:
                 self.limits[name] = _robust_limits(fit_scores, self.groups_fit, config.robust_z)
         self.summary = {
             "mode": "batch",
-            "rule": f"score > median + {config.robust_z} x 1.4826 x MAD, per class, set on a sample of the batch",
+            "rule": _batch_rule(self.detectors, config.robust_z) + ", set on a sample of the batch",
             "fit_rows": int(len(sample)),
             "score_thresholds": self.limits,
             "evidence_axis": "score minus its class's threshold",

@@ -66,6 +66,11 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         except ValueError as exc:
             raise InputError(f"{batch.source_path}: {exc}") from None
     reference_batch = _read_reference(config, batch.dataset)
+    if config.has_embedding and reference_batch is not None:
+        try:
+            embedding_columns(reference_batch.frame.columns, config)
+        except ValueError as exc:
+            raise ConfigError(f"reference {config.reference}: {exc}") from None
     suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
     label_col = _resolve_label(config, suite, origin, batch, reference_batch)
 

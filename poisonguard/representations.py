@@ -48,6 +48,10 @@ class Probe:
     def activations(self, X: np.ndarray) -> np.ndarray:
         return np.maximum(X @ self.weights_ + self.bias_, 0.0)
 
+    def rows(self, frame: pd.DataFrame, X: np.ndarray) -> np.ndarray:
+        """The representation of the rows of ``frame``, encoded as ``X``: their hidden activations."""
+        return self.activations(X)
+
 
 def probe_activations(
     X_train: np.ndarray, y_train: np.ndarray, X_score: list[np.ndarray], seed: int
@@ -70,20 +74,33 @@ def embedding_columns(frame_columns, config: ScanConfig) -> list[str]:
     return columns
 
 
-def embedding_views(frames: list[pd.DataFrame], config: ScanConfig) -> list[np.ndarray]:
-    """Each frame's embedding as a float matrix, standardised with the first non-empty frame's statistics
-    (a cross-fitted reference has no rows kept for fitting alone). Missing and non-finite values, and the
-    dimensions a short list lacks, become that dimension's mean (0 after standardising)."""
-    columns = embedding_columns(frames[0].columns, config)
-    if config.embedding_column is not None:
-        cells = [list_cells(f[config.embedding_column]) for f in frames]
-        width = next((c.modal_length() for c in cells if len(c.lengths)), 0)
-        matrices = [c.matrix(width) for c in cells]
-    else:
-        matrices = [f[columns].to_numpy(dtype="float64") for f in frames]
-        matrices = [np.where(np.isfinite(m), m, np.nan) for m in matrices]
-    centre, scale = nan_scale(next((m for m in matrices if len(m)), matrices[0]))
-    return [standardise(m, centre, scale) for m in matrices]
+class EmbeddingView:
+    """The batch's own embedding as the backdoor checks read it: ``fit`` learns each dimension's mean and
+    deviation from trusted (or sampled) rows, ``rows`` standardises any frame's embedding with them.
+
+    Missing and non-finite values, and the dimensions a short list lacks, sit at the mean (0); a list
+    longer than the fitted rows' most common length is cut.
+    """
+
+    def __init__(self, config: ScanConfig) -> None:
+        self.config = config
+
+    def fit(self, frame: pd.DataFrame) -> EmbeddingView:
+        self.columns_ = embedding_columns(frame.columns, self.config)
+        if self.config.embedding_column is not None:
+            self.width_ = list_cells(frame[self.config.embedding_column]).modal_length()
+        self.centre_, self.scale_ = nan_scale(self._raw(frame))
+        return self
+
+    def rows(self, frame: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray:
+        """The standardised embedding of the rows of ``frame`` (``X``, their encoded columns, is not read)."""
+        return standardise(self._raw(frame), self.centre_, self.scale_)
+
+    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.config.embedding_column is not None:
+            return list_cells(frame[self.config.embedding_column]).matrix(self.width_)
+        matrix = frame[self.columns_].to_numpy(dtype="float64")
+        return np.where(np.isfinite(matrix), matrix, np.nan)
 
 
 def nan_scale(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from poisonguard.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_p
 from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, Detector, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
-from poisonguard.representations import Probe, embedding_columns, embedding_views, probe_activations
+from poisonguard.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
@@ -143,15 +143,18 @@ class FittedReference:
         self.y_fit, self.y_hold = (None, None) if y_used is None else (y_used[:fit_only], y_used[fit_only:])
         self.fit_rows = max(len(fit) for fit, _ in self.folds)
         self.holdout_rows = len(self.X_hold)
-        self.embedding_parts = None
+        # What the backdoor checks read: the batch's own embedding, standardised like the encoded columns
+        # (fitted on the rows only fitted on), or, set when needed, a probe network's activations.
+        self.representation: Probe | EmbeddingView | None = None
+        self.embedding_parts: tuple[np.ndarray, np.ndarray] | None = None
         if config.has_embedding:
-            columns = embedding_columns(reference.columns, config)
-            self.embedding_parts = (used.iloc[:fit_only][columns], used.iloc[fit_only:][columns])
+            self.representation = EmbeddingView(config).fit(used.iloc[:fit_only] if fit_only else used)
+            self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
+                                    self.representation.rows(used.iloc[fit_only:]))
         self.detectors = {name: _detector(name, label_col, config) for name in names}
-        self.probe: Probe | None = None
         self.holdout_scores: dict[str, np.ndarray] = {}
         if batch_sample is not None:
-            self._fit_on_sample(batch_sample, X_used, y_used)
+            self._fit_on_sample(batch_sample, used, X_used, y_used)
             return
         # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
@@ -162,31 +165,38 @@ class FittedReference:
         if len(self.streamed) == len(self.detectors):
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
-            self.X_fit = self.X_hold = None
+            self.X_fit = self.X_hold = self.embedding_parts = None
 
-    def _fit_on_sample(self, batch_sample: pd.DataFrame, X_used: np.ndarray, y_used: np.ndarray | None) -> None:
+    def _fit_on_sample(self, batch_sample: pd.DataFrame, used: pd.DataFrame, X_used: np.ndarray,
+                       y_used: np.ndarray | None) -> None:
         """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows
         against each other (transductive) are fitted on a uniform sample of the batch, and score the
         held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
         held-out and batch rows scored the same way."""
         X_sample, y_sample = self.encoder.transform(batch_sample), _labels(batch_sample, self.label_col)
-        if self.label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
-            self.probe = Probe(self.config.seed).fit(np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample]))
+        wants_probe = any(d.representation == "probe" for d in self.detectors.values())
+        if self.representation is None and self.label_col is not None and wants_probe:
+            self.representation = Probe(self.config.seed).fit(
+                np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
+            )
         self.streamed = {}
         for name, detector in self.detectors.items():
-            V_used = view_of(detector, X_used, self.probe)
+            V_used = view_of(detector, used, X_used, self.representation)
             if detector.transductive:
-                detector.fit(view_of(detector, X_sample, self.probe), y_sample)
+                detector.fit(view_of(detector, batch_sample, X_sample, self.representation), y_sample)
                 self.streamed[name] = detector
                 self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
             else:
                 self.streamed[name], self.holdout_scores[name] = cross_fit(detector, V_used, y_used, self.folds)
-        self.X_fit = self.X_hold = None  # every detector now scores rows chunk by chunk
+        self.X_fit = self.X_hold = self.embedding_parts = None  # every detector now scores rows chunk by chunk
 
 
-def view_of(detector, X: np.ndarray, probe: Probe | None) -> np.ndarray:
-    """The representation ``detector`` reads of the encoded rows ``X``: the probe's activations, or ``X``."""
-    return probe.activations(X) if probe is not None and detector.representation == "probe" else X
+def view_of(detector, frame: pd.DataFrame, X: np.ndarray, representation: Probe | EmbeddingView | None) -> np.ndarray:
+    """What ``detector`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s view of
+    them (the batch's own embedding, a probe's activations) for the backdoor checks, else ``X``."""
+    if representation is not None and detector.representation == "probe":
+        return representation.rows(frame, X)
+    return X
 
 
 def fit_reference(
@@ -211,9 +221,9 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
-    probe_view = fitted.probe.activations(X) if fitted.probe is not None else X
+    seen = fitted.representation.rows(chunk, X) if fitted.representation is not None else X
     return {
-        name: detector.decision_function(probe_view if detector.representation == "probe" else X, y)
+        name: detector.decision_function(seen if detector.representation == "probe" else X, y)
         for name, detector in fitted.streamed.items()
     }
 
@@ -252,7 +262,7 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
         if config.has_embedding:
-            views["probe"] = tuple(embedding_views([*fitted.embedding_parts, batch], config))
+            views["probe"] = (*fitted.embedding_parts, fitted.representation.rows(batch))
         elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
             views["probe"] = tuple(
                 probe_activations(
@@ -512,7 +522,8 @@ def _score_against_batch(
     detectors = {name: _detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
     if config.has_embedding:
-        views["probe"] = tuple(embedding_views([usable, batch], config))
+        embedding = EmbeddingView(config).fit(usable)
+        views["probe"] = (embedding.rows(usable), embedding.rows(batch))
     elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     for name, detector in detectors.items():
@@ -589,12 +600,14 @@ class SampleFit:
         X_fit, y_fit = self.encoder.transform(sample), _labels(sample, label_col)
         self.groups_fit = _calibration_groups(y_fit, config.min_class_rows)
         self.detectors = {name: _detector(name, label_col, config) for name in names}
-        self.probe: Probe | None = None
-        if label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
-            self.probe = Probe(config.seed).fit(X_fit, y_fit)
+        self.representation: Probe | EmbeddingView | None = None
+        if config.has_embedding:
+            self.representation = EmbeddingView(config).fit(sample)
+        elif label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
+            self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
         for name, detector in self.detectors.items():
-            V_fit = view_of(detector, X_fit, self.probe)
+            V_fit = view_of(detector, sample, X_fit, self.representation)
             fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
             if detector.natural_threshold is not None:
                 keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
@@ -631,7 +644,7 @@ def flag_chunk(fitted: SampleFit, chunk: pd.DataFrame) -> DetectorScores:
     groups = _batch_groups(y, fitted.groups_fit)
     result = DetectorScores(calibration=dict(fitted.summary))
     for name, detector in fitted.detectors.items():
-        scores = detector.decision_function(view_of(detector, X, fitted.probe), y)
+        scores = detector.decision_function(view_of(detector, chunk, X, fitted.representation), y)
         limits = fitted.limits[name]
         row_limits = _row_limits(limits, groups, len(scores))
         result.scores[name] = scores
@@ -649,9 +662,6 @@ def refuse_unchunkable(names: list[str], config: ScanConfig) -> None:
             f"detector(s) {', '.join(unable)} score only the rows they were fitted on and cannot run with "
             "--chunk-rows; leave them out of --detectors or scan without --chunk-rows"
         )
-    if config.has_embedding:
-        option = "--embedding-prefix" if config.embedding_prefix is not None else "--embedding-column"
-        raise ConfigError(f"{option} cannot be used with --chunk-rows yet; scan without --chunk-rows")
 
 
 def _row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:

@@ -82,6 +82,30 @@ def test_a_scan_reads_the_embedding_column_finds_the_trigger_and_keeps_every_val
     assert len(held) - found <= 0.02 * (~mask).sum()
 
 
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("option", ["embedding_column", "embedding_prefix"])
+def test_a_chunked_scan_reads_the_embedding_too(tmp_path, option):
+    reference, _ = labelled_embeddings(1500, 0, seed=1)
+    batch, mask = labelled_embeddings(1000, 50, seed=2)
+    if option == "embedding_prefix":  # the same embedding, one column per dimension
+        reference, batch = (
+            frame.drop(columns="emb").join(pd.DataFrame(np.stack(frame["emb"]), columns=[f"emb_{i}" for i in range(WIDTH)]))
+            for frame in (reference, batch)
+        )
+    reference.to_parquet(tmp_path / "ref.parquet")
+    batch.to_parquet(tmp_path / "batch.parquet")
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=tmp_path / "out",
+                        detectors=("spectral",), chunk_rows=300, **{option: "emb" if option == "embedding_column" else "emb_"})
+    summary = scan_batch(tmp_path / "batch.parquet", config)
+
+    paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
+    clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
+    assert sorted(clean[ROW_ID].tolist() + held[ROW_ID].tolist()) == list(range(1000))
+    found = mask[held[ROW_ID].to_numpy()].sum()
+    assert found >= 0.9 * mask.sum()
+    assert len(held) - found <= 0.02 * (~mask).sum()
+
+
 def test_the_suite_records_the_embedding_length_and_keeps_it_through_json(tmp_path):
     reference, _ = labelled_embeddings(200, 0, seed=3)
     suite = infer_suite(reference, "emb", "label")

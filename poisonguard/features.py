@@ -22,8 +22,8 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from poisonguard import ROW_ID
 from poisonguard.expectations.suite import EMBEDDING, column_kind
-from poisonguard.representations import nan_scale, standardise
-from poisonguard.values import as_text, list_cells
+from poisonguard.representations import ListColumnScaler
+from poisonguard.values import as_text
 
 # Standardised values beyond this are clipped: a cell of 1e308 must not overflow to inf in a detector.
 FEATURE_CLIP = 1e6
@@ -133,28 +133,6 @@ class TextEmbedding(BaseEstimator, TransformerMixin):
     def get_feature_names_out(self, input_features=None):
         width = self.svd_.n_components if getattr(self, "svd_", None) is not None else 1
         return np.array([f"text{i}" for i in range(width)], dtype=object)
-
-
-class ListColumnScaler(BaseEstimator, TransformerMixin):
-    """A column of lists of numbers as one standardised column per position, as many as the fitted rows'
-    most common length; longer lists are cut, and missing positions, invalid cells and non-finite values
-    sit at the mean (0)."""
-
-    def fit(self, cells, y=None):
-        lists = list_cells(_series(cells))
-        self.width_ = lists.modal_length()
-        self.centre_, self.scale_ = nan_scale(lists.matrix(self.width_))
-        return self
-
-    def transform(self, cells):
-        return standardise(list_cells(_series(cells)).matrix(self.width_), self.centre_, self.scale_)
-
-    def get_feature_names_out(self, input_features=None):
-        return np.array([f"embedding{i}" for i in range(self.width_)], dtype=object)
-
-
-def _series(cells) -> pd.Series:
-    return cells.iloc[:, 0] if isinstance(cells, pd.DataFrame) else pd.Series(cells)
 
 
 def _documents(texts) -> list[str]:

@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
@@ -77,9 +78,7 @@ def embedding_columns(frame_columns, config: ScanConfig) -> list[str]:
 class EmbeddingView:
     """The batch's own embedding as the backdoor checks read it: ``fit`` learns each dimension's mean and
     deviation from trusted (or sampled) rows, ``rows`` standardises any frame's embedding with them.
-
-    Missing and non-finite values, and the dimensions a short list lacks, sit at the mean (0); a list
-    longer than the fitted rows' most common length is cut.
+    Missing and non-finite values sit at the mean (0); see :class:`ListColumnScaler` for list columns.
     """
 
     def __init__(self, config: ScanConfig) -> None:
@@ -88,19 +87,42 @@ class EmbeddingView:
     def fit(self, frame: pd.DataFrame) -> EmbeddingView:
         self.columns_ = embedding_columns(frame.columns, self.config)
         if self.config.embedding_column is not None:
-            self.width_ = list_cells(frame[self.config.embedding_column]).modal_length()
-        self.centre_, self.scale_ = nan_scale(self._raw(frame))
+            self.scaler_ = ListColumnScaler().fit(frame[self.config.embedding_column])
+        else:
+            self.centre_, self.scale_ = nan_scale(self._prefix_columns(frame))
         return self
 
     def rows(self, frame: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray:
         """The standardised embedding of the rows of ``frame`` (``X``, their encoded columns, is not read)."""
-        return standardise(self._raw(frame), self.centre_, self.scale_)
-
-    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
         if self.config.embedding_column is not None:
-            return list_cells(frame[self.config.embedding_column]).matrix(self.width_)
+            return self.scaler_.transform(frame[self.config.embedding_column])
+        return standardise(self._prefix_columns(frame), self.centre_, self.scale_)
+
+    def _prefix_columns(self, frame: pd.DataFrame) -> np.ndarray:
         matrix = frame[self.columns_].to_numpy(dtype="float64")
         return np.where(np.isfinite(matrix), matrix, np.nan)
+
+
+class ListColumnScaler(BaseEstimator, TransformerMixin):
+    """A column of lists of numbers as one standardised column per position, as many as the fitted rows'
+    most common length; longer lists are cut, and missing positions, invalid cells and non-finite values
+    sit at the mean (0). A scikit-learn transformer, so the feature encoder uses it too."""
+
+    def fit(self, cells, y=None):
+        lists = list_cells(_series(cells))
+        self.width_ = lists.modal_length()
+        self.centre_, self.scale_ = nan_scale(lists.matrix(self.width_))
+        return self
+
+    def transform(self, cells):
+        return standardise(list_cells(_series(cells)).matrix(self.width_), self.centre_, self.scale_)
+
+    def get_feature_names_out(self, input_features=None):
+        return np.array([f"embedding{i}" for i in range(self.width_)], dtype=object)
+
+
+def _series(cells) -> pd.Series:
+    return cells.iloc[:, 0] if isinstance(cells, pd.DataFrame) else pd.Series(cells)
 
 
 def nan_scale(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,10 @@
 """Infer a Great Expectations suite from trusted reference data and keep it as JSON.
 
 A suite records, for one dataset: the exact column set, each column's kind (numeric, categorical, text,
-embedding) and the GX type list that kind allows, not-null where the reference has no nulls, numeric ranges widened
-by a margin, and the allowed values of the label and of categorical columns. poisonguard's own settings
-(label column, kinds) ride in the suite's and expectations' ``meta`` so the JSON file is the one source of
-truth for a dataset's schema.
+embedding) and the GX type list that kind allows, not-null where the reference has no nulls, numeric ranges
+widened by a margin, and the allowed values of the label and of categorical columns. poisonguard's own
+settings (label column, kinds) ride in the suite's and expectations' ``meta`` so the JSON file is the one
+source of truth for a dataset's schema.
 """
 
 from __future__ import annotations

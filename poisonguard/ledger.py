@@ -132,8 +132,9 @@ def content_sha256(frame: pd.DataFrame) -> str:
     """A digest of the rows as a multiset: equal for the same rows in any order, column order or format.
 
     Numbers are compared as float64 (a CSV integer column and its Parquet float twin hash alike), lists of
-    numbers (an embedding column) as float64 in order, other values as text. Each row is hashed with pandas' vectorised ``hash_pandas_object``; the sorted row
-    hashes, with the sorted column names, are then digested with sha256.
+    numbers (an embedding column) as float64 in order, other values as text. Each row is hashed with
+    pandas' vectorised ``hash_pandas_object``; the sorted row hashes, with the sorted column names, are
+    then digested with sha256.
     """
     # Hashed a slice of rows at a time: pandas builds a canonical column and a hash array per column, about
     # 46 MB of scratch for 1M rows x 21 columns at once.

@@ -69,8 +69,8 @@ def is_list_column(series: pd.Series) -> bool:
     """True when the column's first non-null cell is a list, tuple or array (Parquet lists, JSON arrays)."""
     if series.dtype != object:
         return False
-    present = series.dropna()
-    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, np.ndarray))
+    present = series.notna().to_numpy()
+    return bool(present.any()) and isinstance(series.iloc[int(present.argmax())], (list, tuple, np.ndarray))
 
 
 def list_cells(series: pd.Series) -> ListCells:

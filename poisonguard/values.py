@@ -53,6 +53,11 @@ class ListCells:
         """Cells as rows of a ``width``-column float matrix: long cells cut, and NaN wherever a value is
         missing (short and invalid cells) or not finite."""
         out = np.full((len(self.lengths), width), np.nan)
+        whole = self.lengths == width
+        if whole.sum() * width == len(self.flat):  # the usual case: every other cell is empty or invalid
+            out[whole] = self.flat.reshape(-1, width) if width else out[whole]
+            out[~np.isfinite(out)] = np.nan
+            return out
         rows = np.repeat(np.arange(len(self.lengths)), self.lengths)
         positions = np.arange(len(self.flat)) - np.repeat(self.starts, self.lengths)
         keep = (positions < width) & np.isfinite(self.flat)

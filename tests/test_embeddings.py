@@ -137,6 +137,21 @@ def test_bad_embedding_cells_fail_only_their_rows_and_another_length_rejects_the
     assert f"a list of {WIDTH + 4} values" in rejected.structural[0].message
 
 
+def test_list_cells_pad_cut_and_blank_what_is_not_a_finite_number():
+    from poisonguard.values import list_cells
+
+    column = pd.Series([[1, 2], [1, "x"], None, np.array([1.0, np.inf]), [1, 2, 3], "text", []], dtype=object)
+    cells = list_cells(column)
+    assert cells.valid.tolist() == [True, False, False, True, True, False, True]
+    assert cells.modal_length() == 2
+    np.testing.assert_array_equal(
+        cells.matrix(2),
+        [[1, 2], [np.nan, np.nan], [np.nan, np.nan], [1, np.nan], [1, 2], [np.nan, np.nan], [np.nan, np.nan]],
+    )
+    whole = list_cells(pd.Series([np.arange(3.0), None, np.arange(3.0) + 1], dtype=object))
+    np.testing.assert_array_equal(whole.matrix(3), [[0, 1, 2], [np.nan] * 3, [1, 2, 3]])
+
+
 def test_the_content_digest_reads_list_values_whatever_the_format_order_or_chunking():
     frame, _ = labelled_embeddings(300, 0, seed=5)
     as_python_lists = frame.assign(emb=[cell.tolist() for cell in frame["emb"]])

@@ -71,23 +71,25 @@ class TriggerValueDetector(Detector):
         self.models_: dict[int, LogisticRegression] = {}
         rng = np.random.default_rng(self.random_state)
         for column, pairs in self._candidates(X, labels).items():
-            outside = ~_holders(X, labels, column, pairs)
+            held = _holding(X, labels, column, pairs)
+            holders = np.logical_or.reduce(held)
             # A value held by nearly every row of its label (a column that defines the label) cannot be
             # judged: the model would never see that class.
-            pairs = [(v, label) for v, label in pairs if np.sum(outside & (labels == label)) >= self.min_rows]
-            if not pairs:
+            kept = [i for i, (_, label) in enumerate(pairs)
+                    if np.sum(~holders & (labels == label)) >= self.min_rows]
+            if not kept:
                 continue
-            outside = np.flatnonzero(~_holders(X, labels, column, pairs))
+            outside = np.flatnonzero(~np.logical_or.reduce([held[i] for i in kept]))
             sample = np.sort(rng.permutation(outside)[: self.max_fit_rows])
             model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
             model.fit(np.delete(X[sample], column, axis=1), labels[sample])
             # A trigger's rows, as a group, disagree with their label; a value that predicts the label
             # along with the other columns leaves most of its rows agreeing, and only its borderline rows
             # would be flagged. So a value is kept only when most of the rows holding it disagree.
-            pairs = [pair for pair in pairs
-                     if np.median(_disagreement(model, X, labels, column, [pair])) > self.natural_threshold]
-            if pairs:
-                self.candidates_[column], self.models_[column] = pairs, model
+            kept = [i for i in kept
+                    if np.median(_disagreement(model, X[held[i]], labels[held[i]], column)) > self.natural_threshold]
+            if kept:
+                self.candidates_[column], self.models_[column] = [pairs[i] for i in kept], model
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -95,8 +97,8 @@ class TriggerValueDetector(Detector):
         labels = required_labels(y, "trigger_values")
         scores = np.zeros(len(X))
         for column, model in self.models_.items():
-            holders = _holders(X, labels, column, self.candidates_[column])
-            disagreement = _disagreement(model, X, labels, column, self.candidates_[column])
+            holders = np.logical_or.reduce(_holding(X, labels, column, self.candidates_[column]))
+            disagreement = _disagreement(model, X[holders], labels[holders], column)
             scores[holders] = np.maximum(scores[holders], disagreement)
         return scores
 
@@ -133,23 +135,18 @@ class TriggerValueDetector(Detector):
         return {int(c): list(zip(values[columns == c].tolist(), targets[columns == c])) for c in judged}
 
 
-def _holders(X: np.ndarray, labels: np.ndarray, column: int, pairs: list[tuple[float, str]]) -> np.ndarray:
-    """Rows holding one of the ``(value, label)`` pairs in ``column`` and carrying that pair's label."""
-    holders = np.zeros(len(X), dtype=bool)
-    for value, label in pairs:  # one vectorised test per candidate value
-        holders |= (X[:, column] == value) & (labels == label)
-    return holders
+def _holding(X: np.ndarray, labels: np.ndarray, column: int, pairs: list[tuple[float, str]]) -> list[np.ndarray]:
+    """Per ``(value, label)`` pair, the rows holding that value in ``column`` and carrying that label."""
+    return [(X[:, column] == value) & (labels == label) for value, label in pairs]
 
 
-def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, column: int,
-                  pairs: list[tuple[float, str]]) -> np.ndarray:
-    """For the rows holding one of ``pairs``, in order: one minus the probability ``model`` (fitted
-    without ``column``) gives their label; 1 for a label it never saw."""
-    holders = np.flatnonzero(_holders(X, labels, column, pairs))
-    if not len(holders):
+def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, column: int) -> np.ndarray:
+    """Per row of ``X``: one minus the probability ``model`` (fitted without ``column``) gives the row's
+    label; 1 for a label it never saw."""
+    if not len(X):
         return np.empty(0)
-    proba = model.predict_proba(np.delete(X[holders], column, axis=1))
+    proba = model.predict_proba(np.delete(X, column, axis=1))
     position = {label: i for i, label in enumerate(model.classes_)}
-    given = np.array([position.get(label, -1) for label in labels[holders]])
-    own = np.where(given >= 0, proba[np.arange(len(holders)), np.maximum(given, 0)], 0.0)
+    given = np.array([position.get(label, -1) for label in labels])
+    own = np.where(given >= 0, proba[np.arange(len(X)), np.maximum(given, 0)], 0.0)
     return 1.0 - own

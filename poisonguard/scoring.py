@@ -143,15 +143,15 @@ class FittedReference:
         self.y_fit, self.y_hold = (None, None) if y_used is None else (y_used[:fit_only], y_used[fit_only:])
         self.fit_rows = max(len(fit) for fit, _ in self.folds)
         self.holdout_rows = len(self.X_hold)
-        # What the backdoor checks read: the batch's own embedding, standardised like the encoded columns
-        # (fitted on the rows only fitted on), or, set when needed, a probe network's activations.
+        self.detectors = {name: _detector(name, label_col, config) for name in names}
+        # What the backdoor checks read, when one runs: the batch's own embedding, standardised like the
+        # encoded columns (fitted on the rows only fitted on), or, set when needed, a probe's activations.
         self.representation: Probe | EmbeddingView | None = None
         self.embedding_parts: tuple[np.ndarray, np.ndarray] | None = None
-        if config.has_embedding:
+        if config.has_embedding and _read_representation(self.detectors):
             self.representation = EmbeddingView(config).fit(used.iloc[:fit_only] if fit_only else used)
             self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
                                     self.representation.rows(used.iloc[fit_only:]))
-        self.detectors = {name: _detector(name, label_col, config) for name in names}
         self.holdout_scores: dict[str, np.ndarray] = {}
         if batch_sample is not None:
             self._fit_on_sample(batch_sample, used, X_used, y_used)
@@ -174,16 +174,17 @@ class FittedReference:
         held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
         held-out and batch rows scored the same way."""
         X_sample, y_sample = self.encoder.transform(batch_sample), _labels(batch_sample, self.label_col)
-        wants_probe = any(d.representation == "probe" for d in self.detectors.values())
-        if self.representation is None and self.label_col is not None and wants_probe:
+        if self.representation is None and self.label_col is not None and _read_representation(self.detectors):
             self.representation = Probe(self.config.seed).fit(
                 np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
             )
+        used_views = views_of(self.detectors, used, X_used, self.representation)
+        sample_views = views_of(self.detectors, batch_sample, X_sample, self.representation)
         self.streamed = {}
         for name, detector in self.detectors.items():
-            V_used = view_of(detector, used, X_used, self.representation)
+            V_used = used_views[name]
             if detector.transductive:
-                detector.fit(view_of(detector, batch_sample, X_sample, self.representation), y_sample)
+                detector.fit(sample_views[name], y_sample)
                 self.streamed[name] = detector
                 self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
             else:
@@ -191,12 +192,20 @@ class FittedReference:
         self.X_fit = self.X_hold = self.embedding_parts = None  # every detector now scores rows chunk by chunk
 
 
-def view_of(detector, frame: pd.DataFrame, X: np.ndarray, representation: Probe | EmbeddingView | None) -> np.ndarray:
-    """What ``detector`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s view of
-    them (the batch's own embedding, a probe's activations) for the backdoor checks, else ``X``."""
-    if representation is not None and detector.representation == "probe":
-        return representation.rows(frame, X)
-    return X
+def _read_representation(detectors: dict[str, Detector]) -> bool:
+    """Whether any of ``detectors`` reads a representation beyond the encoded columns (the backdoor checks)."""
+    return any(d.representation == "probe" for d in detectors.values())
+
+
+def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
+             representation: Probe | EmbeddingView | None) -> dict[str, np.ndarray]:
+    """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s
+    view of them (the batch's own embedding, a probe's activations) for the backdoor checks, computed once
+    and only when one of them reads it, else ``X``."""
+    seen = X
+    if representation is not None and _read_representation(detectors):
+        seen = representation.rows(frame, X)
+    return {name: seen if d.representation == "probe" else X for name, d in detectors.items()}
 
 
 def fit_reference(
@@ -221,11 +230,8 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
-    seen = fitted.representation.rows(chunk, X) if fitted.representation is not None else X
-    return {
-        name: detector.decision_function(seen if detector.representation == "probe" else X, y)
-        for name, detector in fitted.streamed.items()
-    }
+    views = views_of(fitted.streamed, chunk, X, fitted.representation)
+    return {name: detector.decision_function(views[name], y) for name, detector in fitted.streamed.items()}
 
 
 def flag_reference_chunk(
@@ -261,9 +267,9 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     if whole:
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
-        if config.has_embedding:
+        if config.has_embedding and _read_representation(whole):
             views["probe"] = (*fitted.embedding_parts, fitted.representation.rows(batch))
-        elif label_col is not None and any(d.representation == "probe" for d in whole.values()):
+        elif label_col is not None and _read_representation(whole):
             views["probe"] = tuple(
                 probe_activations(
                     np.vstack([X_fit, X_hold, X_batch]),
@@ -521,10 +527,10 @@ def _score_against_batch(
     thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: _detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
-    if config.has_embedding:
+    if config.has_embedding and _read_representation(detectors):
         embedding = EmbeddingView(config).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
-    elif label_col is not None and any(d.representation == "probe" for d in detectors.values()):
+    elif label_col is not None and _read_representation(detectors):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     for name, detector in detectors.items():
         V_fit, V_batch = views.get(detector.representation, views["features"])
@@ -601,13 +607,14 @@ class SampleFit:
         self.groups_fit = _calibration_groups(y_fit, config.min_class_rows)
         self.detectors = {name: _detector(name, label_col, config) for name in names}
         self.representation: Probe | EmbeddingView | None = None
-        if config.has_embedding:
+        if config.has_embedding and _read_representation(self.detectors):
             self.representation = EmbeddingView(config).fit(sample)
-        elif label_col is not None and any(d.representation == "probe" for d in self.detectors.values()):
+        elif label_col is not None and _read_representation(self.detectors):
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
+        fit_views = views_of(self.detectors, sample, X_fit, self.representation)
         for name, detector in self.detectors.items():
-            V_fit = view_of(detector, sample, X_fit, self.representation)
+            V_fit = fit_views[name]
             fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
             if detector.natural_threshold is not None:
                 keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
@@ -643,8 +650,9 @@ def flag_chunk(fitted: SampleFit, chunk: pd.DataFrame) -> DetectorScores:
     X, y = fitted.encoder.transform(chunk), _labels(chunk, fitted.label_col)
     groups = _batch_groups(y, fitted.groups_fit)
     result = DetectorScores(calibration=dict(fitted.summary))
+    views = views_of(fitted.detectors, chunk, X, fitted.representation)
     for name, detector in fitted.detectors.items():
-        scores = detector.decision_function(view_of(detector, chunk, X, fitted.representation), y)
+        scores = detector.decision_function(views[name], y)
         limits = fitted.limits[name]
         row_limits = _row_limits(limits, groups, len(scores))
         result.scores[name] = scores

@@ -186,9 +186,7 @@ def _bad_embedding_cells(series: pd.Series, width: int | None) -> np.ndarray:
     """Present cells that are not a list of ``width`` finite numbers (any one length when ``width`` is None)."""
     cells = list_cells(series)
     width = width or cells.modal_length()
-    rows = np.repeat(np.arange(len(cells.lengths)), cells.lengths)
-    non_finite = np.bincount(rows, weights=~np.isfinite(cells.flat), minlength=len(cells.lengths)) > 0
-    return series.notna().to_numpy() & (~cells.valid | (cells.lengths != width) | non_finite)
+    return series.notna().to_numpy() & (~cells.valid | (cells.lengths != width) | cells.non_finite())
 
 
 def _column_failures(actual: list[str], expected: list[str], label_col: str | None) -> list[StructuralFailure]:

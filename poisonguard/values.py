@@ -49,6 +49,20 @@ class ListCells:
     def starts(self) -> np.ndarray:
         return np.cumsum(self.lengths) - self.lengths
 
+    @property
+    def cell_of_value(self) -> np.ndarray:
+        """For each value in ``flat``, the cell holding it."""
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    @property
+    def position_of_value(self) -> np.ndarray:
+        """For each value in ``flat``, its position within its cell."""
+        return np.arange(len(self.flat)) - np.repeat(self.starts, self.lengths)
+
+    def non_finite(self) -> np.ndarray:
+        """Per cell, whether any of its values is NaN or infinite."""
+        return np.bincount(self.cell_of_value, weights=~np.isfinite(self.flat), minlength=len(self.lengths)) > 0
+
     def matrix(self, width: int) -> np.ndarray:
         """Cells as rows of a ``width``-column float matrix: long cells cut, and NaN wherever a value is
         missing (short and invalid cells) or not finite."""
@@ -58,8 +72,7 @@ class ListCells:
             out[whole] = self.flat.reshape(-1, width) if width else out[whole]
             out[~np.isfinite(out)] = np.nan
             return out
-        rows = np.repeat(np.arange(len(self.lengths)), self.lengths)
-        positions = np.arange(len(self.flat)) - np.repeat(self.starts, self.lengths)
+        rows, positions = self.cell_of_value, self.position_of_value
         keep = (positions < width) & np.isfinite(self.flat)
         out[rows[keep], positions[keep]] = self.flat[keep]
         return out
@@ -115,8 +128,7 @@ def _list_cells_one_by_one(values: np.ndarray) -> ListCells:
 def list_row_hashes(cells: ListCells) -> np.ndarray:
     """One 64-bit hash per cell of its numbers in order, the same however the column is cut into chunks;
     invalid cells all hash to one value (callers hash their text separately)."""
-    element = pd.util.hash_array(pd.util.hash_array(cells.flat) ^ pd.util.hash_array(
-        np.arange(len(cells.flat)) - np.repeat(cells.starts, cells.lengths)))
+    element = pd.util.hash_array(pd.util.hash_array(cells.flat) ^ pd.util.hash_array(cells.position_of_value))
     combined = np.zeros(len(cells.lengths), dtype="uint64")
     nonempty = cells.lengths > 0
     if nonempty.any():

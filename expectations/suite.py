@@ -20,7 +20,7 @@ import pandas as pd
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.store import atomic_write_text
-from poisonguard.values import is_list_column, list_cells
+from poisonguard.values import as_text, is_list_column, list_cells
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -49,7 +49,11 @@ def column_kind(series: pd.Series) -> str:
         return NUMERIC
     if is_list_column(series):
         return EMBEDDING
-    return CATEGORICAL if series.nunique(dropna=True) <= MAX_CATEGORIES else TEXT
+    try:
+        distinct = series.nunique(dropna=True)
+    except TypeError:  # unhashable cells (a Parquet struct column's dicts, lists of text): count their text
+        distinct = as_text(series).nunique(dropna=True)
+    return CATEGORICAL if distinct <= MAX_CATEGORIES else TEXT
 
 
 def infer_suite(

@@ -16,8 +16,19 @@ from prefect.cache_policies import NONE
 
 from poisonguard.batch_stats import class_balance_of_counts, feature_drift
 from poisonguard.config import ScanConfig
-from poisonguard.flows.scan import IO_RETRIES, StepTimer, check_provenance, conclude, plan, publish, record, reject
+from poisonguard.flows.scan import (
+    IO_RETRIES,
+    StepTimer,
+    check_provenance,
+    conclude,
+    list_for_training,
+    plan,
+    publish,
+    record,
+    reject,
+)
 from poisonguard.ingest import Batch, describe_batch
+from poisonguard.ledger import ReplayLock
 from poisonguard.manifest import scan_dataset
 from poisonguard.outputs import OutputPaths
 from poisonguard.plan import ScanPlan
@@ -53,10 +64,13 @@ def describe_file(path: Path, config: ScanConfig) -> Batch:
 
 
 @task(name="provenance", cache_policy=NONE, **IO_RETRIES)
-def provenance(batch: Batch, config: ScanConfig, now: datetime) -> tuple[RowsRead, ProvenanceOutcome]:
-    """Read the rows once for their count, columns and content digest; check the manifest and replays."""
+def provenance(batch: Batch, config: ScanConfig, now: datetime,
+               replay_lock: ReplayLock) -> tuple[RowsRead, ProvenanceOutcome]:
+    """Read the rows once for their count, columns and content digest; check the manifest and replays,
+    holding ``replay_lock`` from the check until the outcome is recorded (see :class:`ReplayLock`)."""
     progress.info("reading %s for its provenance facts", batch.source_path)
     rows = read_rows(batch, config.chunk_rows)
+    replay_lock.hold(rows.content_sha256)
     return rows, check_provenance(batch, config, now, rows)
 
 
@@ -90,10 +104,15 @@ def commit(found: ChunkedOutcome, paths: OutputPaths) -> None:
 @flow(name="scan-batch-chunked", validate_parameters=False)
 def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
     """Scan one batch file ``config.chunk_rows`` rows at a time; return its summary."""
+    with ReplayLock(config.ledger_path) as replay_lock:
+        return _scan_batch_chunked(Path(path), config, replay_lock)
+
+
+def _scan_batch_chunked(path: Path, config: ScanConfig, replay_lock: ReplayLock) -> ScanSummary:
     timer = StepTimer()
     lap, timings = timer.lap, timer.timings
 
-    batch = describe_file(Path(path), config)
+    batch = describe_file(path, config)
     lap("ingest")
     scan_plan = plan(batch, config)
     require_schema(scan_plan.suite, batch)
@@ -102,13 +121,15 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
     scanned_at = datetime.now(timezone.utc)
     checked = None
     if config.trust_store is not None:
-        rows_read, checked = provenance(batch, config, scanned_at)
+        rows_read, checked = provenance(batch, config, scanned_at, replay_lock)
         batch = replace(batch, row_count=rows_read.n_rows)
         lap("provenance")
         if checked.exact_replay:
             # The same bytes were delivered before: their outputs stay as they are and nothing is written.
             progress.info("batch %s is a replay; nothing is written", batch.batch_id)
             record(batch, REPLAY, checked, config, (0, batch.n_rows))
+            if (first := read_report(paths.report)) is not None:
+                list_for_training(first, config.out_dir)
             summary = replay_summary(batch, checked, paths.report)
             publish(summary, None)
             return summary
@@ -116,6 +137,7 @@ def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
         previous = read_report(paths.report)
         if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
             progress.info("batch %s was already scanned with these settings", batch.batch_id)
+            list_for_training(previous, config.out_dir)  # repairs a listing an interrupted scan left
             return ScanSummary.from_report(previous, paths.report, already_scanned=True)
     refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
 

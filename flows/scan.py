@@ -20,11 +20,12 @@ from prefect.cache_policies import NONE
 
 from poisonguard import ROW_ID
 from poisonguard.batch_stats import class_balance, feature_drift, score_distributions, score_drift
+from poisonguard.committed import list_batch
 from poisonguard.config import ScanConfig
 from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest import Batch, read_batch
-from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
+from poisonguard.ledger import Ledger, LedgerEntry, ReplayLock, content_sha256
 from poisonguard.manifest import scan_dataset
 from poisonguard.memory import release_free_memory
 from poisonguard.outputs import OutputPaths, split_rows, write_rejected, write_split, write_whole_quarantine
@@ -45,6 +46,7 @@ from poisonguard.report import (
 from poisonguard.flows.runners import task_runner_for
 from poisonguard.html_report import render_batch_report, render_index
 from poisonguard.review import refuse_rescan_of_reviewed
+from poisonguard.safe_text import markdown_text
 from poisonguard.scoring import (
     DetectorScores,
     FittedReference,
@@ -82,12 +84,18 @@ def plan(batch: Batch, config: ScanConfig) -> ScanPlan:
 
 
 @task(name="provenance", cache_policy=NONE, **IO_RETRIES)
-def provenance(batch: Batch, config: ScanConfig, now: datetime) -> ProvenanceOutcome | None:
-    """Check the batch's manifest and the replay ledger; ``None`` when no trust store is configured."""
+def provenance(batch: Batch, config: ScanConfig, now: datetime, replay_lock: ReplayLock) -> ProvenanceOutcome | None:
+    """Check the batch's manifest and the replay ledger; ``None`` when no trust store is configured.
+
+    ``replay_lock`` is held from here until the outcome is recorded, so a concurrent delivery of the same
+    rows waits and then finds this one in the ledger.
+    """
     if config.trust_store is None:
         return None
     progress.info("checking provenance against %s", config.trust_store)
-    return check_provenance(batch, config, now)
+    rows = RowsRead.of(batch)
+    replay_lock.hold(rows.content_sha256)
+    return check_provenance(batch, config, now, rows)
 
 
 def check_provenance(
@@ -239,6 +247,12 @@ def report(path: Path, data: dict, out_dir: Path) -> Path:
     return html
 
 
+@task(name="list-for-training", cache_policy=NONE, **IO_RETRIES)
+def list_for_training(data: dict, out_dir: Path) -> None:
+    """The scan's last step: list (or unlist) the batch's clean files in ``clean/<dataset>/_committed.json``."""
+    list_batch(out_dir, data)
+
+
 @task(name="publish", cache_policy=NONE)
 def publish(summary: ScanSummary, html_report: Path | None) -> None:
     """Show the outcome in the Prefect UI: a markdown summary and a reasons table, keyed per dataset."""
@@ -248,12 +262,12 @@ def publish(summary: ScanSummary, html_report: Path | None) -> None:
     create_markdown_artifact(
         key=f"{key}-summary",
         markdown=summary_markdown(summary, html_report),
-        description=f"poisonguard scan of {summary.dataset} batch {summary.batch_id}",
+        description=f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}",
     )
     create_table_artifact(
         key=f"{key}-reasons",
         table=summary_table(summary),
-        description=f"rows per reason code, {summary.dataset} batch {summary.batch_id}",
+        description=f"rows per reason code, {markdown_text(summary.dataset)} batch {summary.batch_id}",
     )
 
 
@@ -283,26 +297,34 @@ def artifact_key(dataset: str) -> str:
 def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
     """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone."""
     config = config or ScanConfig()
+    with ReplayLock(config.ledger_path) as replay_lock:
+        return _scan_batch(Path(path), config, replay_lock)
+
+
+def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock) -> ScanSummary:
     timer = StepTimer()
     lap, timings = timer.lap, timer.timings
 
-    batch = ingest(Path(path), config)
+    batch = ingest(path, config)
     lap("ingest")
     scan_plan = plan(batch, config)
     lap("plan")
     paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
     scanned_at = datetime.now(timezone.utc)
-    checked = provenance(batch, config, scanned_at)
+    checked = provenance(batch, config, scanned_at, replay_lock)
     lap("provenance")
     if checked is None:
         previous = read_report(paths.report)
         if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
             progress.info("batch %s was already scanned with these settings", batch.batch_id)
+            list_for_training(previous, config.out_dir)  # repairs a listing an interrupted scan left
             return ScanSummary.from_report(previous, paths.report, already_scanned=True)
     elif checked.exact_replay:
         # The same bytes were delivered before: their outputs stay as they are and nothing is written.
         progress.info("batch %s is a replay; nothing is written", batch.batch_id)
         record(batch, REPLAY, checked, config, (0, batch.n_rows))
+        if (first := read_report(paths.report)) is not None:
+            list_for_training(first, config.out_dir)
         summary = replay_summary(batch, checked, paths.report)
         publish(summary, None)
         return summary
@@ -364,6 +386,7 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
     )
     html = report(paths.report, data, config.out_dir)
     record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
+    list_for_training(data, config.out_dir)
     summary = ScanSummary.from_report(data, paths.report)
     publish(summary, html)
     return summary

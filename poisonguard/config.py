@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,33 @@ _PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hou
 
 
 def dataset_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a dataset, or ``None``: it becomes a folder under the output directory, so
-    it must be one plain path component."""
+    """Why ``name`` cannot name a dataset, or ``None``.
+
+    A dataset name becomes a folder under each output area (``clean/<dataset>/``), so it must be one plain,
+    visible path component: a name such as ``..`` (from a file called ``...csv``) once put the clean and the
+    quarantine files of a batch at one path, and the second write replaced the first. The same rule holds
+    wherever a name comes from: ``--dataset``, a manifest, a file name, the inbox.
+    """
     if not name or not name.strip():
         return "it is empty"
     if len(name) > 128:
         return "it is longer than 128 characters"
-    if any(character in name for character in "/\\\0") or name in (".", "..") or name.startswith("."):
-        return "it must be one plain folder name (no '/', '\\', NUL or leading '.')"
+    if name != name.strip():
+        return "it starts or ends with white space"
+    if any(character in name for character in "/\\") or name in (".", "..") or name.startswith("."):
+        return "it must be one plain folder name (no '/', '\\' or leading '.')"
+    if any(unicodedata.category(character)[0] == "C" for character in name):
+        return "it holds a control or unprintable character"
     return None
+
+
+def checked_dataset_name(name: str, origin: str) -> str:
+    """``name`` when it can name a dataset (see :func:`dataset_name_problem`); else :class:`ConfigError`
+    saying where the name came from (``origin``: "--dataset", "the file name x.csv") and what to do."""
+    problem = dataset_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"dataset {name!r} cannot be used (from {origin}): {problem}; pass --dataset NAME")
+    return name
 
 
 @dataclass(frozen=True)
@@ -121,8 +140,8 @@ class ScanConfig:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
         if not self.detectors:
             raise ConfigError("at least one detector must be enabled")
-        if self.dataset is not None and (problem := dataset_name_problem(self.dataset)) is not None:
-            raise ConfigError(f"dataset {self.dataset!r} cannot be used: {problem}")
+        if self.dataset is not None:
+            checked_dataset_name(self.dataset, "the dataset setting")
         if self.require_provenance and self.trust_store is None:
             raise ConfigError("require_provenance needs a trust store: pass --trust-store")
         if self.manifest_max_age_hours <= 0:

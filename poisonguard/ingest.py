@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID, is_reserved_column
+from poisonguard.config import checked_dataset_name
 from poisonguard.errors import InputError, UnreadableBatchError
 from poisonguard.memory import release_free_memory
 
@@ -81,11 +84,15 @@ def file_sha256(path: Path) -> str:
 
 
 def dataset_name_from_path(path: Path) -> str:
-    """Default dataset name: the file name without its suffixes (``loans_2026-11.csv`` -> ``loans_2026-11``)."""
-    name = path.name
+    """Default dataset name: the file name without its suffixes (``loans_2026-11.csv`` -> ``loans_2026-11``).
+
+    Raises :class:`ConfigError` when what is left cannot name a dataset (``...csv`` leaves ``..``,
+    ``.hidden.csv`` a hidden folder): the same rule as for ``--dataset``.
+    """
+    name = Path(path).name
     while Path(name).suffix:
         name = Path(name).stem
-    return name or "dataset"
+    return checked_dataset_name(name, f"the file name {Path(path).name!r}")
 
 
 def read_batch(path: Path, dataset: str | None = None, file_format: str | None = None) -> Batch:
@@ -122,7 +129,7 @@ def describe_batch(path: Path, dataset: str | None = None, file_format: str | No
     except PermissionError:
         raise InputError(f"{path}: permission denied; check the file's permissions") from None
     return Batch(
-        dataset=dataset or dataset_name_from_path(path),
+        dataset=checked_dataset_name(dataset, "the dataset setting") if dataset else dataset_name_from_path(path),
         batch_id=sha256[:16],
         source_path=path.resolve(),
         file_format=name,
@@ -160,7 +167,7 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
             # Arrow's allocator keeps the decoded pages for reuse; hand them back before the scan goes on.
             release_free_memory()
             return frame
-        return pd.read_json(path, lines=True, orient="records")
+        return read_json_lines(path)
     except UnreadableBatchError:
         raise
     except Exception as exc:  # any parser error means the batch is unreadable, whatever the library
@@ -168,6 +175,60 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
         raise UnreadableBatchError(
             "structural:unreadable", f"{path}: cannot be read as {file_format}: {message}"
         ) from exc
+
+
+def read_json_lines(path: Path, chunksize: int | None = None) -> pd.DataFrame | Iterator[pd.DataFrame]:
+    """A JSON Lines file as one frame, or (``chunksize``) an iterator of frames of that many records, with
+    every value as written.
+
+    Parsed with the standard library's ``json``, which reads every number exactly: pandas' reader parsed
+    ``0.413`` as ``0.41300000000000003`` by default (32 cells of the bundled sample), refused subnormal
+    numbers with its exact parser, and guessed types (``"12"`` became a number, a column named
+    ``created_at`` a date). Values then changed between the file and the clean output, and the same rows
+    re-sent as JSON Lines were not recognised as a replay. About 1.2x pandas' time (200k rows x 10 columns:
+    1.64 s against 1.35 s). Blank lines are skipped; a line that is not a JSON object raises
+    :class:`UnreadableBatchError` naming the line.
+    """
+    path = Path(path)
+    records = _json_records(path)
+    if chunksize is None:
+        return _records_frame(list(records), path)
+    return (_records_frame(part, path) for part in _batched(records, chunksize))
+
+
+def _json_records(path: Path) -> Iterator[dict]:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise UnreadableBatchError(
+                    "structural:unreadable", f"{path}: line {number} is not valid JSON: {exc}"
+                ) from None
+            if not isinstance(record, dict):
+                raise UnreadableBatchError(
+                    "structural:unreadable", f"{path}: line {number} is not a JSON object (one record per line)"
+                )
+            yield record
+
+
+def _batched(records: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    part: list[dict] = []
+    for record in records:
+        part.append(record)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _records_frame(records: list[dict], path: Path) -> pd.DataFrame:
+    if not records:
+        raise UnreadableBatchError("structural:unreadable", f"{path}: the file holds no JSON records")
+    return pd.DataFrame.from_records(records)
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -124,6 +124,52 @@ class Ledger:
             return [LedgerEntry(*row) for row in connection.execute(query + " ORDER BY id", params)]
 
 
+class ReplayLock:
+    """Makes "is this a replay?" and "record this delivery" one step for batches of the same content.
+
+    Two deliveries of the same rows scanned at the same time both passed the replay check before either
+    was recorded, and both reached ``clean/`` (2 of 3 attempts in the red-team run). A scan holds this lock,
+    keyed by the rows' content digest, from before its replay check until its outcome is in the ledger,
+    so the second scan's check sees the first's delivery. The lock is an OS file lock (``filelock``): it
+    is let go when the process ends, even by ``kill -9``, so a crashed scan never blocks later ones. Lock
+    files are striped over 256 names beside the ledger; two different contents share a stripe rarely, and
+    then only wait for each other.
+    """
+
+    def __init__(self, ledger_path: Path, timeout: float = 3600.0) -> None:
+        self.folder = Path(f"{ledger_path}.locks")
+        self.timeout = timeout
+        self._held: list = []
+
+    def hold(self, content_sha256: str | None) -> None:
+        """Block until no other scan of these rows is between its replay check and its ledger entry."""
+        from filelock import FileLock, Timeout
+
+        if content_sha256 is None or self._held:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.folder / f"{content_sha256[:2]}.lock", thread_local=False)
+            lock.acquire(timeout=self.timeout)
+        except Timeout:
+            raise ConfigError(
+                f"{self.folder}: another scan of the same rows held the replay lock for {self.timeout:.0f} s"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"{self.folder}: cannot take the replay lock: {exc.strerror or exc}") from None
+        self._held.append(lock)
+
+    def release(self) -> None:
+        while self._held:
+            self._held.pop().release()
+
+    def __enter__(self) -> ReplayLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
 def now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ import pandas as pd
 import pyarrow as pa
 
 from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard.config import checked_dataset_name
 from poisonguard.decide import QUARANTINED, build_result_table
 from poisonguard.ingest import Batch
 from poisonguard.scoring import DetectorScores
 from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet, write_parquet_slices
 
 PENDING = "pending"
+_BATCH_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class OutputPaths:
 
     @classmethod
     def for_batch(cls, out_dir: Path, dataset: str, batch_id: str) -> OutputPaths:
+        """The paths of one batch's outputs. Raises :class:`ConfigError` for a dataset name that could make
+        two outputs share a path or leave their area (see :func:`dataset_name_problem`), and ``ValueError``
+        for a batch id that is not the 16 hex digits ingest derives."""
+        checked_dataset_name(dataset, "the batch")
+        if not _BATCH_ID.fullmatch(batch_id):
+            raise ValueError(f"batch id {batch_id!r} is not 16 hex digits")
         out_dir = Path(out_dir)
         return cls(
             clean=out_dir / "clean" / dataset / f"{batch_id}.parquet",

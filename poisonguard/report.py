@@ -14,6 +14,7 @@ from poisonguard import __version__
 from poisonguard.errors import ExitCode
 from poisonguard.ingest import Batch
 from poisonguard.outputs import OutputPaths
+from poisonguard.safe_text import markdown_text, printable
 from poisonguard.values import format_count
 
 CLEAN = "clean"
@@ -178,7 +179,7 @@ def _relative(path: Path, base: Path) -> str:
 def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
     """A short markdown summary of a scan for the Prefect UI; values from the data are escaped."""
     lines = [
-        f"### {_md(summary.dataset)} / batch `{summary.batch_id}`: {summary.status.replace('_', ' ')}",
+        f"### {markdown_text(summary.dataset)} / batch `{summary.batch_id}`: {summary.status.replace('_', ' ')}",
         "",
         "| rows in | clean | quarantined |",
         "|---:|---:|---:|",
@@ -188,13 +189,15 @@ def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
     ]
     provenance = summary.provenance or {}
     if provenance:
-        signer = f" by `{_md(provenance['source_id'])}`" if provenance.get("source_id") else ""
+        signer = f" by {markdown_text(provenance['source_id'])}" if provenance.get("source_id") else ""
         lines.append(f"Provenance: **{provenance['status'].replace('_', ' ')}**{signer}")
-        lines += [f"- `{f['code']}`: {_md(f['message'])}" for f in provenance.get("failures", [])]
+        lines += [
+            f"- {markdown_text(f['code'])}: {markdown_text(f['message'])}" for f in provenance.get("failures", [])
+        ]
         lines.append("")
     if html_report is not None:
         uri = Path(html_report).resolve().as_uri()
-        lines.append(f"Report for review: [{_md(str(html_report))}]({uri})")
+        lines.append(f"Report for review: [{markdown_text(str(html_report))}]({uri})")
     return "\n".join(lines)
 
 
@@ -202,11 +205,6 @@ def summary_table(summary: ScanSummary) -> list[dict[str, Any]]:
     """Rows per reason code, for a Prefect table artifact."""
     if not summary.reasons:
         return [{"reason": "(none)", "rows": 0}]
-    return [{"reason": code, "rows": rows} for code, rows in summary.reasons.items()]
+    return [{"reason": printable(code), "rows": rows} for code, rows in summary.reasons.items()]
 
-
-def _md(text: str) -> str:
-    for char in "\\`*_[]<>|":
-        text = text.replace(char, "\\" + char)
-    return text
 

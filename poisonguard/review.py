@@ -33,7 +33,8 @@ from filelock import FileLock, Timeout
 from poisonguard import QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.outputs import OutputPaths
-from poisonguard.store import atomic_path, write_parquet
+from poisonguard.safe_text import spreadsheet_text
+from poisonguard.store import atomic_path, sync_file, write_parquet
 from poisonguard.values import is_list_column
 
 RELEASE = "release"
@@ -43,7 +44,6 @@ GENESIS = "0" * 64
 # Review-only columns of the quarantine file; a released row goes back to the clean area without them.
 _REVIEW_COLUMNS = (REASONS, QUARANTINED_AT, STATUS, RAW_VALUES)
 # A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ReviewError(InputError):
@@ -293,8 +293,11 @@ def decide(
         metadata = {"poisonguard.batch_id": found.batch_id, "poisonguard.audit_seq": str(seq)}
         # The file is staged under a temporary name and renamed only after its audit entry is durable:
         # a crash before the entry leaves nothing visible, so no row can be both pending and in clean/.
+        # The file is flushed before the entry is appended, so a full disk fails the decision before it
+        # is logged, never after.
         with atomic_path(target) as staged:
             write_parquet(staged, released, metadata)
+            sync_file(staged)
             entry = log.append(fields)
         return Decision(action, found, chosen, entry, target)
 
@@ -345,15 +348,9 @@ def _os_user() -> str:
 # --- export -------------------------------------------------------------------------------------------
 
 
-def escape_formula(value: Any) -> Any:
-    """Prefix text that a spreadsheet would run as a formula with a quote, so it shows as text."""
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 def export_csv(rows: pd.DataFrame, path: Path) -> Path:
-    """Write ``rows`` as CSV for a spreadsheet: formulas escaped, lists joined, atomically."""
+    """Write ``rows`` as CSV for a spreadsheet: formulas escaped in cells and column names, lists joined,
+    atomically."""
     exported = rows.copy()
     for column in exported.columns:
         series = exported[column]
@@ -362,7 +359,8 @@ def export_csv(rows: pd.DataFrame, path: Path) -> Path:
         elif is_list_column(series):  # an embedding: JSON arrays keep every value at full precision
             series = series.map(_json_list)
         if series.dtype == object or pd.api.types.is_string_dtype(series):
-            exported[column] = series.map(escape_formula)
+            exported[column] = series.map(spreadsheet_text)
+    exported.columns = [spreadsheet_text(str(column)) for column in exported.columns]
     with atomic_path(path) as staged:
         exported.to_csv(staged, index=False)
     return Path(path)

@@ -21,14 +21,34 @@ import pyarrow.parquet as pq
 
 
 def _stage(final: Path) -> Path:
-    """Create an empty temporary file beside ``final`` (same directory, so the rename is atomic)."""
+    """Create an empty temporary file beside ``final`` (same directory, so the rename is atomic), with the
+    mode a plainly created file would get: ``mkstemp`` makes it 0600 whatever the umask, and a training job
+    running as another user could not read ``clean/``."""
     final.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(handle)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())
+    finally:
+        os.close(handle)
     return Path(name)
 
 
-def _flush(temporary: Path) -> None:
+def _umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it can only be read by setting it, which for
+    an instant changes it for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def sync_file(temporary: Path) -> None:
+    """Flush ``temporary``'s bytes to disk (a full disk shows here, before anything is renamed)."""
     with temporary.open("rb+") as written:
         os.fsync(written.fileno())
 
@@ -40,7 +60,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     temporary = _stage(final)
     try:
         yield temporary
-        _flush(temporary)
+        sync_file(temporary)
         os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -131,7 +151,7 @@ def write_all_or_none(writers: list[tuple[Path, Callable[[Path], Any]]]) -> list
             temporary = _stage(Path(final))
             staged.append((temporary, Path(final)))
             writer(temporary)
-            _flush(temporary)
+            sync_file(temporary)
     except BaseException:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)

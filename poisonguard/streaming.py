@@ -41,7 +41,7 @@ from poisonguard.detectors import detector_class
 from poisonguard.errors import ConfigError, InputError, UnreadableBatchError
 from poisonguard.expectations.suite import NUMERIC, suite_kinds
 from poisonguard.expectations.validate import SchemaValidator, StructuralFailure, validate_batch
-from poisonguard.ingest import Batch, _check_column_names, _csv_header, with_row_ids
+from poisonguard.ingest import Batch, _check_column_names, _csv_header, read_json_lines, with_row_ids
 from poisonguard.ledger import digest_row_hashes, row_hashes
 from poisonguard.memory import release_free_memory
 from poisonguard.outputs import OutputPaths, _parquet_metadata, split_rows
@@ -117,7 +117,7 @@ def _raw_chunks(batch: Batch, chunk_rows: int) -> Iterator[pd.DataFrame]:
     elif batch.file_format == "csv":
         yield from pd.read_csv(batch.source_path, chunksize=chunk_rows, low_memory=False)
     else:
-        yield from pd.read_json(batch.source_path, lines=True, orient="records", chunksize=chunk_rows)
+        yield from read_json_lines(batch.source_path, chunksize=chunk_rows)
 
 
 class UniformSample:

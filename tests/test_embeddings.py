@@ -75,7 +75,8 @@ def test_a_scan_reads_the_embedding_column_finds_the_trigger_and_keeps_every_val
     clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
     both = pd.concat([clean, held[clean.columns]]).sort_values(ROW_ID)
     assert both[ROW_ID].tolist() == list(range(1000))
-    as_read = pd.read_parquet(path) if file_format == "parquet" else pd.read_json(path, lines=True)
+    # pandas' exact float parser as the oracle: the values as the file spells them
+    as_read = pd.read_parquet(path) if file_format == "parquet" else pd.read_json(path, lines=True, precise_float=True)
     np.testing.assert_array_equal(np.stack(both["emb"]), np.stack(as_read["emb"]))
     found = mask[held[ROW_ID].to_numpy()].sum()
     assert found >= 0.9 * mask.sum()

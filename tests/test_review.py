@@ -23,7 +23,8 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import scan_batch
 from poisonguard.outputs import OutputPaths
-from poisonguard.review import AuditLog, ReviewError, decide, escape_formula, export_csv, released_row_ids
+from poisonguard.review import AuditLog, ReviewError, decide, export_csv, released_row_ids
+from poisonguard.safe_text import spreadsheet_text
 
 runner = CliRunner()
 
@@ -244,7 +245,7 @@ def test_csv_exports_escape_spreadsheet_formulas(tmp_path):
     back = pd.read_csv(tmp_path / "rows.csv", keep_default_na=False)
     assert back["note"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "plain", ""]
     assert back["amount"].iloc[0] == -5.0  # numbers are numbers, not formulas
-    assert escape_formula(-3) == -3
+    assert spreadsheet_text(-3) == -3
 
 
 def test_a_shifted_class_balance_is_reported_as_drift():

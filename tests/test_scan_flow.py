@@ -11,6 +11,7 @@ import pytest
 
 from conftest import STRUCTURAL_BREAKS, make_frame
 from poisonguard import REASONS, ROW_ID, STATUS
+from poisonguard.committed import committed_files
 from poisonguard.config import ScanConfig
 from poisonguard.flows.scan import scan_batch
 from poisonguard.outputs import OutputPaths
@@ -90,8 +91,9 @@ def test_rescanning_is_idempotent(sample_scan, sample_batch):
     assert not forced.already_scanned
     for old, new in zip(before, after):
         assert old[ROW_ID].tolist() == new[ROW_ID].tolist()
-    assert len(list((out_dir / "clean" / "loans").iterdir())) == 1
+    assert len(list((out_dir / "clean" / "loans").glob("*.parquet"))) == 1
     assert len(list((out_dir / "quarantine" / "loans").iterdir())) == 1
+    assert committed_files(out_dir, "loans") == [OutputPaths.for_batch(out_dir, "loans", forced.batch_id).clean]
 
 
 @pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from poisonguard.errors import ExitCode, PoisonguardError
+from poisonguard.errors import ExitCode, PoisonguardError, storage_error
+from poisonguard.safe_text import printable
 from poisonguard.values import format_count
 
 console = Console(stderr=True)  # progress and errors
@@ -17,19 +18,28 @@ out = Console()  # results
 
 
 def fail(error: BaseException, debug: bool) -> None:
-    """End the command: one line for an error the user can fix, a hint to ``--debug`` for a bug."""
+    """End the command: one line for an error the user can fix (bad input, a refusing file system), a hint
+    to ``--debug`` for a bug."""
+    if not isinstance(error, PoisonguardError):
+        error = storage_error(error) or error
     if isinstance(error, PoisonguardError):
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {shown(error)}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(error.exit_code))
     if debug:
         traceback.print_exception(error)
     console.print(
-        f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}. This is a bug in poisonguard; "
+        f"[bold red]internal error:[/] {type(error).__name__}: {shown(error)}. This is a bug in poisonguard; "
         "rerun with --debug for the traceback and report it.",
         highlight=False,
         soft_wrap=True,
     )
     raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+def shown(text: object) -> str:
+    """Text from a batch or a person, safe to print: control characters made visible (a cell or column
+    name may hold terminal escape sequences), then rich's markup escaped."""
+    return escape(printable(str(text)))
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from poisonguard.cli.common import console, fail, out, quiet_libraries
+from poisonguard.cli.common import console, fail, out, quiet_libraries, shown
 from poisonguard.cli.scan import app
 from poisonguard.errors import ConfigError, ExitCode
-from poisonguard.prefect_env import prepare_prefect_environment
+from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
 InboxDir = Annotated[Path, typer.Option("--inbox", help="The inbox directory batch files are dropped into.")]
 LabelCol = Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")]
@@ -60,6 +59,7 @@ def inbox_run(
 
         quiet_libraries(verbose)
         with console.status("[bold]poisonguard[/] processing the inbox", spinner="dots"):
+            start_temporary_server()
             results = process_inbox(str(inbox.resolve()), settings, str(config_file) if config_file else None,
                                     min_age, stale_after)
     except typer.Exit:
@@ -69,12 +69,12 @@ def inbox_run(
     if not results:
         out.print(f"nothing waiting in {inbox}", highlight=False)
         return
-    table = Table(title=escape(f"{inbox}: {len(results)} batch file(s)"), title_justify="left")
+    table = Table(title=shown(f"{inbox}: {len(results)} batch file(s)"), title_justify="left")
     for column in ("file", "status", "batch", "filed as", "detail"):
         table.add_column(column)
     for result in results:
-        table.add_row(escape(result.name), result.status.replace("_", " "), result.batch_id or "",
-                      escape(result.moved_to), escape(result.detail))
+        table.add_row(shown(result.name), result.status.replace("_", " "), result.batch_id or "",
+                      shown(result.moved_to), shown(result.detail))
     out.print(table)
     failed = any(r.outcome == "failed" for r in results)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED if failed else ExitCode.CLEAN))

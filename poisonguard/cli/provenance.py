@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from poisonguard.cli.common import fail, out, quiet_libraries
+from poisonguard.cli.common import fail, out, quiet_libraries, shown
 from poisonguard.cli.scan import app
 from poisonguard.errors import ExitCode, InputError
 
@@ -162,18 +161,18 @@ def verify(
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
     messages = {f["code"]: f["message"] for f in outcome.failures}
-    table = Table(title=escape(f"{file} for dataset {batch.dataset!r}"), title_justify="left")
+    table = Table(title=shown(f"{file} for dataset {batch.dataset!r}"), title_justify="left")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail")
     for check in outcome.checks:
         style = _RESULT_STYLE[check["result"]]
         detail = messages.get(check["reason"], "")
-        table.add_row(check["check"], f"[{style}]{check['result']}[/]", escape(detail))
+        table.add_row(check["check"], f"[{style}]{check['result']}[/]", shown(detail))
     out.print(table)
     if not ledger_path.exists():
-        out.print(f"[dim]replay: no ledger at {escape(str(ledger_path))}, so no earlier delivery to compare with[/]")
+        out.print(f"[dim]replay: no ledger at {shown(str(ledger_path))}, so no earlier delivery to compare with[/]")
     verdict = "[green]verified[/]" if outcome.passed else "[bold red]not trusted[/]"
     signer = f" (source {outcome.source_id!r}, key {outcome.key_id!r})" if outcome.source_id else ""
-    out.print(f"{verdict}{escape(signer)}", highlight=False)
+    out.print(f"{verdict}{shown(signer)}", highlight=False)
     raise typer.Exit(int(ExitCode.CLEAN if outcome.passed else ExitCode.BATCH_REJECTED))

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from poisonguard.cli.common import count, fail, out
+from poisonguard.cli.common import console, count, fail, out, shown
 from poisonguard.cli.scan import app
-from poisonguard.errors import ExitCode, InputError
+from poisonguard.errors import ExitCode, InputError, storage_error
 
 review_app = typer.Typer(help="Review quarantined rows: release them to training or confirm them as poison.",
                          no_args_is_help=True, rich_markup_mode=None)
@@ -33,17 +32,18 @@ def review_list(
 ) -> None:
     """List scanned batches with their quarantine and review counts, newest first."""
     try:
+        require_output_dir(out_dir)
         from poisonguard.review import AuditLog, batch_reports, review_counts
 
         if status not in (None, "pending", "reviewed"):
             raise InputError(f"--status must be pending or reviewed, not {status!r}")
         entries = AuditLog(out_dir).entries()
-        table = Table(title=escape(f"batches under {out_dir}"), title_justify="left")
+        table = Table(title=shown(f"batches under {out_dir}"), title_justify="left")
         for column in ("dataset", "batch", "scanned", "status"):
             table.add_column(column)
         for column in ("quarantined", "pending", "released", "confirmed"):
             table.add_column(column, justify="right")
-        shown = 0
+        listed = 0
         for report in batch_reports(out_dir, dataset):
             quarantined = report["rows"]["quarantined"] or 0
             counts = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined, entries)
@@ -51,15 +51,15 @@ def review_list(
                 continue
             if status == "reviewed" and (counts["pending"] or not quarantined):
                 continue
-            shown += 1
-            table.add_row(escape(report["dataset"]), report["batch_id"], report.get("scanned_at", ""),
+            listed += 1
+            table.add_row(shown(report["dataset"]), report["batch_id"], report.get("scanned_at", ""),
                           report["status"].replace("_", " "), count(quarantined), count(counts["pending"]),
                           count(counts["released"]), count(counts["confirmed"]))
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
-    if shown:
+    if listed:
         out.print(table)
     else:
         out.print(f"no batches{' with rows pending review' if status == 'pending' else ''} under {out_dir}",
@@ -79,6 +79,7 @@ def review_show(
 ) -> None:
     """Show a batch's quarantined rows with their reasons and review status."""
     try:
+        require_output_dir(out_dir)
         from poisonguard import REASONS, ROW_ID, STATUS
         from poisonguard.review import (
             AuditLog,
@@ -105,7 +106,7 @@ def review_show(
         fail(error, debug)
     report = found.report
     out.print(
-        f"[bold]{escape(found.dataset)} / {found.batch_id}[/] {report['status'].replace('_', ' ')}: "
+        f"[bold]{shown(found.dataset)} / {found.batch_id}[/] {report['status'].replace('_', ' ')}: "
         f"{count(report['rows']['in'])} rows in, {count(report['rows']['clean'])} clean, "
         f"{count(report['rows']['quarantined'])} quarantined",
         highlight=False,
@@ -116,8 +117,8 @@ def review_show(
         detail.add_column(style="bold")
         detail.add_column()
         for column, value in record.items():
-            shown = ", ".join(value) if column == REASONS else ("" if value is None else str(value))
-            detail.add_row(escape(str(column)), escape(shown))  # cells hold the batch's own text
+            text = ", ".join(value) if column == REASONS else ("" if value is None else str(value))
+            detail.add_row(shown(column), shown(text))  # cells hold the batch's own text
         out.print(detail)
     else:
         table = Table(title=f"{len(rows):,} rows" + (f", first {limit}" if len(rows) > limit else ""),
@@ -125,10 +126,17 @@ def review_show(
         for column in ("row", "status", "reasons"):
             table.add_column(column)
         for values in rows.head(limit).to_dict("records"):
-            table.add_row(str(values[ROW_ID]), values[STATUS], escape(", ".join(values[REASONS])))
+            table.add_row(str(values[ROW_ID]), values[STATUS], shown(", ".join(values[REASONS])))
         out.print(table)
     if exported is not None:
         out.print(f"exported {len(rows):,} rows to {exported}", highlight=False)
+
+
+def require_output_dir(out_dir: Path) -> None:
+    """:class:`InputError` unless ``out_dir`` holds a scan's outputs: a mistyped ``--out`` must not read as
+    "no batches" or "audit log intact"."""
+    if not any((Path(out_dir) / part).exists() for part in ("reports", "review", "ledger.sqlite")):
+        raise InputError(f"--out {out_dir}: no poisonguard outputs there (no reports/ or review/); check the path")
 
 
 def _parse_rows(rows: list[str] | None, all_pending: bool) -> list[int] | None:
@@ -152,17 +160,33 @@ def _parse_rows(rows: list[str] | None, all_pending: bool) -> list[int] | None:
 def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, reason: str,
             reviewer: str | None, dataset: str | None, out_dir: Path, debug: bool) -> None:
     try:
+        require_output_dir(out_dir)
+        from poisonguard.committed import list_batch
         from poisonguard.html_report import render_batch_report, render_index
         from poisonguard.review import decide
 
         decision = decide(out_dir, batch, action, row_ids=_parse_rows(rows, all_pending), reason=reason,
                           reviewer=reviewer, dataset=dataset)
-        render_batch_report(decision.batch.report, out_dir)
-        render_index(out_dir, decision.batch.dataset)
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
+    # The decision is committed (its audit entry and any released file are durable): a listing or a report
+    # that cannot be updated now must not make it look failed; the batch's next decision or scan redoes both.
+    try:
+        list_batch(out_dir, decision.batch.report)
+    except Exception as error:  # noqa: BLE001
+        problem = storage_error(error) or error
+        console.print(f"[yellow]warning:[/] the decision is recorded, but clean/{shown(decision.batch.dataset)}/"
+                      f"_committed.json does not list the released rows yet ({shown(problem)}); the batch's "
+                      "next decision or scan lists them", highlight=False, soft_wrap=True)
+    try:
+        render_batch_report(decision.batch.report, out_dir)
+        render_index(out_dir, decision.batch.dataset)
+    except Exception as error:  # noqa: BLE001
+        problem = storage_error(error) or error
+        console.print(f"[yellow]warning:[/] the decision is recorded, but the HTML report was not refreshed: "
+                      f"{shown(problem)}", highlight=False, soft_wrap=True)
     done = "released" if action == "release" else "confirmed as poison"
     out.print(
         f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {done} by "
@@ -216,6 +240,7 @@ def review_audit(
 ) -> None:
     """List the latest review decisions; with --verify, exit 3 if the log was edited or cut."""
     try:
+        require_output_dir(out_dir)
         from poisonguard.review import AuditLog
 
         log = AuditLog(out_dir)
@@ -226,13 +251,13 @@ def review_audit(
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
     if entries:
-        table = Table(title=escape(f"{log.path}: {len(entries)} entries"), title_justify="left")
+        table = Table(title=shown(f"{log.path}: {len(entries)} entries"), title_justify="left")
         for column in ("seq", "at", "reviewer", "action", "batch", "rows", "reason"):
             table.add_column(column)
         for entry in entries[-limit:]:
-            table.add_row(str(entry["seq"]), entry["at"], escape(entry["reviewer"]), entry["action"],
-                          escape(f"{entry['dataset']}/{entry['batch_id']}"), f"{len(entry['row_ids']):,}",
-                          escape(entry["reason"]))
+            table.add_row(str(entry["seq"]), entry["at"], shown(entry["reviewer"]), entry["action"],
+                          shown(f"{entry['dataset']}/{entry['batch_id']}"), f"{len(entry['row_ids']):,}",
+                          shown(entry["reason"]))
         out.print(table)
     if not verify:
         return
@@ -241,5 +266,5 @@ def review_audit(
         out.print("[dim]keep the head hash elsewhere to detect entries cut from the end later[/]")
         return
     for problem in check.problems:
-        out.print(f"[bold red]tampered:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        out.print(f"[bold red]tampered:[/] {shown(problem)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED))

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from poisonguard import __version__
-from poisonguard.cli.common import console, count, fail, out, quiet_libraries
+from poisonguard.cli.common import console, count, fail, out, quiet_libraries, shown
 from poisonguard.config import ScanConfig, load_config
-from poisonguard.prefect_env import prepare_prefect_environment
+from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
 app = typer.Typer(
     name="poisonguard",
@@ -145,6 +144,7 @@ def scan(
             handler = _StatusHandler(status)
             progress.addHandler(handler)
             try:
+                start_temporary_server()
                 summary = run_scan(file, config)
             finally:
                 progress.removeHandler(handler)
@@ -168,8 +168,12 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: {label} not found; check the path")
     detect_format(file, config.file_format)
+    from poisonguard.manifest import scan_dataset
+
+    scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
     if config.reference is not None:
         detect_format(Path(config.reference))
+    writable_output_dir(Path(config.out_dir))
     if config.trust_store is not None:
         from poisonguard.trust import load_trust_store
 
@@ -181,6 +185,25 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         raise InputError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))}")
 
 
+def writable_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if need be and write a probe file in it; :class:`InputError` when it is a file,
+    :class:`StorageError` naming it and the cause when the file system refuses (permissions, read-only,
+    immutable, full). Checked before Prefect starts; a folder inside it that refuses later is reported the
+    same way when the scan reaches it."""
+    import tempfile
+
+    from poisonguard.errors import InputError, StorageError, storage_error
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: is a file, not a folder; choose a folder for the outputs")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".poisonguard-probe-"):
+            pass
+    except OSError as error:
+        raise storage_error(error) or StorageError(f"--out {out_dir}: cannot write there: {error}") from None
+
+
 def _print_summary(summary) -> None:
     if summary.already_scanned:
         out.print("[dim]already scanned with these settings; showing the earlier result (--force rescans)[/]")
@@ -190,7 +213,7 @@ def _print_summary(summary) -> None:
             "(--force rescans it and replaces its outputs)",
             highlight=False,
         )
-    title = escape(f"{summary.dataset} / batch {summary.batch_id}")
+    title = shown(f"{summary.dataset} / batch {summary.batch_id}")
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -202,16 +225,16 @@ def _print_summary(summary) -> None:
     provenance = summary.provenance
     if provenance:
         signer = f" ({provenance['source_id']}, key {provenance.get('key_id')})" if provenance.get("source_id") else ""
-        table.add_row("provenance", escape(f"{provenance['status'].replace('_', ' ')}{signer}"))
+        table.add_row("provenance", shown(f"{provenance['status'].replace('_', ' ')}{signer}"))
     out.print(table)
     for failure in provenance.get("failures", []):
-        out.print(f"[red]{escape(failure['code'])}[/]: {escape(failure['message'])}", highlight=False, soft_wrap=True)
+        out.print(f"[red]{shown(failure['code'])}[/]: {shown(failure['message'])}", highlight=False, soft_wrap=True)
     if summary.reasons:
         reasons = Table(show_header=True, title_justify="left")
         reasons.add_column("reason")
         reasons.add_column("rows", justify="right")
         for code, rows in summary.reasons.items():
-            reasons.add_row(escape(code), count(rows))  # codes carry column names
+            reasons.add_row(shown(code), count(rows))  # codes carry column names
         out.print(reasons)
     label = "report of the earlier delivery" if summary.status == "replay" else "report"
     out.print(f"{label}: {summary.report_path}", highlight=False, soft_wrap=True)

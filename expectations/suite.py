@@ -19,6 +19,7 @@ import pandas as pd
 
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
+from poisonguard.expectations.ranges import range_bounds
 from poisonguard.store import atomic_write_text
 from poisonguard.values import as_text, is_list_column, list_cells
 
@@ -62,6 +63,7 @@ def infer_suite(
     label_col: str | None,
     range_margin: float = 0.1,
     source: str | None = None,
+    range_false_quarantine: float | None = None,
 ):
     """Build a suite for ``dataset`` from the trusted ``reference`` frame.
 
@@ -76,6 +78,8 @@ def infer_suite(
         )
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     embeddings = {}
+    # Every numeric column but the label gets a range; together they share range_false_quarantine.
+    n_ranged = sum(column_kind(reference[c]) == NUMERIC for c in columns if c != label_col)
     for column in columns:
         series = reference[column]
         kind = column_kind(series)
@@ -99,15 +103,11 @@ def infer_suite(
         if not series.isna().any():
             expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
         if kind == NUMERIC and column != label_col:
-            finite = series[np.isfinite(series.astype("float64"))]
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+            finite = values[np.isfinite(values)]
             if len(finite):
-                low, high = float(finite.min()), float(finite.max())
-                margin = range_margin * ((high - low) or max(abs(high), 1.0))
-                expectations.append(
-                    gxe.ExpectColumnValuesToBeBetween(
-                        column=column, min_value=low - margin, max_value=high + margin
-                    )
-                )
+                low, high = range_bounds(finite, n_ranged, range_false_quarantine, range_margin)
+                expectations.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
         if column == label_col or kind == CATEGORICAL:
             values = series.dropna().unique()
             if column == label_col and len(values) > MAX_LABEL_VALUES:
@@ -125,6 +125,7 @@ def infer_suite(
             "inferred_from": source,
             "reference_rows": int(len(reference)),
             "range_margin": range_margin,
+            "range_false_quarantine": range_false_quarantine,
             "embeddings": embeddings,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

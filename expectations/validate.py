@@ -7,8 +7,10 @@ Validation happens in three steps, each on the frame the previous one accepted:
    parse rejects the batch; a few unparsable cells become ``schema:type:<column>`` on their rows. An
    embedding column's cells must each be a list of the suite's number of finite values, judged the same
    way (mostly wrong: an embedding from another model, the batch is rejected);
-3. the row-level expectations (not-null, ranges, allowed values), run with GX's COMPLETE result format so
-   every failing ``_row_id`` comes back, each becoming ``schema:<check>:<column>`` on that row.
+3. the row-level expectations (not-null, ranges, allowed values), each failing ``_row_id`` becoming
+   ``schema:<check>:<column>`` on that row: the kinds poisonguard infers are evaluated vectorised with GX's
+   semantics (see :mod:`poisonguard.expectations.row_checks`), any other runs through GX with its
+   COMPLETE result format.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.expectations.row_checks import RowCheck, run_row_checks
 from poisonguard.expectations.suite import EMBEDDING, NUMERIC, suite_columns, suite_embeddings, suite_kinds
 from poisonguard import ROW_ID
 from poisonguard.values import as_text, list_cells
@@ -118,15 +121,11 @@ def validate_batch(
         return SchemaOutcome(None, type_failures, expectations=summary)
 
     row_level = [e for e in suite.expectations if e.expectation_type in SHORT_NAMES]
-    for result in validator.run(coerced, row_level):
-        summary.append(_summarise(result))
-        if result.success:
-            continue
-        config = result.expectation_config
-        ids = np.array([d[ROW_ID] for d in result.result.get("unexpected_index_list") or []], dtype="int64")
-        if len(ids):
-            code = f"schema:{SHORT_NAMES[config.type]}:{config.kwargs['column']}"
-            row_reasons[code] = np.union1d(row_reasons.get(code, np.empty(0, "int64")), ids)
+    for check in run_row_checks(row_level, coerced, validator.run):
+        summary.append(_summarise_check(check))
+        if len(check.failing):
+            code = f"schema:{SHORT_NAMES[check.expectation]}:{check.column}"
+            row_reasons[code] = np.union1d(row_reasons.get(code, np.empty(0, "int64")), check.failing)
     return SchemaOutcome(coerced, [], row_reasons, raw_values, summary)
 
 
@@ -210,6 +209,17 @@ def _summarise(result) -> dict[str, Any]:
         "column": config.kwargs.get("column"),
         "success": bool(result.success),
         "unexpected_count": int(result.result.get("unexpected_count") or 0),
+        "kwargs": json.loads(json.dumps(kwargs, default=str)),
+    }
+
+
+def _summarise_check(check: RowCheck) -> dict[str, Any]:
+    kwargs = {k: v for k, v in check.kwargs.items() if k not in ("column", "batch_id")}
+    return {
+        "expectation": check.expectation,
+        "column": check.column,
+        "success": check.success,
+        "unexpected_count": int(check.unexpected_count),
         "kwargs": json.loads(json.dumps(kwargs, default=str)),
     }
 

@@ -80,6 +80,11 @@ class ScanConfig:
     robust_z: float = 3.5  # no-reference rule: flag scores above median + robust_z * 1.4826 * MAD
     min_class_rows: int = 30  # fewer rows than this in a class: score it with the all-class model
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
+    # Share of clean rows that all inferred numeric ranges together may quarantine: each range is set from
+    # the reference's tail so that, over every ranged column, about this many clean rows fail one (see
+    # poisonguard.expectations.ranges). A tenth of the detectors' default budget; the calibration issue
+    # makes the two one budget.
+    range_false_quarantine: float = 0.001
     seed: int = 0
     # A precomputed embedding of each row (from the user's own model), either one column per dimension
     # (the columns whose names start with ``embedding_prefix``) or one column of lists of numbers
@@ -119,6 +124,10 @@ class ScanConfig:
             raise ConfigError(f"calibration_folds must be at least 2, got {self.calibration_folds}")
         if self.min_class_rows < 2:
             raise ConfigError(f"min_class_rows must be at least 2, got {self.min_class_rows}")
+        if not 0.0 < self.range_false_quarantine < 0.5:
+            raise ConfigError(
+                f"range_false_quarantine must be between 0 and 0.5, got {self.range_false_quarantine}"
+            )
         if self.range_margin < 0:
             raise ConfigError(f"range_margin must be zero or more, got {self.range_margin}")
         if self.max_reference_rows < 2 * self.min_class_rows:

@@ -141,7 +141,8 @@ def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) ->
         return load_suite(stored), str(stored)
     if reference is not None:
         suite = infer_suite(
-            reference.frame, dataset, config.label_col, config.range_margin, source=str(config.reference)
+            reference.frame, dataset, config.label_col, config.range_margin, source=str(config.reference),
+            range_false_quarantine=config.range_false_quarantine,
         )
         return suite, f"inferred from {config.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import STRUCTURAL_BREAKS, make_frame
@@ -84,3 +85,91 @@ def test_missing_or_broken_suite_file_is_a_config_error(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ConfigError, match="broken.json"):
         load_suite(tmp_path / "broken.json")
+
+
+def test_vectorised_row_checks_fail_exactly_the_rows_great_expectations_fails(validator):
+    import great_expectations.expectations as gxe
+
+    from poisonguard.expectations.row_checks import evaluate, evaluates_here, expectation_key, from_gx_result
+
+    rng = np.random.default_rng(3)
+    n_rows = 300
+    frame = with_ids(make_frame(n_rows, seed=4))
+    frame["x1"] = frame["x1"].where(rng.random(n_rows) > 0.1)  # nulls
+    frame.loc[[3, 7], "x2"] = [np.inf, -np.inf]
+    frame["count"] = frame["count"].astype("int64")
+    frame["colour"] = frame["colour"].astype(object).where(rng.random(n_rows) > 0.1, None)
+    frame.loc[5, "colour"] = "purple"
+    frame["mixed"] = pd.Series(["a", 1, None, "b"] * (n_rows // 4), dtype=object)
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="x1"),
+        gxe.ExpectColumnValuesToNotBeNull(column="colour"),
+        gxe.ExpectColumnValuesToBeBetween(column="x1", min_value=-1.0, max_value=1.5),
+        gxe.ExpectColumnValuesToBeBetween(column="x2", min_value=-1.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="x2", min_value=0.0),
+        gxe.ExpectColumnValuesToBeBetween(column="count", min_value=3, max_value=15, strict_min=True, strict_max=True),
+        gxe.ExpectColumnValuesToBeInSet(column="colour", value_set=["red", "green", "blue"]),
+        gxe.ExpectColumnValuesToBeInSet(column="count", value_set=[1, 2, 3, 4]),
+        gxe.ExpectColumnValuesToBeInTypeList(column="mixed", type_list=["str"]),
+        gxe.ExpectColumnValuesToBeInTypeList(column="x2", type_list=["int64", "float64"]),
+    ]
+    gx_results = {expectation_key(r.expectation_config.type, r.expectation_config.kwargs): r
+                  for r in validator.run(frame, expectations)}
+    assert len(gx_results) == len(expectations)
+    for expectation in expectations:
+        assert evaluates_here(expectation, frame), expectation
+        ours = evaluate(expectation, frame)
+        key = expectation_key(expectation.expectation_type, expectation.configuration.kwargs)
+        theirs = from_gx_result(gx_results[key])
+        assert sorted(ours.failing.tolist()) == sorted(theirs.failing.tolist()), expectation
+        assert ours.success == theirs.success, expectation
+    assert not evaluates_here(gxe.ExpectColumnValuesToBeBetween(column="x1", min_value=0, mostly=0.9), frame)
+
+
+def test_an_expectation_only_great_expectations_understands_is_run_by_it_in_suite_order(validator):
+    import great_expectations.expectations as gxe
+
+    from poisonguard.expectations.row_checks import run_row_checks
+
+    frame = with_ids(pd.DataFrame({"x": [0.0, 5.0, 0.5, 0.2]}))
+    expectations = [
+        gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1, mostly=0.5),  # GX: forgiven
+        gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1),
+    ]
+    delegated = []
+
+    def run_in_gx(frame, expectations):
+        delegated.extend(expectations)
+        return validator.run(frame, expectations)
+
+    forgiven, strict = run_row_checks(expectations, frame, run_in_gx)
+    assert delegated == expectations[:1]
+    assert forgiven.success and len(forgiven.failing) == 0 and forgiven.unexpected_count == 1
+    assert not strict.success and strict.failing.tolist() == [1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranges_over_many_columns_keep_clean_rows_within_their_share(seed):
+    from poisonguard.expectations.ranges import range_bounds
+
+    rng = np.random.default_rng(seed)
+    columns, share = 300, 0.01
+    for draw in (rng.normal, rng.laplace):  # tails no heavier than exponential: the share holds
+        reference, fresh = draw(size=(400, columns)), draw(size=(4000, columns))
+        bounds = np.array([range_bounds(reference[:, j], columns, share, 0.1) for j in range(columns)])
+        failing = ((fresh < bounds[:, 0]) | (fresh > bounds[:, 1])).any(axis=1).mean()
+        observed = np.array([range_bounds(reference[:, j], columns, None, 0.1) for j in range(columns)])
+        failing_observed = ((fresh < observed[:, 0]) | (fresh > observed[:, 1])).any(axis=1).mean()
+        assert failing <= 2 * share, (draw.__name__, failing)
+        assert failing_observed > 10 * share  # the observed-range rule this replaces
+    # still a range: a value far outside the reference fails it
+    low, high = range_bounds(rng.normal(size=400), columns, share, 0.1)
+    assert -20 < low < -3 and 3 < high < 20
+
+
+def test_a_range_is_never_narrower_than_the_observed_range_plus_margin():
+    from poisonguard.expectations.ranges import range_bounds
+
+    values = np.array([1.0] * 300 + [2.0])
+    assert range_bounds(values, 1, 0.01, 0.1) == (0.9, 2.1)
+    assert range_bounds(np.array([5.0]), 10, 0.01, 0.1) == (4.5, 5.5)

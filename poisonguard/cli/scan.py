@@ -251,6 +251,9 @@ def expectations_init(
     range_margin: Annotated[
         float, typer.Option(help="Widen inferred numeric ranges by this share of their span.")
     ] = 0.1,
+    range_false_quarantine: Annotated[
+        float, typer.Option(help="Share of clean rows all inferred ranges together may fail.")
+    ] = ScanConfig.range_false_quarantine,
     file_format: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing suite.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
@@ -263,13 +266,16 @@ def expectations_init(
 
         if range_margin < 0:
             raise InputError("--range-margin must be zero or more")
+        if not 0 < range_false_quarantine < 0.5:
+            raise InputError("--range-false-quarantine is a share of rows: between 0 and 0.5, such as 0.001")
         batch = read_batch(reference, dataset=dataset, file_format=file_format)
         if batch.frame is None:
             raise InputError(f"reference {reference}: {batch.unreadable}")
         target = suite_dir / f"{batch.dataset}.json"
         if target.exists() and not force:
             raise ConfigError(f"{target}: a suite already exists; pass --force to replace it")
-        suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference))
+        suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference),
+                            range_false_quarantine=range_false_quarantine)
         save_suite(suite, target)
     except typer.Exit:
         raise

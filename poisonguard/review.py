@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 from poisonguard import QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.outputs import OutputPaths
+from poisonguard.reviewers import ReviewerKey, Signer, signature_problem
 from poisonguard.safe_text import spreadsheet_text
 from poisonguard.store import atomic_path, sync_file, write_parquet
 from poisonguard.values import is_list_column
@@ -92,8 +93,9 @@ class AuditLog:
                 raise ReviewError(f"{self.path}: line {number} is not valid JSON (edited or cut short)") from None
         return entries
 
-    def verify(self) -> AuditCheck:
-        """Recompute the chain and check each release's file; report every problem found."""
+    def verify(self, reviewers: dict[str, ReviewerKey] | None = None) -> AuditCheck:
+        """Recompute the chain and check each release's file and, given ``reviewers`` (see
+        :mod:`poisonguard.reviewers`), each entry's signature; report every problem found."""
         try:
             entries = self.entries()
         except ReviewError as exc:
@@ -107,6 +109,8 @@ class AuditLog:
                 problems.append(f"{where}: prev_hash does not match the entry before; the chain is broken")
             if entry.get("hash") != entry_hash(entry):
                 problems.append(f"{where}: its hash does not match its content; the entry was edited")
+            if reviewers is not None and (problem := signature_problem(entry, reviewers)) is not None:
+                problems.append(f"{where}: {problem}")
             previous = entry.get("hash", "")
             if entry.get("action") == RELEASE:
                 problems += self._check_release_file(entry, where)
@@ -127,15 +131,20 @@ class AuditLog:
                 problems.append(f"{path}: a released file with no audit entry; its rows are not released")
         return problems
 
-    def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Chain ``fields`` onto the log and write the entry durably. Call under :meth:`locked`."""
+    def append(self, fields: dict[str, Any], signer: Signer | None = None) -> dict[str, Any]:
+        """Chain ``fields`` onto the log, signed by ``signer`` when given, and write the entry durably. Call
+        under :meth:`locked`."""
         entries = self.entries()
         entry = {
             "seq": len(entries) + 1,
             **fields,
             "prev_hash": entries[-1]["hash"] if entries else GENESIS,
         }
+        if signer is not None:
+            entry |= {"reviewer": signer.reviewer, "key_id": signer.key_id}
         entry["hash"] = entry_hash(entry)
+        if signer is not None:
+            entry["signature"] = signer.sign(entry["hash"])
         line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -147,7 +156,8 @@ class AuditLog:
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    content = {k: v for k, v in entry.items() if k != "hash"}
+    """sha256 of the entry's canonical JSON without its hash and signature (the signature signs the hash)."""
+    content = {k: v for k, v in entry.items() if k not in ("hash", "signature")}
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
@@ -250,6 +260,8 @@ def decide(
     reason: str,
     reviewer: str | None = None,
     dataset: str | None = None,
+    signer: Signer | None = None,
+    reviewers: dict[str, ReviewerKey] | None = None,
 ) -> Decision:
     """Release or confirm ``row_ids`` (all pending rows when ``None``) of a quarantined batch.
 
@@ -261,9 +273,11 @@ def decide(
         raise ValueError(f"unknown review action {action!r}")
     if not reason.strip():
         raise ReviewError("give a --reason for the decision; it goes into the audit log")
+    if signer is not None and reviewer is not None and reviewer != signer.reviewer:
+        raise ReviewError(f"--reviewer {reviewer!r} does not match the key's reviewer {signer.reviewer!r}")
     log = AuditLog(out_dir)
     with log.locked():
-        check = log.verify()
+        check = log.verify(reviewers)
         if not check.ok:
             raise ReviewError(
                 f"{log.path} fails verification, so no decision is added to it: {check.problems[0]} "
@@ -276,7 +290,7 @@ def decide(
         chosen = _choose_rows(found, rows, decided, row_ids, action)
         fields = {
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "reviewer": reviewer or _os_user(),
+            "reviewer": signer.reviewer if signer is not None else reviewer or _os_user(),
             "action": action,
             "dataset": found.dataset,
             "batch_id": found.batch_id,
@@ -285,7 +299,7 @@ def decide(
             "output": None,
         }
         if action == CONFIRM:
-            return Decision(action, found, chosen, log.append(fields), None)
+            return Decision(action, found, chosen, log.append(fields, signer), None)
         seq = len(entries) + 1
         target = found.paths.clean.with_name(f"{found.batch_id}.released-{seq:06d}.parquet")
         fields["output"] = str(target.relative_to(Path(out_dir)))
@@ -298,7 +312,7 @@ def decide(
         with atomic_path(target) as staged:
             write_parquet(staged, released, metadata)
             sync_file(staged)
-            entry = log.append(fields)
+            entry = log.append(fields, signer)
         return Decision(action, found, chosen, entry, target)
 
 

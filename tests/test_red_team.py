@@ -438,3 +438,29 @@ def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
     broken = scan_batch(tmp_path / "broken.csv", config.with_overrides(dataset="batch"))
     assert broken.status == "rejected"
     assert len(committed_files(config.out_dir, "batch")) == 2  # the rejected batch adds nothing
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed):
+    import csv
+
+    from conftest import signed_config
+    from poisonguard.flows.scan import scan_batch
+
+    batch, trust = signed
+    first = scan_batch(batch, signed_config(tmp_path, trust))
+    assert first.status in ("clean", "rows_quarantined")
+    with batch.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    numeric = {"x1", "x2", "count"}
+    resent = tmp_path / "resent.jsonl"  # numbers exactly as the CSV spells them, as an exporter would write
+    resent.write_text("".join(
+        "{" + ", ".join(f'"{k}": {v}' if k in numeric else f'"{k}": {json.dumps(v)}' for k, v in row.items()) + "}\n"
+        for row in rows
+    ))
+    signing = invoke("sign", resent, "--source", "bank-a", "--key", tmp_path / "keys" / "bank-a-k1.pem",
+                     "--dataset", "toy")
+    assert signing.exit_code == 0, signing.output
+    again = scan_batch(resent, signed_config(tmp_path, trust))
+    assert again.status == "rejected" and again.reasons == {"provenance:replay": 80}, again
+    assert not OutputPaths.for_batch(tmp_path / "out", "toy", again.batch_id).clean.exists()

@@ -158,15 +158,21 @@ def _parse_rows(rows: list[str] | None, all_pending: bool) -> list[int] | None:
 
 
 def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, reason: str,
-            reviewer: str | None, dataset: str | None, out_dir: Path, debug: bool) -> None:
+            reviewer: str | None, dataset: str | None, out_dir: Path, key: Path | None, reviewers: Path | None,
+            debug: bool) -> None:
     try:
         require_output_dir(out_dir)
         from poisonguard.committed import list_batch
         from poisonguard.html_report import render_batch_report, render_index
         from poisonguard.review import decide
+        from poisonguard.reviewers import load_reviewers, signer_for
 
+        if (key is None) != (reviewers is None):
+            raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
+        signer = signer_for(key, reviewers) if key is not None else None
         decision = decide(out_dir, batch, action, row_ids=_parse_rows(rows, all_pending), reason=reason,
-                          reviewer=reviewer, dataset=dataset)
+                          reviewer=reviewer, dataset=dataset, signer=signer,
+                          reviewers=load_reviewers(reviewers) if reviewers is not None else None)
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001
@@ -200,7 +206,11 @@ def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, 
 Rows = Annotated[Optional[list[str]], typer.Option("--rows", help="Row ids, comma-separated or repeated.")]
 All = Annotated[bool, typer.Option("--all", help="Every row of the batch still pending review.")]
 Reason = Annotated[str, typer.Option(help="Why; recorded in the audit log.")]
-Reviewer = Annotated[Optional[str], typer.Option(help="Who decides [the OS user].")]
+Reviewer = Annotated[Optional[str], typer.Option(help="Who decides, without --key [the OS user].")]
+Key = Annotated[Optional[Path], typer.Option("--key", help="The reviewer's Ed25519 private key: signs the decision.")]
+Reviewers = Annotated[
+    Optional[Path], typer.Option("--reviewers", help="Reviewers file: who may decide, with their public keys.")
+]
 Dataset = Annotated[Optional[str], typer.Option(help="Dataset, when the batch id is ambiguous.")]
 
 
@@ -215,9 +225,11 @@ def _decision_command(action: str, summary: str):
         reviewer: Reviewer = None,
         dataset: Dataset = None,
         out_dir: OutDir = Path("poisonguard-out"),
+        key: Key = None,
+        reviewers: Reviewers = None,
         debug: Debug = False,
     ) -> None:
-        _decide(action, batch, rows, all_pending, reason, reviewer, dataset, out_dir, debug)
+        _decide(action, batch, rows, all_pending, reason, reviewer, dataset, out_dir, key, reviewers, debug)
 
     command.__doc__ = summary
     return command
@@ -236,15 +248,18 @@ def review_audit(
     verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain and the released files.")] = False,
     limit: Annotated[int, typer.Option(help="How many of the latest entries to list.")] = 20,
     out_dir: OutDir = Path("poisonguard-out"),
+    reviewers: Reviewers = None,
     debug: Debug = False,
 ) -> None:
-    """List the latest review decisions; with --verify, exit 3 if the log was edited or cut."""
+    """List the latest review decisions; with --verify, exit 3 if the log was edited or cut (and, with
+    --reviewers, if an entry is not signed by a reviewer's key)."""
     try:
         require_output_dir(out_dir)
         from poisonguard.review import AuditLog
+        from poisonguard.reviewers import load_reviewers
 
         log = AuditLog(out_dir)
-        check = log.verify()
+        check = log.verify(load_reviewers(reviewers) if reviewers is not None else None)
         entries = log.entries() if check.ok or not verify else []
     except typer.Exit:
         raise
@@ -264,7 +279,37 @@ def review_audit(
     if check.ok:
         out.print(f"[green]audit log intact[/]: {check.entries} entries, head {check.head}", highlight=False)
         out.print("[dim]keep the head hash elsewhere to detect entries cut from the end later[/]")
+        if reviewers is None:
+            out.print("[dim]signatures not checked: with --reviewers, an entry appended by someone without a "
+                      "reviewer's key is caught; the chain alone cannot catch it[/]")
         return
     for problem in check.problems:
         out.print(f"[bold red]tampered:[/] {shown(problem)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(ExitCode.BATCH_REJECTED))
+
+
+@review_app.command("add-reviewer")
+def review_add_reviewer(
+    name: Annotated[str, typer.Argument(help="The reviewer's name, as audit entries will carry it.")],
+    reviewers: Annotated[Path, typer.Option("--reviewers", help="Reviewers file to add the key to (created).")],
+    key_dir: Annotated[Path, typer.Option(help="Where to write the private key <key-id>.pem.")] = Path("keys"),
+    key_id: Annotated[Optional[str], typer.Option(help="Key id [<name>-<date>-<random>].")] = None,
+    debug: Debug = False,
+) -> None:
+    """Create an Ed25519 key pair for reviewer NAME and add its public key to the reviewers file."""
+    try:
+        from poisonguard.manifest import generate_key, new_key_id
+        from poisonguard.reviewers import add_reviewer_key, load_reviewers
+
+        if not name.strip() or name != name.strip() or not name.isprintable():
+            raise InputError(f"reviewer name {name!r}: give a plain printable name")
+        if reviewers.exists():
+            load_reviewers(reviewers)  # refuse before a key is made for a file that cannot take it
+        key = generate_key(key_dir, key_id or new_key_id(name))
+        add_reviewer_key(reviewers, name, key.key_id, key.public_key)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    out.print(f"reviewer {shown(name)}: key {key.key_id}, private key {key.private_key_path} (mode 0600; "
+              f"keep it with {shown(name)}), public key added to {reviewers}", highlight=False)

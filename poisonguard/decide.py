@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from poisonguard import REASONS, ROW_ID
-from poisonguard.scoring import DetectorScores
+from poisonguard.scores import DetectorScores
 
 QUARANTINED = "_quarantined"
 

@@ -26,7 +26,7 @@ from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, S
 from poisonguard.config import checked_dataset_name
 from poisonguard.decide import QUARANTINED, build_result_table
 from poisonguard.ingest import Batch
-from poisonguard.scoring import DetectorScores
+from poisonguard.scores import DetectorScores
 from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet, write_parquet_slices
 
 PENDING = "pending"

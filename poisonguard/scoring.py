@@ -17,7 +17,6 @@ Two modes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,27 +30,13 @@ from poisonguard.errors import ConfigError
 from poisonguard.detectors import ClassConditional, Detector, detector_class, make_detector
 from poisonguard.features import FeatureEncoder
 from poisonguard.representations import EmbeddingView, Probe, probe_activations
+from poisonguard.scores import DetectorScores
 from poisonguard.values import as_text
 
 MAD_TO_SIGMA = 1.4826
 TAIL_ROWS = 20  # held-out rows above the tail threshold, per calibration group
 CONFIDENCE_MISS = 0.1  # chance that the false-quarantine share of clean rows exceeds the budget
 GROUP_SLICE_ROWS = 100_000
-
-
-@dataclass
-class DetectorScores:
-    """Per-detector scores and flags aligned with the batch rows, plus what set the thresholds."""
-
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    flags: dict[str, np.ndarray] = field(default_factory=dict)
-    p_values: dict[str, np.ndarray] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)  # detector -> reason code
-    calibration: dict[str, Any] = field(default_factory=dict)
-    # Per detector, one number per row on a common scale where the flag threshold is one value
-    # (``calibration["evidence_threshold"]``): -log10 p in reference mode, score minus the row's class
-    # threshold in batch mode. It is what the report's histograms show.
-    evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def score_rows(

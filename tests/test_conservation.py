@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from poisonguard import ROW_ID
 from poisonguard.decide import build_result_table
 from poisonguard.outputs import split_rows
-from poisonguard.scoring import DetectorScores
+from poisonguard.scores import DetectorScores
 
 
 @st.composite

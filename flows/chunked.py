@@ -27,7 +27,7 @@ from poisonguard.flows.scan import (
     record,
     reject,
 )
-from poisonguard.ingest import Batch, describe_batch
+from poisonguard.ingest import Batch, describe_batch, snapshot_folder
 from poisonguard.ledger import ReplayLock
 from poisonguard.manifest import scan_dataset
 from poisonguard.outputs import OutputPaths
@@ -58,9 +58,11 @@ progress = logging.getLogger("poisonguard.progress")
 
 
 @task(name="describe-file", cache_policy=NONE, **IO_RETRIES)
-def describe_file(path: Path, config: ScanConfig) -> Batch:
+def describe_file(path: Path, config: ScanConfig, snapshot_dir: Path) -> Batch:
+    """Hash the batch into a private snapshot, which every later pass reads (see ``describe_batch``)."""
     progress.info("hashing %s", path)
-    return describe_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format)
+    return describe_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format,
+                          snapshot_dir=snapshot_dir)
 
 
 @task(name="provenance", cache_policy=NONE, **IO_RETRIES)
@@ -104,15 +106,15 @@ def commit(found: ChunkedOutcome, paths: OutputPaths) -> None:
 @flow(name="scan-batch-chunked", validate_parameters=False)
 def scan_batch_chunked(path: str | Path, config: ScanConfig) -> ScanSummary:
     """Scan one batch file ``config.chunk_rows`` rows at a time; return its summary."""
-    with ReplayLock(config.ledger_path) as replay_lock:
-        return _scan_batch_chunked(Path(path), config, replay_lock)
+    with ReplayLock(config.ledger_path) as replay_lock, snapshot_folder(config.out_dir) as snapshot_dir:
+        return _scan_batch_chunked(Path(path), config, replay_lock, snapshot_dir)
 
 
-def _scan_batch_chunked(path: Path, config: ScanConfig, replay_lock: ReplayLock) -> ScanSummary:
+def _scan_batch_chunked(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapshot_dir: Path) -> ScanSummary:
     timer = StepTimer()
     lap, timings = timer.lap, timer.timings
 
-    batch = describe_file(path, config)
+    batch = describe_file(path, config, snapshot_dir)
     lap("ingest")
     scan_plan = plan(batch, config)
     require_schema(scan_plan.suite, batch)

@@ -24,7 +24,7 @@ from poisonguard.committed import list_batch
 from poisonguard.config import ScanConfig
 from poisonguard.decide import build_result_table, reason_counts
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
-from poisonguard.ingest import Batch, read_batch
+from poisonguard.ingest import Batch, read_batch, snapshot_folder
 from poisonguard.ledger import Ledger, LedgerEntry, ReplayLock, content_sha256
 from poisonguard.manifest import scan_dataset
 from poisonguard.memory import release_free_memory
@@ -72,9 +72,12 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn":
 
 
 @task(name="ingest", cache_policy=NONE, **IO_RETRIES)
-def ingest(path: Path, config: ScanConfig) -> Batch:
+def ingest(path: Path, config: ScanConfig, snapshot_dir: Path) -> Batch:
+    """Read the batch from a private snapshot taken while hashing: the digest the manifest is checked
+    against and the rows scanned are the same bytes, whatever the file's writer does meanwhile."""
     progress.info("reading %s", path)
-    return read_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format)
+    return read_batch(path, dataset=scan_dataset(path, config), file_format=config.file_format,
+                      snapshot_dir=snapshot_dir)
 
 
 @task(name="plan", cache_policy=NONE, **IO_RETRIES)
@@ -297,15 +300,15 @@ def artifact_key(dataset: str) -> str:
 def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
     """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone."""
     config = config or ScanConfig()
-    with ReplayLock(config.ledger_path) as replay_lock:
-        return _scan_batch(Path(path), config, replay_lock)
+    with ReplayLock(config.ledger_path) as replay_lock, snapshot_folder(config.out_dir) as snapshot_dir:
+        return _scan_batch(Path(path), config, replay_lock, snapshot_dir)
 
 
-def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock) -> ScanSummary:
+def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapshot_dir: Path) -> ScanSummary:
     timer = StepTimer()
     lap, timings = timer.lap, timer.timings
 
-    batch = ingest(path, config)
+    batch = ingest(path, config, snapshot_dir)
     lap("ingest")
     scan_plan = plan(batch, config)
     lap("plan")

@@ -10,7 +10,11 @@ import csv
 import hashlib
 import io
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,10 +56,17 @@ class Batch:
     frame: pd.DataFrame | None
     unreadable: UnreadableBatchError | None = None
     row_count: int | None = None  # rows of a batch read in chunks, whose frame is never held whole
+    snapshot: Path | None = None  # the private copy taken while hashing (see snapshot_file), if any
 
     @property
     def n_rows(self) -> int | None:
         return self.row_count if self.frame is None else len(self.frame)
+
+    @property
+    def read_path(self) -> Path:
+        """Where the batch's bytes are read from: its snapshot, whose digest is ``sha256``, when one was
+        taken; else the file itself."""
+        return self.snapshot if self.snapshot is not None else self.source_path
 
 
 def detect_format(path: Path, file_format: str | None = None) -> str:
@@ -95,27 +106,34 @@ def dataset_name_from_path(path: Path) -> str:
     return checked_dataset_name(name, f"the file name {Path(path).name!r}")
 
 
-def read_batch(path: Path, dataset: str | None = None, file_format: str | None = None) -> Batch:
-    """Read the batch at ``path``.
+def read_batch(path: Path, dataset: str | None = None, file_format: str | None = None,
+               snapshot_dir: Path | None = None) -> Batch:
+    """Read the batch at ``path`` (from a snapshot taken into ``snapshot_dir`` while hashing, when given:
+    see :func:`describe_batch`).
 
     Raises :class:`InputError` when the path is missing or not a file or the format is unknown (the user
     must fix the command). A file that exists but cannot be parsed, or whose header repeats a column name
     or uses a reserved ``_`` column, is returned with ``frame=None`` and the reason in ``unreadable``: it
     is a bad batch, to be quarantined whole.
     """
-    batch = describe_batch(path, dataset, file_format)
+    batch = describe_batch(path, dataset, file_format, snapshot_dir)
     try:
-        frame = _parse(Path(path), batch.file_format, batch.size_bytes)
+        frame = _parse(batch.read_path, batch.file_format, batch.size_bytes, Path(path))
         _check_column_names(Path(path), list(frame.columns))
     except UnreadableBatchError as exc:
         return replace(batch, unreadable=exc)
     return replace(batch, frame=with_row_ids(frame, 0))
 
 
-def describe_batch(path: Path, dataset: str | None = None, file_format: str | None = None) -> Batch:
+def describe_batch(path: Path, dataset: str | None = None, file_format: str | None = None,
+                   snapshot_dir: Path | None = None) -> Batch:
     """The batch at ``path`` without its rows: id, format, sha256 (read in 1 MiB chunks) and size.
 
-    Raises :class:`InputError` as :func:`read_batch` does.
+    With ``snapshot_dir``, the bytes are copied into a private snapshot there as they are hashed, and every
+    later read of the batch reads the snapshot (:attr:`Batch.read_path`): the digest the manifest is checked
+    against, the rows parsed and any raw copy kept are then the same bytes, even when the file's writer
+    changes it during the scan. The caller removes the snapshot. Raises :class:`InputError` as
+    :func:`read_batch` does.
     """
     path = Path(path)
     if not path.exists():
@@ -123,9 +141,13 @@ def describe_batch(path: Path, dataset: str | None = None, file_format: str | No
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
     name = detect_format(path, file_format)
+    snapshot = None
     try:
-        sha256 = file_sha256(path)
-        size = path.stat().st_size
+        if snapshot_dir is None:
+            sha256 = file_sha256(path)
+            size = path.stat().st_size
+        else:
+            snapshot, sha256, size = snapshot_file(path, Path(snapshot_dir))
     except PermissionError:
         raise InputError(f"{path}: permission denied; check the file's permissions") from None
     return Batch(
@@ -136,7 +158,41 @@ def describe_batch(path: Path, dataset: str | None = None, file_format: str | No
         sha256=sha256,
         size_bytes=size,
         frame=None,
+        snapshot=snapshot,
     )
+
+
+@contextmanager
+def snapshot_folder(out_dir: Path) -> Iterator[Path]:
+    """A private folder for one scan's snapshots under ``out_dir/.snapshots/``, removed with its contents
+    when the scan ends, and so are ``.snapshots`` and ``out_dir`` when that leaves them empty: a scan
+    refused before it wrote anything leaves no trace (a killed scan's folder is left behind)."""
+    out_dir = Path(out_dir)
+    folder = out_dir / ".snapshots" / uuid.uuid4().hex
+    existed = out_dir.exists()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for emptied in (folder.parent, None if existed else out_dir):
+            if emptied is not None:
+                with suppress(OSError):  # not empty: another scan's snapshot, or outputs
+                    emptied.rmdir()
+
+
+def snapshot_file(path: Path, folder: Path) -> tuple[Path, str, int]:
+    """Copy ``path`` into a new private file in ``folder`` while hashing it, in one read; return the copy,
+    the hex sha256 of the bytes copied and their number."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}{path.suffix}"
+    digest, size = hashlib.sha256(), 0
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with path.open("rb") as source, open(descriptor, "wb") as copy:
+        while chunk := source.read(_HASH_CHUNK):
+            digest.update(chunk)
+            copy.write(chunk)
+            size += len(chunk)
+    return target, digest.hexdigest(), size
 
 
 def with_row_ids(frame: pd.DataFrame, first_row: int) -> pd.DataFrame:
@@ -147,19 +203,20 @@ def with_row_ids(frame: pd.DataFrame, first_row: int) -> pd.DataFrame:
     return frame
 
 
-def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
+def _parse(path: Path, file_format: str, size: int, name: Path) -> pd.DataFrame:
+    """The rows of the file at ``path``; errors name ``name``, the file the user gave."""
     if size == 0:
-        raise UnreadableBatchError("structural:empty_file", f"{path}: the file is empty (0 bytes)")
+        raise UnreadableBatchError("structural:empty_file", f"{name}: the file is empty (0 bytes)")
     try:
         if file_format == "csv":
-            _check_column_names(path, _csv_header(path))
+            _check_column_names(name, _csv_header(path))
             return pd.read_csv(path, low_memory=False)
         if file_format == "parquet":
             # Without pre-buffering each column chunk is decoded as it is read; with it (a help for object
             # stores, not local files) the compressed file sits beside the decoded table: 1M x 20 floats
             # peaked 140 MB higher, no faster.
             table = pq.read_table(path, pre_buffer=False)
-            _check_column_names(path, table.column_names)
+            _check_column_names(name, table.column_names)
             # One block per column, each Arrow column freed as soon as it is converted: pandas' default
             # consolidation would hold the Arrow table and a second whole copy of the rows at once.
             frame = table.to_pandas(split_blocks=True, self_destruct=True)
@@ -167,17 +224,18 @@ def _parse(path: Path, file_format: str, size: int) -> pd.DataFrame:
             # Arrow's allocator keeps the decoded pages for reuse; hand them back before the scan goes on.
             release_free_memory()
             return frame
-        return read_json_lines(path)
+        return read_json_lines(path, name=name)
     except UnreadableBatchError:
         raise
     except Exception as exc:  # any parser error means the batch is unreadable, whatever the library
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnreadableBatchError(
-            "structural:unreadable", f"{path}: cannot be read as {file_format}: {message}"
+            "structural:unreadable", f"{name}: cannot be read as {file_format}: {message}"
         ) from exc
 
 
-def read_json_lines(path: Path, chunksize: int | None = None) -> pd.DataFrame | Iterator[pd.DataFrame]:
+def read_json_lines(path: Path, chunksize: int | None = None,
+                    name: Path | None = None) -> pd.DataFrame | Iterator[pd.DataFrame]:
     """A JSON Lines file as one frame, or (``chunksize``) an iterator of frames of that many records, with
     every value as written.
 
@@ -187,16 +245,17 @@ def read_json_lines(path: Path, chunksize: int | None = None) -> pd.DataFrame | 
     ``created_at`` a date). Values then changed between the file and the clean output, and the same rows
     re-sent as JSON Lines were not recognised as a replay. About 1.2x pandas' time (200k rows x 10 columns:
     1.64 s against 1.35 s). Blank lines are skipped; a line that is not a JSON object raises
-    :class:`UnreadableBatchError` naming the line.
+    :class:`UnreadableBatchError` naming the line (and the file as ``name``, by default ``path``).
     """
     path = Path(path)
-    records = _json_records(path)
+    name = Path(name) if name is not None else path
+    records = _json_records(path, name)
     if chunksize is None:
-        return _records_frame(list(records), path)
-    return (_records_frame(part, path) for part in _batched(records, chunksize))
+        return _records_frame(list(records), name)
+    return (_records_frame(part, name) for part in _batched(records, chunksize))
 
 
-def _json_records(path: Path) -> Iterator[dict]:
+def _json_records(path: Path, name: Path) -> Iterator[dict]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -205,11 +264,11 @@ def _json_records(path: Path) -> Iterator[dict]:
                 record = json.loads(line)
             except ValueError as exc:
                 raise UnreadableBatchError(
-                    "structural:unreadable", f"{path}: line {number} is not valid JSON: {exc}"
+                    "structural:unreadable", f"{name}: line {number} is not valid JSON: {exc}"
                 ) from None
             if not isinstance(record, dict):
                 raise UnreadableBatchError(
-                    "structural:unreadable", f"{path}: line {number} is not a JSON object (one record per line)"
+                    "structural:unreadable", f"{name}: line {number} is not a JSON object (one record per line)"
                 )
             yield record
 

@@ -159,7 +159,7 @@ def write_split(paths: OutputPaths, split: SplitRows, batch: Batch) -> None:
 
 def write_rejected(paths: OutputPaths, batch: Batch, failures: list[dict[str, str]]) -> None:
     """Keep the raw file and a ``reason.json`` for a batch quarantined whole; remove stale row outputs."""
-    atomic_copy(batch.source_path, paths.rejected / batch.source_path.name)
+    atomic_copy(batch.read_path, paths.rejected / batch.source_path.name)
     atomic_write_json(
         paths.rejected / "reason.json",
         {"batch_id": batch.batch_id, "source": str(batch.source_path), "sha256": batch.sha256, "failures": failures},

@@ -64,7 +64,7 @@ def file_columns(batch: Batch) -> list[str]:
     Raises :class:`UnreadableBatchError` for a file whose header cannot be read, repeats a name or uses a
     reserved column.
     """
-    path = batch.source_path
+    path = batch.read_path
     try:
         if batch.file_format == "parquet":
             columns = pq.ParquetFile(path).schema_arrow.names
@@ -76,9 +76,9 @@ def file_columns(batch: Batch) -> list[str]:
             columns = list(json.loads(first))
     except Exception as exc:  # any parser error means the batch is unreadable, whatever the library
         raise UnreadableBatchError(
-            "structural:unreadable", f"{path}: cannot be read as {batch.file_format}: {exc}"
+            "structural:unreadable", f"{batch.source_path}: cannot be read as {batch.file_format}: {exc}"
         ) from exc
-    _check_column_names(path, columns)
+    _check_column_names(batch.source_path, columns)
     return [str(c) for c in columns]
 
 
@@ -111,13 +111,13 @@ def _raw_chunks(batch: Batch, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if batch.file_format == "parquet":
         # pre_buffer=False: with pyarrow's default, the buffers read ahead for every row group stay
         # allocated until the file is closed, and memory grows with the file rather than the chunk.
-        parquet = pq.ParquetFile(batch.source_path, pre_buffer=False)
+        parquet = pq.ParquetFile(batch.read_path, pre_buffer=False)
         for record_batch in parquet.iter_batches(batch_size=chunk_rows):
             yield record_batch.to_pandas()
     elif batch.file_format == "csv":
-        yield from pd.read_csv(batch.source_path, chunksize=chunk_rows, low_memory=False)
+        yield from pd.read_csv(batch.read_path, chunksize=chunk_rows, low_memory=False)
     else:
-        yield from read_json_lines(batch.source_path, chunksize=chunk_rows)
+        yield from read_json_lines(batch.read_path, chunksize=chunk_rows, name=batch.source_path)
 
 
 class UniformSample:
@@ -266,7 +266,7 @@ def count_rows(batch: Batch, chunk_rows: int = 1_000_000) -> int | None:
         return 0
     try:
         if batch.file_format == "parquet":
-            return pq.ParquetFile(batch.source_path).metadata.num_rows
+            return pq.ParquetFile(batch.read_path).metadata.num_rows
         return sum(len(chunk) for chunk in _raw_chunks(batch, chunk_rows))
     except Exception:  # noqa: BLE001 - an unreadable file has no row count to report
         return None

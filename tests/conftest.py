@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,27 @@ def sample_reference() -> Path:
 @pytest.fixture(scope="session")
 def sample_batch() -> Path:
     return SAMPLES / "loans_batch.csv"
+
+
+@pytest.fixture(scope="session")
+def scanned_sample(tmp_path_factory, sample_batch, sample_reference, prefect_harness):
+    """The bundled sample scanned once with its reference as dataset loans: (summary, output directory).
+    Shared by the tests of a run: read it, or decide on a copy (``sample_out``)."""
+    from poisonguard.config import ScanConfig
+    from poisonguard.flows.scan import scan_batch
+
+    out_dir = tmp_path_factory.mktemp("reviewed-sample")
+    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
+    return scan_batch(sample_batch, config), out_dir
+
+
+@pytest.fixture()
+def sample_out(scanned_sample, tmp_path) -> tuple[object, Path]:
+    """A private copy of the scanned sample's output directory, for tests that make decisions."""
+    summary, out_dir = scanned_sample
+    copy = tmp_path / "out"
+    shutil.copytree(out_dir, copy)
+    return summary, copy
 
 
 @pytest.fixture(scope="session")

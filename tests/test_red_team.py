@@ -464,3 +464,37 @@ def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed
     again = scan_batch(resent, signed_config(tmp_path, trust))
     assert again.status == "rejected" and again.reasons == {"provenance:replay": 80}, again
     assert not OutputPaths.for_batch(tmp_path / "out", "toy", again.batch_id).clean.exists()
+
+
+# --- the bytes checked are the bytes scanned -------------------------------------------------------------
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("chunk_rows", [None, 25])
+def test_a_file_rewritten_after_its_digest_was_taken_is_scanned_as_the_signed_content(
+    tmp_path, signed, monkeypatch, chunk_rows
+):
+    import poisonguard.ingest as ingest
+    from conftest import signed_config
+    from poisonguard.flows.scan import run_scan
+
+    batch, trust = signed
+    signed_rows = pd.read_csv(batch)
+    tampered = signed_rows.assign(x1=999.0)
+
+    def rewritten_after(hashing):
+        def hash_then_let_the_writer_in(path, *args):
+            result = hashing(path, *args)
+            tampered.to_csv(path, index=False)  # the file's writer, between the digest and the parse
+            return result
+        return hash_then_let_the_writer_in
+
+    for name in ("file_sha256", "snapshot_file"):  # whichever the scan hashes with
+        if hasattr(ingest, name):
+            monkeypatch.setattr(ingest, name, rewritten_after(getattr(ingest, name)))
+    summary = run_scan(batch, signed_config(tmp_path, trust, chunk_rows=chunk_rows, max_false_quarantine=0.001))
+    assert summary.provenance["status"] == "verified"
+    paths = OutputPaths.for_batch(tmp_path / "out", "toy", summary.batch_id)
+    outputs = [pd.read_parquet(p) for p in (paths.clean, paths.quarantine) if p.exists()]
+    scanned = pd.concat(outputs).sort_values(ROW_ID)
+    np.testing.assert_array_equal(scanned["x1"].to_numpy(), signed_rows["x1"].to_numpy())
+    assert not list((tmp_path / "out" / ".snapshots").glob("*/*"))  # the private copy is gone

@@ -33,22 +33,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def scanned_sample(tmp_path_factory, sample_batch, sample_reference, prefect_harness):
-    out_dir = tmp_path_factory.mktemp("reviewed-sample")
-    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
-    return scan_batch(sample_batch, config), out_dir
-
-
-@pytest.fixture()
-def sample_out(scanned_sample, tmp_path) -> tuple[object, Path]:
-    """A private copy of the scanned sample's output directory, for tests that make decisions."""
-    summary, out_dir = scanned_sample
-    copy = tmp_path / "out"
-    shutil.copytree(out_dir, copy)
-    return summary, copy
-
-
 def html_of(out_dir: Path, summary) -> str:
     return (out_dir / "reports" / summary.dataset / f"{summary.batch_id}.html").read_text()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,10 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def scanned(tmp_path_factory, sample_batch, sample_reference, prefect_harness):
-    from poisonguard.config import ScanConfig
-    from poisonguard.flows.scan import scan_batch
-
-    out_dir = tmp_path_factory.mktemp("signed-review")
-    config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
-    return scan_batch(sample_batch, config), out_dir
-
-
 @pytest.fixture()
-def reviewed(scanned, tmp_path) -> tuple[str, Path, Path, Path]:
+def reviewed(sample_out, tmp_path) -> tuple[str, Path, Path, Path]:
     """A copy of the scanned sample, a reviewers file naming alice, and alice's private key."""
-    summary, out_dir = scanned
-    out = tmp_path / "out"
-    shutil.copytree(out_dir, out)
+    summary, out = sample_out
     reviewers = tmp_path / "trusted" / "reviewers.json"
     made = invoke("review", "add-reviewer", "alice", "--reviewers", reviewers, "--key-dir", tmp_path / "keys")
     assert made.exit_code == 0, made.output

@@ -498,3 +498,20 @@ def test_a_file_rewritten_after_its_digest_was_taken_is_scanned_as_the_signed_co
     scanned = pd.concat(outputs).sort_values(ROW_ID)
     np.testing.assert_array_equal(scanned["x1"].to_numpy(), signed_rows["x1"].to_numpy())
     assert not list((tmp_path / "out" / ".snapshots").glob("*/*"))  # the private copy is gone
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prefect_artifacts_show_a_dataset_name_as_literal_text(tmp_path):
+    from prefect.artifacts import Artifact
+
+    from poisonguard.flows.scan import artifact_key, scan_batch
+
+    dataset = "loans_[click](javascript:alert(1))"
+    make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
+    make_frame(40, seed=2).to_csv(tmp_path / "batch.csv", index=False)
+    scan_batch(tmp_path / "batch.csv", ScanConfig(label_col="label", reference=tmp_path / "reference.csv",
+                                                  out_dir=tmp_path / "out", dataset=dataset))
+    for suffix in ("summary", "reasons"):
+        artifact = Artifact.get(f"{artifact_key(dataset)}-{suffix}")
+        assert "[click](" not in artifact.description and "\\[click\\]" in artifact.description
+    assert "[click](" not in Artifact.get(f"{artifact_key(dataset)}-summary").data

@@ -18,7 +18,7 @@ of its span, the rule before this one.
 
 Measured (``python -m benchmarks.wide --tails``): 5,000 fresh rows x 3 seeds, ranges sharing 0.1% over
 2,000 columns from 500 reference rows: Gaussian columns 0.00% of rows fail, Laplace 0.08% (worst 0.14%),
-lognormal 5.1%, Student t(3) 18%, where the observed-range rule failed 71-99%. Tails much heavier than
+lognormal 5.1%, Student t(3) 18%, where the observed-range rule failed 70-99%. Tails much heavier than
 exponential still exceed their share; calibrating ranges on held-out rows (the calibration issue) is the
 next step.
 """

@@ -78,11 +78,12 @@ def infer_suite(
         )
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     embeddings = {}
+    kinds = {column: column_kind(reference[column]) for column in columns}
     # Every numeric column but the label gets a range; together they share range_false_quarantine.
-    n_ranged = sum(column_kind(reference[c]) == NUMERIC for c in columns if c != label_col)
+    n_ranged = sum(kind == NUMERIC for column, kind in kinds.items() if column != label_col)
     for column in columns:
         series = reference[column]
-        kind = column_kind(series)
+        kind = kinds[column]
         if column == label_col and kind == EMBEDDING:
             raise InputError(
                 f"{source or 'reference'}: label column {label_col!r} holds lists; poisonguard expects "

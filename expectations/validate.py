@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poisonguard.expectations.row_checks import RowCheck, run_row_checks
+from poisonguard.expectations.row_checks import RowCheck, from_gx_result, run_row_checks
 from poisonguard.expectations.suite import EMBEDDING, NUMERIC, suite_columns, suite_embeddings, suite_kinds
 from poisonguard import ROW_ID
 from poisonguard.values import as_text, list_cells
@@ -110,7 +110,7 @@ def validate_batch(
     expected = suite_columns(suite)
     columns_check = gxe.ExpectTableColumnsToMatchSet(column_set=[*expected, ROW_ID], exact_match=True)
     (columns_result,) = validator.run(frame, [columns_check])
-    summary = [_summarise(columns_result)]
+    summary = [_summarise(from_gx_result(columns_result))]
     if not columns_result.success:
         return SchemaOutcome(None, _column_failures(list(frame.columns), expected, label_col), expectations=summary)
 
@@ -122,7 +122,7 @@ def validate_batch(
 
     row_level = [e for e in suite.expectations if e.expectation_type in SHORT_NAMES]
     for check in run_row_checks(row_level, coerced, validator.run):
-        summary.append(_summarise_check(check))
+        summary.append(_summarise(check))
         if len(check.failing):
             code = f"schema:{SHORT_NAMES[check.expectation]}:{check.column}"
             row_reasons[code] = np.union1d(row_reasons.get(code, np.empty(0, "int64")), check.failing)
@@ -201,19 +201,8 @@ def _column_failures(actual: list[str], expected: list[str], label_col: str | No
     return failures
 
 
-def _summarise(result) -> dict[str, Any]:
-    config = result.expectation_config
-    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id")}
-    return {
-        "expectation": config.type,
-        "column": config.kwargs.get("column"),
-        "success": bool(result.success),
-        "unexpected_count": int(result.result.get("unexpected_count") or 0),
-        "kwargs": json.loads(json.dumps(kwargs, default=str)),
-    }
-
-
-def _summarise_check(check: RowCheck) -> dict[str, Any]:
+def _summarise(check: RowCheck) -> dict[str, Any]:
+    """One expectation's outcome for the report."""
     kwargs = {k: v for k, v in check.kwargs.items() if k not in ("column", "batch_id")}
     return {
         "expectation": check.expectation,

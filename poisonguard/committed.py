@@ -23,10 +23,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from poisonguard.ledger import DELIVERED
 from poisonguard.store import atomic_write_json
 
 LISTING = "_committed.json"
-DELIVERED = ("clean", "rows_quarantined")
 
 
 def listing_path(out_dir: Path, dataset: str) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -87,11 +88,19 @@ def detect_format(path: Path, file_format: str | None = None) -> str:
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of the file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    return _hash_file(path)[0]
+
+
+def _hash_file(path: Path, copy: BinaryIO | None = None) -> tuple[str, int]:
+    """Hex sha256 and size of the file's bytes, read once in 1 MiB chunks and written to ``copy`` if given."""
+    digest, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+            if copy is not None:
+                copy.write(chunk)
+    return digest.hexdigest(), size
 
 
 def dataset_name_from_path(path: Path) -> str:
@@ -144,8 +153,7 @@ def describe_batch(path: Path, dataset: str | None = None, file_format: str | No
     snapshot = None
     try:
         if snapshot_dir is None:
-            sha256 = file_sha256(path)
-            size = path.stat().st_size
+            sha256, size = _hash_file(path)
         else:
             snapshot, sha256, size = snapshot_file(path, Path(snapshot_dir))
     except PermissionError:
@@ -185,14 +193,9 @@ def snapshot_file(path: Path, folder: Path) -> tuple[Path, str, int]:
     the hex sha256 of the bytes copied and their number."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}{path.suffix}"
-    digest, size = hashlib.sha256(), 0
-    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with path.open("rb") as source, open(descriptor, "wb") as copy:
-        while chunk := source.read(_HASH_CHUNK):
-            digest.update(chunk)
-            copy.write(chunk)
-            size += len(chunk)
-    return target, digest.hexdigest(), size
+    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as copy:
+        sha256, size = _hash_file(path, copy)
+    return target, sha256, size
 
 
 def with_row_ids(frame: pd.DataFrame, first_row: int) -> pd.DataFrame:

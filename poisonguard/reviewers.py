@@ -88,12 +88,12 @@ def add_reviewer_key(path: Path, reviewer: str, key_id: str, public_key: str) ->
     atomic_write_json(path, data)
 
 
-def signer_for(key_path: Path, reviewers_path: Path) -> Signer:
-    """The :class:`Signer` whose private key is at ``key_path``, named by the reviewers file; refuses a key
-    the file does not name or has revoked."""
+def signer_for(key_path: Path, reviewers: dict[str, ReviewerKey], reviewers_path: Path) -> Signer:
+    """The :class:`Signer` whose private key is at ``key_path``, named by ``reviewers`` (read from
+    ``reviewers_path``); refuses a key the file does not name or has revoked."""
     private_key = load_private_key(key_path)
     public = private_key.public_key().public_bytes_raw()
-    for key in load_reviewers(reviewers_path).values():
+    for key in reviewers.values():
         if key.public_key.public_bytes_raw() == public:
             if key.revoked:
                 raise ConfigError(f"{key_path}: key {key.key_id} of {key.reviewer} is revoked in {reviewers_path}")

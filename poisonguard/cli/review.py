@@ -169,10 +169,10 @@ def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, 
 
         if (key is None) != (reviewers is None):
             raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
-        signer = signer_for(key, reviewers) if key is not None else None
+        known = load_reviewers(reviewers) if reviewers is not None else None
+        signer = signer_for(key, known, reviewers) if key is not None else None
         decision = decide(out_dir, batch, action, row_ids=_parse_rows(rows, all_pending), reason=reason,
-                          reviewer=reviewer, dataset=dataset, signer=signer,
-                          reviewers=load_reviewers(reviewers) if reviewers is not None else None)
+                          reviewer=reviewer, dataset=dataset, signer=signer, reviewers=known)
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001

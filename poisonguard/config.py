@@ -102,7 +102,7 @@ class ScanConfig:
     # scoring without changing any score.
     score_chunk_rows: int = 100_000
     # Read, validate, score and write the batch this many rows at a time (a batch larger than memory);
-    # None: read it whole. See poisonguard.streaming.
+    # None: read it whole, as one chunk. See poisonguard.source and poisonguard.chunk_scan.
     chunk_rows: int | None = None
     # Where the scan's tasks run: "default" (Prefect's thread pool; each chunk in turn) or "dask"
     # (prefect-dask: batch chunks scored in parallel on a LocalCluster of dask_workers workers, or on the

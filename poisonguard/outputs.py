@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -21,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
 from poisonguard.config import checked_dataset_name
-from poisonguard.decide import QUARANTINED, build_result_table
+from poisonguard.decide import QUARANTINED
+from poisonguard.errors import InputError
 from poisonguard.ingest import Batch
-from poisonguard.scores import DetectorScores
-from poisonguard.store import atomic_copy, atomic_write_json, write_all_or_none, write_parquet, write_parquet_slices
+from poisonguard import store
+from poisonguard.store import atomic_copy, atomic_write_json, parquet_table, staged_file, writer_options
 
 PENDING = "pending"
 _BATCH_ID = re.compile(r"[0-9a-f]{16}")
@@ -140,19 +143,72 @@ def _repeated(text: str, n_rows: int) -> pa.Array:
     return pa.repeat(pa.scalar(text, type=pa.large_string()), n_rows)
 
 
-def write_split(paths: OutputPaths, split: SplitRows, batch: Batch) -> None:
-    """Write the clean and (if any) quarantined rows together: both files appear, or neither changes.
+class StagedParquet:
+    """One output Parquet file written a row group per chunk into a staged file beside it.
 
-    A quarantine file left by an earlier scan of the same batch that now quarantines nothing is removed,
-    and so is an earlier whole-batch rejection, so the outputs always reflect the latest scan.
+    Every chunk is cast to the first chunk's column types, so the file has one schema; nothing appears at
+    ``final`` until :meth:`commit`. ``keep_empty`` writes a file with no rows (and the first chunk's
+    columns) when no chunk had any.
     """
-    metadata = _parquet_metadata(batch)
-    writers = [(paths.clean, lambda tmp: write_parquet_slices(tmp, split.clean_schema, split.clean_slices(), metadata))]
-    if split.quarantined.num_rows:
-        writers.append((paths.quarantine, lambda tmp: write_parquet(tmp, split.quarantined, metadata)))
-    write_all_or_none(writers)
-    if not split.quarantined.num_rows:
+
+    def __init__(self, final: Path, metadata: dict[str, str], keep_empty: bool) -> None:
+        self.final, self.metadata, self.keep_empty = Path(final), metadata, keep_empty
+        self.rows = 0
+        self._staged: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, rows: pa.Table) -> None:
+        table = parquet_table(rows, self.metadata)
+        if self._schema is None:
+            # A column with no values in the first chunk has no type yet; text is the only kind it can be
+            # (a numeric column is float64 even when empty).
+            fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+            self._schema = pa.schema(fields, metadata=table.schema.metadata)
+        try:
+            table = table.cast(self._schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            row_ids = table.column(ROW_ID).to_numpy()
+            first, last = int(row_ids.min()), int(row_ids.max())
+            raise InputError(
+                f"rows {first}-{last} do not fit the column types of the earlier rows ({exc}); "
+                "scan the batch without --chunk-rows, or give it a suite"
+            ) from None
+        if not len(table):
+            return
+        if self._writer is None:
+            self._staged = staged_file(self.final)
+            self._writer = pq.ParquetWriter(self._staged, self._schema, **writer_options(self._schema))
+        self._writer.write_table(table)
+        self.rows += len(table)
+
+    def close(self) -> Path | None:
+        """Finish the staged file (writing an empty one if asked); return it, or ``None`` if nothing to write."""
+        if self._writer is None and self.keep_empty and self._schema is not None:
+            self._staged = staged_file(self.final)
+            self._writer = pq.ParquetWriter(self._staged, self._schema, **writer_options(self._schema))
+        if self._writer is not None:
+            self._writer.close()
+            store.sync_file(self._staged)
+        return self._staged
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._staged is not None:
+            self._staged.unlink(missing_ok=True)
+
+
+def commit_staged(staged: list[tuple[Path, Path]], paths: OutputPaths) -> None:
+    """Rename the staged files (``(staged, final)`` pairs) into place, and drop the outputs an earlier scan
+    of the batch left that this one does not replace: a quarantine file or a whole-batch rejection."""
+    finals = {final for _, final in staged}
+    for staged_path, final in staged:
+        os.replace(staged_path, final)
+    if paths.quarantine not in finals:
         paths.quarantine.unlink(missing_ok=True)
+    if paths.clean not in finals:
+        paths.clean.unlink(missing_ok=True)
     if paths.rejected.exists():
         shutil.rmtree(paths.rejected)
 
@@ -166,22 +222,6 @@ def write_rejected(paths: OutputPaths, batch: Batch, failures: list[dict[str, st
     )
     paths.clean.unlink(missing_ok=True)
     paths.quarantine.unlink(missing_ok=True)
-
-
-def write_whole_quarantine(paths: OutputPaths, batch: Batch, codes: list[str], quarantined_at: datetime) -> None:
-    """Put every row of ``batch`` in quarantine with ``codes`` as reasons (an untrusted batch).
-
-    The rows are kept as read, not coerced; any clean file or rejection left by an earlier scan of the
-    same batch is removed, so no row of it stays where training reads.
-    """
-    row_ids = batch.frame[ROW_ID].to_numpy()
-    result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
-    quarantined = split_rows(batch.frame, result, batch.batch_id, quarantined_at).quarantined
-    metadata = _parquet_metadata(batch)
-    write_all_or_none([(paths.quarantine, lambda tmp: write_parquet(tmp, quarantined, metadata))])
-    paths.clean.unlink(missing_ok=True)
-    if paths.rejected.exists():
-        shutil.rmtree(paths.rejected)
 
 
 def _parquet_metadata(batch: Batch) -> dict[str, str]:

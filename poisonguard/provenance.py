@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from poisonguard import ROW_ID
 from poisonguard.expectations.provenance import provenance_suite, run_provenance_suite
 from poisonguard.expectations.validate import SchemaValidator
 from poisonguard.ingest import Batch
-from poisonguard.ledger import Ledger, Replay, content_sha256
+from poisonguard.ledger import Ledger, LedgerEntry, Replay, content_sha256
 from poisonguard.manifest import Manifest, ManifestError, manifest_path_for, read_manifest, signature_is_valid
-from poisonguard.trust import TrustStore
+from poisonguard.trust import TrustStore, load_trust_store
 
 VERIFIED = "verified"
 FAILED = "failed"
@@ -269,4 +269,48 @@ def assess_provenance(
         checks=[c.to_dict() for c in checks],
         failures=failures,
         replay_of={"match": replay.match, **replay.first.__dict__} if replay else None,
+    )
+
+
+def check_batch_provenance(batch: Batch, config, now: datetime, rows: RowsRead) -> ProvenanceOutcome:
+    """:func:`assess_provenance` with a scan's provenance settings (``config``: a ``ScanConfig`` with a
+    trust store); ``rows``: what a pass over the batch's rows established."""
+    return assess_provenance(
+        batch,
+        batch.dataset,
+        load_trust_store(config.trust_store),
+        Ledger(config.ledger_path),
+        required=config.require_provenance,
+        max_age_seconds=config.manifest_max_age_hours * 3600,
+        clock_skew_seconds=config.clock_skew_seconds,
+        now=now,
+        validator=SchemaValidator(),
+        rescan_of=batch.batch_id if config.force else None,
+        rows=rows,
+    )
+
+
+def record_outcome(ledger: Ledger, batch: Batch, outcome: str, checked: ProvenanceOutcome | None,
+                   rows_clean: int | None, rows_quarantined: int | None, content: str | None) -> None:
+    """Append a scan's outcome for ``batch`` to the replay ledger (``content``: the rows' digest, when the
+    scan established it; else from the provenance check or the batch's frame)."""
+    if content is None and checked is not None:
+        content = checked.content_sha256
+    if content is None and batch.frame is not None:
+        content = content_sha256(batch.frame)
+    ledger.record(
+        LedgerEntry(
+            recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            dataset=batch.dataset,
+            batch_id=batch.batch_id,
+            sha256=batch.sha256,
+            content_sha256=content,
+            source_id=checked.source_id if checked else None,
+            key_id=checked.key_id if checked else None,
+            source_path=str(batch.source_path),
+            outcome=outcome,
+            rows_in=batch.n_rows,
+            rows_clean=rows_clean,
+            rows_quarantined=rows_quarantined,
+        )
     )

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _stage(final: Path) -> Path:
+def staged_file(final: Path) -> Path:
     """Create an empty temporary file beside ``final`` (same directory, so the rename is atomic), with the
     mode a plainly created file would get: ``mkstemp`` makes it 0600 whatever the umask, and a training job
     running as another user could not read ``clean/``."""
@@ -57,7 +57,7 @@ def sync_file(temporary: Path) -> None:
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it to ``final``, on error remove it."""
     final = Path(final)
-    temporary = _stage(final)
+    temporary = staged_file(final)
     try:
         yield temporary
         sync_file(temporary)
@@ -116,18 +116,6 @@ def _leaves(path: str, kind: pa.DataType) -> list[tuple[str, pa.DataType]]:
     return [(path, kind)]
 
 
-def write_parquet_slices(
-    path: Path, schema: pa.Schema, slices: Iterable[pa.Table], metadata: dict[str, str] | None = None
-) -> None:
-    """Write ``slices`` (tables of ``schema``) as the row groups of one Parquet file at ``path``; a file with
-    no rows when there are none. Only one slice is held at a time. Not atomic by itself, as
-    :func:`write_parquet`."""
-    schema = parquet_table(schema.empty_table(), metadata).schema
-    with pq.ParquetWriter(path, schema, **writer_options(schema)) as writer:
-        for part in slices:
-            writer.write_table(part.replace_schema_metadata(schema.metadata))
-
-
 def atomic_write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:
     with atomic_path(path) as temporary:
         write_parquet(temporary, frame, metadata)
@@ -148,7 +136,7 @@ def write_all_or_none(writers: list[tuple[Path, Callable[[Path], Any]]]) -> list
     staged: list[tuple[Path, Path]] = []
     try:
         for final, writer in writers:
-            temporary = _stage(Path(final))
+            temporary = staged_file(Path(final))
             staged.append((temporary, Path(final)))
             writer(temporary)
             sync_file(temporary)

@@ -13,7 +13,7 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.outputs import OutputPaths
 from poisonguard.report import read_report
-from poisonguard.streaming import UniformSample
+from poisonguard.source import UniformSample
 from conftest import STRUCTURAL_BREAKS, make_frame, signed_config as config_for
 
 
@@ -123,7 +123,8 @@ def test_a_type_break_in_a_late_chunk_leaves_no_partial_output(prefect_harness, 
 def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_batch, sample_reference):
     from poisonguard.ingest import describe_batch
     from poisonguard.plan import plan_scan
-    from poisonguard.streaming import fit_for_chunks
+    from poisonguard.scorers import fit_scorer
+    from poisonguard.source import BatchSource
 
     with pytest.raises(ConfigError, match="chunk_rows"):
         ScanConfig(chunk_rows=0)
@@ -132,7 +133,7 @@ def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_bat
     batch = describe_batch(sample_batch, "loans")
     scan_plan = plan_scan(batch, config)
     with pytest.raises(ConfigError, match="confident_learning"):
-        fit_for_chunks(batch, scan_plan.reference, scan_plan.suite, scan_plan.kinds, "risk_grade", config)
+        fit_scorer(BatchSource(batch, config.chunk_rows), scan_plan, config)
 
 
 @pytest.mark.parametrize("with_reference", [True, False])

@@ -156,19 +156,19 @@ def test_an_unknown_detector_in_the_config_is_a_config_error_not_a_crash():
 
 
 def test_the_union_threshold_says_which_guarantee_it_carries():
-    from poisonguard.scoring import _union_threshold
+    from poisonguard.calibration import union_threshold
 
     rng = np.random.default_rng(0)
     for rows, guarantee in ((3000, "with 90% confidence"), (150, "approximate"), (20, "approximate")):
-        _, carried = _union_threshold(rng.uniform(size=rows), 0.01, 3)
+        _, carried = union_threshold(rng.uniform(size=rows), 0.01, 3)
         assert carried == guarantee
 
 
 def test_the_tail_model_threshold_lands_near_the_budget_on_uniform_p_values():
-    from poisonguard.scoring import _union_threshold
+    from poisonguard.calibration import union_threshold
 
     # One detector whose held-out p-values are exactly uniform: the right threshold is the budget itself.
-    thresholds = [_union_threshold(np.random.default_rng(seed).uniform(size=400), 0.01, 1)[0] for seed in range(40)]
+    thresholds = [union_threshold(np.random.default_rng(seed).uniform(size=400), 0.01, 1)[0] for seed in range(40)]
     assert 0.007 < np.median(thresholds) < 0.014
     # Set by ranks, the threshold would be the smallest of 400 values: it spans two orders of magnitude.
     assert np.quantile(thresholds, 0.9) / np.quantile(thresholds, 0.1) < 4
@@ -200,12 +200,12 @@ def test_a_large_reference_is_split_once_and_ranks_set_the_threshold():
 
 
 def test_tail_p_values_tell_a_far_outlier_from_the_largest_clean_score():
-    from poisonguard.scoring import _tail_p_values
+    from poisonguard.calibration import tail_p_values
 
     reference = np.random.default_rng(0).normal(size=500)
-    just_above, far_beyond = _tail_p_values(reference, np.array([reference.max() + 0.01, 20.0]))
+    just_above, far_beyond = tail_p_values(reference, np.array([reference.max() + 0.01, 20.0]))
     assert far_beyond < just_above <= 1 / 501 + 1e-12
-    held_out = _tail_p_values(reference, reference, np.arange(500))
+    held_out = tail_p_values(reference, reference, np.arange(500))
     assert held_out.min() > 0 and (held_out <= 1).all()
 
 

@@ -75,6 +75,7 @@ def _outputs(out_dir, summary) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_scan_on_a_local_dask_cluster_matches_the_default_runner(prefect_harness, tmp_path, sample_batch,
                                                                   sample_reference):
+    """Whole on the default runner, whole on Dask, and chunked on Dask: one path, the same rows out."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
@@ -86,10 +87,16 @@ def test_scan_on_a_local_dask_cluster_matches_the_default_runner(prefect_harness
     on_dask = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "dask", task_runner="dask", dask_workers=2,
                                                 **settings))
 
-    assert (on_dask.rows_clean, on_dask.rows_quarantined) == (default.rows_clean, default.rows_quarantined)
-    for ours, theirs in zip(_outputs(tmp_path / "dask", on_dask), _outputs(tmp_path / "default", default)):
-        pd.testing.assert_frame_equal(ours.drop(columns=TIMESTAMPS, errors="ignore"),
-                                      theirs.drop(columns=TIMESTAMPS, errors="ignore"))
+    # Only detectors that score rows one by one: chunks then see the same models as the whole batch.
+    chunked = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "chunked-dask", task_runner="dask",
+                                                dask_workers=2, chunk_rows=700, **settings))
+
+    for scan, out in ((on_dask, "dask"), (chunked, "chunked-dask")):
+        assert (scan.rows_clean, scan.rows_quarantined) == (default.rows_clean, default.rows_quarantined)
+        for ours, theirs in zip(_outputs(tmp_path / out, scan), _outputs(tmp_path / "default", default)):
+            pd.testing.assert_frame_equal(ours.drop(columns=TIMESTAMPS, errors="ignore"),
+                                          theirs.drop(columns=TIMESTAMPS, errors="ignore"), check_dtype=out == "dask")
     with get_client(sync_client=True) as client:
-        chunk_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="score-chunk")))
-    assert len(chunk_runs) >= 4  # 2,000 rows in chunks of 500, each a task on the cluster
+        slice_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="score-slice")))
+    # 2,000 rows in slices of 500 whole (4), and in chunks of 700 (2 + 2 + 1): each slice a task on the cluster
+    assert len(slice_runs) >= 9

@@ -1,39 +1,28 @@
-"""The contract every poisonguard detector follows (modelled on PyOD's ``BaseDetector``)."""
+"""The contract every poisonguard detector follows: a scikit-learn estimator with PyOD's scoring sign."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+
+from poisonguard.detectors.spec import DetectorSpec
 
 
-class Detector(ABC):
+class Detector(BaseEstimator, ABC):
     """Scores rows; higher means more suspicious.
 
-    Subclasses take only parameters in ``__init__`` (no data, no I/O), learn in ``fit`` and keep what they
-    learned in attributes ending in ``_``. ``reason`` is the family of the reason code a flag from this
-    detector gives a row (``outlier`` -> ``outlier:<name>``); the ``per_class``, ``needs_labels`` and
-    ``needs_reference`` flags tell the scoring step how and when to run it.
+    A scikit-learn estimator: the constructor takes only parameters (no data, no I/O), so
+    ``get_params``, ``set_params``, ``sklearn.base.clone`` and ``repr`` work; ``fit`` validates its input,
+    learns and keeps what it learned in attributes ending in ``_``; ``decision_function`` raises
+    ``NotFittedError`` before ``fit``. What a scan needs to know about it (labels, a reference, how it is
+    fitted, what it reads, its threshold without a reference) is its class's :class:`DetectorSpec`.
     """
 
-    reason: str = "outlier"
-    per_class: bool = True  # fit one copy per label class when a label column is given
-    needs_labels: bool = False  # cannot run without a label column
-    needs_reference: bool = False  # cannot run without trusted reference data
-    # A transductive detector judges rows against the very rows it is fitted on (spectral statistics,
-    # clusters, neighbours, out-of-fold predictions): the scoring step fits it on the batch together with
-    # held-out trusted rows and calls fit_decision_function, so both are scored the same way.
-    transductive: bool = False
-    # Whether, once fitted, it can score rows it was not fitted on. A chunked scan fits even transductive
-    # detectors on a sample of the batch and scores every chunk with them; out-of-fold predictions cannot.
-    scores_new_rows: bool = True
-    # Which representation of the rows it reads: "features" (the encoded columns) or "probe" (hidden
-    # activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
-    representation: str = "features"
-    # Without trusted data, a detector whose score has a meaning of its own flags rows above this value
-    # (confident learning's rule, a majority of disagreeing neighbours); the others use the robust
-    # median + z * MAD rule of the batch's scores.
-    natural_threshold: float | None = None
+    spec: ClassVar[DetectorSpec] = DetectorSpec()
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:
@@ -41,26 +30,22 @@ class Detector(ABC):
 
     @abstractmethod
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """One float per row of ``X``; higher is more suspicious. Requires :meth:`fit` first."""
+        """One float per row of ``X``; higher is more suspicious. Raises ``NotFittedError`` before :meth:`fit`."""
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Fit on ``X`` and score the same rows; detectors that compare a row with its neighbours override
         this to leave the row itself out."""
         return self.fit(X, y).decision_function(X, y)
 
-    def get_params(self) -> dict:
-        """The constructor parameters, so a detector can be cloned unfitted (as scikit-learn's ``clone``)."""
-        return {name: getattr(self, name) for name in self._param_names()}
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        import inspect
-
-        signature = inspect.signature(cls.__init__)
-        return [p for p in signature.parameters if p != "self"]
-
-    def clone(self) -> Detector:
-        return type(self)(**self.get_params())
+def random_generator(random_state) -> np.random.Generator:
+    """A numpy ``Generator`` for ``random_state`` as scikit-learn reads it (``None``, an int or a
+    ``RandomState``, checked by ``check_random_state``). An int seeds ``default_rng`` directly, so a seeded
+    detector draws the same rows as before it took ``RandomState`` objects."""
+    if random_state is None or isinstance(random_state, (int, np.integer)):
+        check_random_state(random_state)  # raises ValueError for a negative or oversized seed
+        return np.random.default_rng(random_state)
+    return np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 def check_rows(X: np.ndarray, minimum: int, who: str) -> None:

@@ -7,9 +7,12 @@ relabelled to a target class) stands out only under its class's model.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 import pandas as pd
+from sklearn.base import clone
 
 from poisonguard.detectors.base import Detector, check_matrix
+from poisonguard.detectors.spec import DetectorSpec
 from poisonguard.values import as_text
 
 
@@ -25,42 +28,26 @@ class ClassConditional(Detector):
         self.min_class_rows = min_class_rows
 
     @property
-    def reason(self) -> str:  # type: ignore[override]
-        return self.base.reason
+    def spec(self) -> DetectorSpec:  # type: ignore[override]
+        return self.base.spec
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ClassConditional:
         X = check_matrix(X, "class_conditional.fit")
-        self.overall_ = self.base.clone().fit(X)
+        self.overall_ = clone(self.base).fit(X)
         self.per_class_: dict[str, Detector] = {}
         if y is not None:
             keys = class_keys(y)
             classes, counts = np.unique(keys, return_counts=True)
             for label, count in zip(classes, counts):
                 if count >= self.min_class_rows:
-                    self.per_class_[str(label)] = self.base.clone().fit(X[keys == label])
+                    self.per_class_[str(label)] = clone(self.base).fit(X[keys == label])
         return self
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.base.transductive
-
-    @property
-    def scores_new_rows(self) -> bool:  # type: ignore[override]
-        return self.base.scores_new_rows
-
-    @property
-    def representation(self) -> str:  # type: ignore[override]
-        return self.base.representation
-
-    @property
-    def natural_threshold(self) -> float | None:  # type: ignore[override]
-        return self.base.natural_threshold
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Each class's rows scored by a clone fitted on that class's rows alone (transductive detectors)."""
         X = check_matrix(X, "class_conditional.fit_decision_function")
         if y is None:
-            return self.base.clone().fit_decision_function(X)
+            return clone(self.base).fit_decision_function(X)
         keys = class_keys(y)
         classes, counts = np.unique(keys, return_counts=True)
         small = np.isin(keys, classes[counts < self.min_class_rows])
@@ -68,12 +55,13 @@ class ClassConditional(Detector):
         for label, count in zip(classes, counts):
             if count >= self.min_class_rows:
                 rows = keys == label
-                scores[rows] = self.base.clone().fit_decision_function(X[rows])
+                scores[rows] = clone(self.base).fit_decision_function(X[rows])
         if small.any():
-            scores[small] = self.base.clone().fit_decision_function(X)[small]
+            scores[small] = clone(self.base).fit_decision_function(X)[small]
         return scores
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         X = check_matrix(X, "class_conditional.decision_function")
         if y is None or not self.per_class_:
             return self.overall_.decision_function(X)

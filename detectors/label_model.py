@@ -9,9 +9,11 @@ learn the poison, so this detector runs only when a reference is given.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 from sklearn.linear_model import LogisticRegression
 
 from poisonguard.detectors.base import Detector, check_matrix
+from poisonguard.detectors.spec import DetectorSpec
 
 _PROBABILITY_FLOOR = 1e-12
 
@@ -19,10 +21,8 @@ _PROBABILITY_FLOOR = 1e-12
 class LabelModelDetector(Detector):
     """``-log P(given label | row)`` under a logistic regression fitted on trusted rows."""
 
-    reason = "label"
-    per_class = False  # it models all classes at once
-    needs_labels = True
-    needs_reference = True
+    # It models all classes at once, and on trusted rows only.
+    spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, needs_reference=True)
 
     def __init__(self, C: float = 1.0, random_state: int = 0) -> None:
         self.C = C
@@ -40,6 +40,7 @@ class LabelModelDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         if y is None:
             raise ValueError("label_model needs the label column to score rows")
         probabilities = self.model_.predict_proba(check_matrix(X, "label_model.decision_function"))

@@ -8,11 +8,13 @@ library that ships it, cleanlab, is AGPL; it appears only in the optional benchm
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
 from poisonguard.detectors.base import Detector, check_matrix, check_rows
+from poisonguard.detectors.spec import DetectorSpec
 from poisonguard.detectors.class_conditional import required_labels
 
 
@@ -25,12 +27,9 @@ class ConfidentLearningDetector(Detector):
     grows with the evidence.
     """
 
-    reason = "label"
-    per_class = False
-    needs_labels = True
-    transductive = True
-    scores_new_rows = False  # a row's probabilities come from the folds that left it out
-    natural_threshold = 0.0  # the confident-learning rule itself
+    # Out of fold: a row's probabilities come from the folds that left it out. Threshold: the rule itself.
+    spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="out_of_fold",
+                        natural_threshold=0.0)
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, random_state: int = 0) -> None:
         self.n_folds = n_folds
@@ -66,6 +65,7 @@ class ConfidentLearningDetector(Detector):
         return self.scores_
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         if not hasattr(self, "scores_") or len(X) != len(self.scores_):
             raise ValueError("confident_learning scores only the rows it was fitted on (fit_decision_function)")
         return self.scores_
@@ -74,11 +74,9 @@ class ConfidentLearningDetector(Detector):
 class KNNLabelDetector(Detector):
     """Share of a row's ``n_neighbors`` nearest neighbours (itself left out) whose label differs from its own."""
 
-    reason = "label"
-    per_class = False
-    needs_labels = True
-    transductive = True
-    natural_threshold = 0.5  # most neighbours carry another label
+    # Threshold: most neighbours carry another label.
+    spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="transductive",
+                        natural_threshold=0.5)
 
     def __init__(self, n_neighbors: int = 10) -> None:
         self.n_neighbors = n_neighbors
@@ -91,6 +89,7 @@ class KNNLabelDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         return self._disagreement(check_matrix(X, "knn_label.decision_function"), required_labels(y, "knn_label"), 0)
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -111,11 +110,9 @@ class ConflictingDuplicatesDetector(Detector):
     duplicates only, after encoding); the label itself is not a feature. A row with no duplicate scores 0.
     """
 
-    reason = "conflict"
-    per_class = False
-    needs_labels = True
-    transductive = True
-    natural_threshold = 0.0  # any duplicate with another label
+    # Threshold: any duplicate with another label.
+    spec = DetectorSpec(reason="conflict", per_class=False, needs_labels=True, fitting="transductive",
+                        natural_threshold=0.0)
 
     def __init__(self, radius: float = 1e-6) -> None:
         self.radius = radius
@@ -128,6 +125,7 @@ class ConflictingDuplicatesDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         return self._conflicts(check_matrix(X, "duplicates.decision_function"), required_labels(y, "duplicates"), None)
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

@@ -11,8 +11,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, check_matrix, check_rows
+from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
 
 
 class ECODDetector(Detector):
@@ -46,6 +47,7 @@ class ECODDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         X = check_matrix(X, "ecod.decision_function")
         if len(X) == 0:
             return np.zeros(0)
@@ -108,7 +110,7 @@ class IForestDetector(Detector):
 
         X = check_matrix(X, "iforest.fit")
         if len(X) > self.max_fit_rows:
-            rows = np.random.default_rng(self.random_state).choice(len(X), self.max_fit_rows, replace=False)
+            rows = random_generator(self.random_state).choice(len(X), self.max_fit_rows, replace=False)
             X = X[np.sort(rows)]
         self.model_ = IForest(
             n_estimators=self.n_estimators,
@@ -119,6 +121,7 @@ class IForestDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         X = check_matrix(X, "iforest.decision_function")
         # Threads split the rows, not the trees: scikit-learn's tree-parallel scoring adds depths in
         # whatever order threads finish, so the same row could score differently from run to run.

@@ -12,13 +12,15 @@ Tran et al.'s algorithm does not), and nothing ships the robust variant for tabu
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 from sklearn.cluster import KMeans
 from sklearn.covariance import MinCovDet
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.utils.extmath import randomized_svd
 
-from poisonguard.detectors.base import Detector, check_matrix, check_rows
+from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
+from poisonguard.detectors.spec import DetectorSpec
 
 
 class SpectralSignatureDetector(Detector):
@@ -28,9 +30,7 @@ class SpectralSignatureDetector(Detector):
     skewed, so the robust per-batch rule (median + z * MAD) behaves when there is no reference.
     """
 
-    reason = "backdoor"
-    transductive = True
-    representation = "probe"
+    spec = DetectorSpec(reason="backdoor", fitting="transductive", reads="probe")
 
     def __init__(self, n_directions: int = 1, random_state: int = 0) -> None:
         self.n_directions = n_directions
@@ -47,6 +47,7 @@ class SpectralSignatureDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         centred = check_matrix(X, "spectral.decision_function") - self.mean_
         return np.sqrt(np.square(centred @ self.directions_.T).sum(axis=1))
 
@@ -59,9 +60,7 @@ class ActivationClusteringDetector(Detector):
     scoring step can calibrate it against trusted rows.
     """
 
-    reason = "backdoor"
-    transductive = True
-    representation = "probe"
+    spec = DetectorSpec(reason="backdoor", fitting="transductive", reads="probe")
 
     def __init__(self, n_components: int = 10, max_share: float = 0.35, min_silhouette: float = 0.15,
                  random_state: int = 0) -> None:
@@ -80,7 +79,7 @@ class ActivationClusteringDetector(Detector):
         sizes = np.bincount(self.kmeans_.labels_, minlength=2)
         self.small_ = int(np.argmin(sizes))
         self.small_share_ = float(sizes.min() / len(X))
-        sample = np.random.default_rng(self.random_state).permutation(len(X))[:2000]
+        sample = random_generator(self.random_state).permutation(len(X))[:2000]
         labels = self.kmeans_.labels_[sample]
         self.silhouette_ = (
             float(silhouette_score(reduced[sample], labels)) if len(np.unique(labels)) == 2 else 0.0
@@ -90,6 +89,7 @@ class ActivationClusteringDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         reduced = self.pca_.transform(check_matrix(X, "activation_clustering.decision_function"))
         distances = self.kmeans_.transform(reduced)
         return (distances[:, 1 - self.small_] - distances[:, self.small_]) / self.scale_
@@ -104,9 +104,7 @@ class RobustSpectralDetector(Detector):
     so the score concentrates on the directions where the variance is most in excess.
     """
 
-    reason = "backdoor"
-    transductive = True
-    representation = "probe"
+    spec = DetectorSpec(reason="backdoor", fitting="transductive", reads="probe")
 
     def __init__(self, n_components: int = 16, alpha: float = 4.0, random_state: int = 0) -> None:
         self.n_components = n_components
@@ -134,6 +132,7 @@ class RobustSpectralDetector(Detector):
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         reduced = self.pca_.transform(check_matrix(X, "robust_spectral.decision_function"))
         projections = ((reduced - self.location_) @ self.whitener_) @ self.directions_
         return np.sqrt(np.square(projections) @ self.weights_)  # square root: same ranking, less skew

@@ -30,11 +30,13 @@ learned the trigger).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 import pandas as pd
 from scipy.stats import binom
 from sklearn.linear_model import LogisticRegression
 
-from poisonguard.detectors.base import Detector, check_matrix, check_rows
+from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
+from poisonguard.detectors.spec import DetectorSpec
 from poisonguard.detectors.class_conditional import required_labels
 
 
@@ -45,11 +47,10 @@ class TriggerValueDetector(Detector):
     ``models_`` (column -> the logistic regression, fitted without that column, that judges them).
     """
 
-    reason = "backdoor"
-    per_class = False
-    needs_labels = True
-    transductive = True  # the candidate values are found among the rows scored
-    natural_threshold = 0.5  # the model fitted without the value gives the row's label less than even odds
+    # Transductive: the candidate values are found among the rows scored. Threshold: the model fitted
+    # without the value gives the row's label less than even odds.
+    spec = DetectorSpec(reason="backdoor", per_class=False, needs_labels=True, fitting="transductive",
+                        natural_threshold=0.5)
 
     def __init__(self, min_rows: int = 5, max_share: float = 0.5, min_purity: float = 0.8,
                  alpha: float = 1e-3, max_columns: int = 20, max_fit_rows: int = 50_000, C: float = 1.0,
@@ -69,7 +70,7 @@ class TriggerValueDetector(Detector):
         check_rows(X, 2 * self.min_rows, "trigger_values")
         self.candidates_: dict[int, list[tuple[float, str]]] = {}
         self.models_: dict[int, LogisticRegression] = {}
-        rng = np.random.default_rng(self.random_state)
+        rng = random_generator(self.random_state)
         for column, pairs in self._candidates(X, labels).items():
             held = _holding(X, labels, column, pairs)
             holders = np.logical_or.reduce(held)
@@ -87,12 +88,13 @@ class TriggerValueDetector(Detector):
             # along with the other columns leaves most of its rows agreeing, and only its borderline rows
             # would be flagged. So a value is kept only when most of the rows holding it disagree.
             kept = [i for i in kept
-                    if np.median(_disagreement(model, X[held[i]], labels[held[i]], column)) > self.natural_threshold]
+                    if np.median(_disagreement(model, X[held[i]], labels[held[i]], column)) > self.spec.natural_threshold]
             if kept:
                 self.candidates_[column], self.models_[column] = [pairs[i] for i in kept], model
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
         X = check_matrix(X, "trigger_values.decision_function")
         labels = required_labels(y, "trigger_values")
         scores = np.zeros(len(X))

@@ -11,8 +11,8 @@ import pandas as pd
 
 from poisonguard.calibration import batch_groups, calibration_groups, robust_limits, row_limits
 from poisonguard.config import ScanConfig
-from poisonguard.detector_set import configured_detector, labels_of, reads_probe, runnable_detectors, views_of
-from poisonguard.detectors import Detector, detector_class
+from poisonguard.detector_set import cannot_fit, configured_detector, labels_of, reads_probe, runnable_detectors, views_of
+from poisonguard.detectors import Detector, detector_spec
 from poisonguard.errors import ConfigError
 from poisonguard.features import FeatureEncoder
 from poisonguard.representations import EmbeddingView, Probe, probe_activations
@@ -48,28 +48,35 @@ def score_against_batch(
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
     elif label_col is not None and reads_probe(detectors):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
+    unusable: dict[str, str] = {}
     for name, detector in detectors.items():
-        V_fit, V_batch = views.get(detector.representation, views["features"])
-        if detector.transductive:
-            batch_scores = detector.fit_decision_function(V_batch, y_batch)
-            fit_scores = batch_scores[fit_mask]
-        else:
-            detector.fit(V_fit, y_fit)
-            fit_scores = detector.decision_function(V_fit, y_fit)
-            batch_scores = detector.decision_function(V_batch, y_batch)
-        if detector.natural_threshold is not None:
+        V_fit, V_batch = views.get(detector.spec.reads, views["features"])
+        try:
+            if detector.spec.transductive:
+                batch_scores = detector.fit_decision_function(V_batch, y_batch)
+                fit_scores = batch_scores[fit_mask]
+            else:
+                detector.fit(V_fit, y_fit)
+                fit_scores = detector.decision_function(V_fit, y_fit)
+                batch_scores = detector.decision_function(V_batch, y_batch)
+        except ValueError as error:
+            unusable[name] = cannot_fit(name, error)
+            continue
+        if detector.spec.natural_threshold is not None:
             keys = {"*", *(str(g) for g in np.unique(groups_fit))}
-            limits = dict.fromkeys(keys, float(detector.natural_threshold))
+            limits = dict.fromkeys(keys, float(detector.spec.natural_threshold))
         else:
             limits = robust_limits(fit_scores, groups_fit, config.robust_z)
         limit = row_limits(limits, groups_batch, len(batch_scores))
         result.scores[name] = batch_scores
         result.flags[name] = batch_scores > limit
         result.evidence[name] = batch_scores - limit
-        result.reasons[name] = f"{detector.reason}:{name}"
+        result.reasons[name] = f"{detector.spec.reason}:{name}"
         thresholds[name] = limits
+    detectors = {name: d for name, d in detectors.items() if name not in unusable}
     result.calibration = {
         "mode": "batch",
+        "skipped_detectors": unusable,
         "rule": _batch_rule(detectors, config.robust_z),
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
@@ -82,9 +89,9 @@ def score_against_batch(
 
 def _batch_rule(detectors: dict[str, Detector], z: float) -> str:
     """The no-reference rule in words: the robust rule, and which detectors use a threshold of their own."""
-    own = [f"{name} > {detector.natural_threshold:g}" for name, detector in detectors.items()
-           if detector.natural_threshold is not None]
-    robust = [name for name, detector in detectors.items() if detector.natural_threshold is None]
+    own = [f"{name} > {detector.spec.natural_threshold:g}" for name, detector in detectors.items()
+           if detector.spec.natural_threshold is not None]
+    robust = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
     if not robust:
         return "; ".join(own)
     rule = f"score > median + {z} x 1.4826 x MAD, per class"
@@ -114,15 +121,21 @@ class SampleFit:
         elif label_col is not None and reads_probe(self.detectors):
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
+        self.skipped: dict[str, str] = {}  # detectors the sample's rows cannot fit, with the reason
         fit_views = views_of(self.detectors, sample, X_fit, self.representation)
         for name, detector in self.detectors.items():
             V_fit = fit_views[name]
-            fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
-            if detector.natural_threshold is not None:
+            try:
+                fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
+            except ValueError as error:
+                self.skipped[name] = cannot_fit(name, error)
+                continue
+            if detector.spec.natural_threshold is not None:
                 keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
-                self.limits[name] = dict.fromkeys(keys, float(detector.natural_threshold))
+                self.limits[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
             else:
                 self.limits[name] = robust_limits(fit_scores, self.groups_fit, config.robust_z)
+        self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
         self.summary = {
             "mode": "batch",
             "rule": _batch_rule(self.detectors, config.robust_z) + ", set on a sample of the batch",
@@ -144,7 +157,8 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
     refuse_unchunkable(names, config)
     if not names or len(sample) < config.min_class_rows:
         return None, skipped
-    return SampleFit(sample, kinds, label_col, config, names), skipped
+    fitted = SampleFit(sample, kinds, label_col, config, names)
+    return (fitted if fitted.detectors else None), skipped | fitted.skipped
 
 
 def sample_scores(fitted: SampleFit, rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -163,13 +177,13 @@ def sample_flags(fitted: SampleFit, chunk: pd.DataFrame, scores: dict[str, np.nd
         result.scores[name] = scores[name]
         result.flags[name] = scores[name] > limit
         result.evidence[name] = scores[name] - limit
-        result.reasons[name] = f"{detector.reason}:{name}"
+        result.reasons[name] = f"{detector.spec.reason}:{name}"
     return result
 
 
 def refuse_unchunkable(names: list[str], config: ScanConfig) -> None:
     """Raise :class:`ConfigError` for what a chunked scan cannot do with these detectors and settings."""
-    unable = [n for n in names if not detector_class(n).scores_new_rows]
+    unable = [n for n in names if not detector_spec(n).scores_new_rows]
     if unable:
         raise ConfigError(
             f"detector(s) {', '.join(unable)} score only the rows they were fitted on and cannot run with "

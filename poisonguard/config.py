@@ -68,6 +68,9 @@ class ScanConfig:
     suite: Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
     suite_dir: Path = Path("expectations/suites")
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    # Parameters per detector name, passed to its constructor (``[[scan.detectors]]`` tables in the config
+    # file: ``name = "iforest"`` and ``n_estimators = 300``); they enter the scan's fingerprint.
+    detector_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
     holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
     # A reference whose held-out share would be too small to set the budget's threshold (fewer than
@@ -147,6 +150,12 @@ class ScanConfig:
             raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         if self.score_chunk_rows < 1:
             raise ConfigError(f"score_chunk_rows must be at least 1, got {self.score_chunk_rows}")
+        stray = sorted(set(self.detector_params) - set(self.detectors))
+        if stray:
+            raise ConfigError(
+                f"parameters are given for detector(s) {', '.join(stray)}, which are not in detectors "
+                f"({', '.join(self.detectors)})"
+            )
         if not self.detectors:
             raise ConfigError("at least one detector must be enabled")
         if self.dataset is not None:
@@ -185,6 +194,8 @@ class ScanConfig:
                      *_PROVENANCE_FIELDS):
             settings.pop(name)
         settings["detectors"] = list(self.detectors)
+        if not self.detector_params:  # so that scans made before detectors took parameters keep their fingerprint
+            settings.pop("detector_params")
         return settings
 
 
@@ -216,6 +227,28 @@ def load_config(path: Path) -> ScanConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def _detector_entries(value: Any) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """Detector names, and parameters per name, from ``detectors``: a comma-separated string, or a list
+    whose items are names or tables with a ``name`` and the detector's parameters."""
+    if isinstance(value, str):
+        return tuple(d.strip() for d in value.split(",") if d.strip()), {}
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"detectors: expected a list of names or tables, got {type(value).__name__} {value!r}")
+    names, params = [], {}
+    for position, entry in enumerate(value, start=1):
+        if isinstance(entry, str):
+            names.append(entry.strip())
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            names.append(entry["name"].strip())
+            if len(entry) > 1:
+                params[names[-1]] = {k: v for k, v in entry.items() if k != "name"}
+        else:
+            raise ConfigError(
+                f"detectors, entry {position}: expected a detector name or a table with name = \"...\", got {entry!r}"
+            )
+    return tuple(names), params
+
+
 def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, base: ScanConfig | None = None) -> ScanConfig:
     """A :class:`ScanConfig` from plain values (a TOML table, a deployment's JSON parameters).
 
@@ -233,7 +266,9 @@ def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, ba
         if key in _PATH_FIELDS:
             value = (Path(base_dir) / value).resolve() if base_dir is not None else Path(value)
         elif key == "detectors":
-            value = tuple(d.strip() for d in value.split(",")) if isinstance(value, str) else tuple(value)
+            value, params = _detector_entries(value)
+            if params:
+                converted["detector_params"] = {**converted.get("detector_params", {}), **params}
         converted[key] = value
     try:
         return dataclasses.replace(base or ScanConfig(), **converted)

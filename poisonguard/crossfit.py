@@ -16,10 +16,12 @@ import math
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from poisonguard.config import ScanConfig
 from poisonguard.detectors.base import Detector
+from poisonguard.detectors.spec import DetectorSpec
 
 # The held-out part is large enough to calibrate alone when this many of its rows lie beyond the
 # budget's quantile: 1,000 held-out rows at a 1% budget.
@@ -65,12 +67,8 @@ class FoldEnsemble(Detector):
         self.members = members
 
     @property
-    def reason(self) -> str:  # type: ignore[override]
-        return self.members[0].reason
-
-    @property
-    def representation(self) -> str:  # type: ignore[override]
-        return self.members[0].representation
+    def spec(self) -> DetectorSpec:  # type: ignore[override]
+        return self.members[0].spec
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> FoldEnsemble:
         raise TypeError("a FoldEnsemble is built fitted by cross_fit; it cannot be refitted")
@@ -97,7 +95,7 @@ def cross_fit(
         return detector, detector.decision_function(X[hold], None if y is None else y[hold])
     members, scores = [], []
     for fit, hold in folds:
-        member = detector.clone().fit(X[fit], None if y is None else y[fit])
+        member = clone(detector).fit(X[fit], None if y is None else y[fit])
         members.append(member)
         scores.append(member.decision_function(X[hold], None if y is None else y[hold]))
     return FoldEnsemble(members), np.concatenate(scores)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.config import ScanConfig
-from poisonguard.detectors import ClassConditional, Detector, detector_class, make_detector
+from poisonguard.detectors import ClassConditional, Detector, detector_spec, make_detector
 from poisonguard.representations import EmbeddingView, Probe
 from poisonguard.values import as_text
 
@@ -17,8 +17,8 @@ def has_enough_reference(reference: pd.DataFrame | None, config: ScanConfig) -> 
 
 
 def configured_detector(name: str, label_col: str | None, config: ScanConfig):
-    detector = make_detector(name, seed=config.seed)
-    if label_col and detector.per_class:
+    detector = make_detector(name, seed=config.seed, **config.detector_params.get(name, {}))
+    if label_col and detector.spec.per_class:
         return ClassConditional(detector, config.min_class_rows)
     return detector
 
@@ -27,10 +27,10 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
     """The configured detectors that can run here, and why each of the others cannot."""
     runnable, skipped = [], {}
     for name in config.detectors:
-        registered = detector_class(name)
-        if registered.needs_labels and label_col is None:
+        spec = detector_spec(name)
+        if spec.needs_labels and label_col is None:
             skipped[name] = "needs a label column (--label-col)"
-        elif registered.needs_reference and not has_reference:
+        elif spec.needs_reference and not has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
         else:
             runnable.append(name)
@@ -48,7 +48,7 @@ def labels_of(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
 
 def reads_probe(detectors: dict[str, Detector]) -> bool:
     """Whether any of ``detectors`` reads a representation beyond the encoded columns (the backdoor checks)."""
-    return any(d.representation == "probe" for d in detectors.values())
+    return any(d.spec.reads == "probe" for d in detectors.values())
 
 
 def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
@@ -59,4 +59,10 @@ def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
     seen = X
     if representation is not None and reads_probe(detectors):
         seen = representation.rows(frame, X)
-    return {name: seen if d.representation == "probe" else X for name, d in detectors.items()}
+    return {name: seen if d.spec.reads == "probe" else X for name, d in detectors.items()}
+
+
+def cannot_fit(name: str, error: ValueError) -> str:
+    """The report's reason that detector ``name`` was skipped: the rows given cannot fit it (a reference
+    with one class for a label model, too few rows). A detector raises ``ValueError`` for such data."""
+    return f"cannot run on these rows: {error}"

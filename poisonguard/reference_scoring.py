@@ -21,7 +21,7 @@ from poisonguard.batch_stats import CONFORMAL_AXIS
 from poisonguard.calibration import batch_groups, batch_p_values, calibration_groups, holdout_p_values, union_threshold
 from poisonguard.config import ScanConfig
 from poisonguard.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_positions
-from poisonguard.detector_set import configured_detector, has_enough_reference, labels_of, reads_probe, runnable_detectors, views_of
+from poisonguard.detector_set import cannot_fit, configured_detector, has_enough_reference, labels_of, reads_probe, runnable_detectors, views_of
 from poisonguard.features import FeatureEncoder
 from poisonguard.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.scores import DetectorScores
@@ -62,6 +62,7 @@ class FittedReference:
             self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
                                     self.representation.rows(used.iloc[fit_only:]))
         self.holdout_scores: dict[str, np.ndarray] = {}
+        self.skipped: dict[str, str] = {}  # detectors the reference's rows cannot fit, with the reason
         if batch_sample is not None:
             self._fit_on_sample(batch_sample, used, X_used, y_used)
             return
@@ -69,8 +70,12 @@ class FittedReference:
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
         self.streamed = {}
         for name, detector in self.detectors.items():
-            if not detector.transductive and detector.representation == "features":
-                self.streamed[name], self.holdout_scores[name] = cross_fit(detector, X_used, y_used, self.folds)
+            if not detector.spec.transductive and detector.spec.reads == "features":
+                try:
+                    self.streamed[name], self.holdout_scores[name] = cross_fit(detector, X_used, y_used, self.folds)
+                except ValueError as error:
+                    self.skipped[name] = cannot_fit(name, error)
+        self._forget_skipped()
         if len(self.streamed) == len(self.detectors):
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
@@ -92,13 +97,22 @@ class FittedReference:
         self.streamed = {}
         for name, detector in self.detectors.items():
             V_used = used_views[name]
-            if detector.transductive:
-                detector.fit(sample_views[name], y_sample)
-                self.streamed[name] = detector
-                self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
-            else:
-                self.streamed[name], self.holdout_scores[name] = cross_fit(detector, V_used, y_used, self.folds)
+            try:
+                if detector.spec.transductive:
+                    detector.fit(sample_views[name], y_sample)
+                    self.streamed[name] = detector
+                    self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
+                else:
+                    self.streamed[name], self.holdout_scores[name] = cross_fit(detector, V_used, y_used, self.folds)
+            except ValueError as error:
+                self.skipped[name] = cannot_fit(name, error)
+        self._forget_skipped()
         self.X_fit = self.X_hold = self.embedding_parts = None  # every detector now scores rows chunk by chunk
+
+
+    def _forget_skipped(self) -> None:
+        self.names = [name for name in self.names if name not in self.skipped]
+        self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
 
 
 def fit_reference(
@@ -114,7 +128,9 @@ def fit_reference(
     names, skipped = runnable_detectors(config, label_col, has_reference)
     if not has_reference or not names:
         return None, skipped
-    return FittedReference(reference, kinds, label_col, config, names, batch_sample), skipped
+    fitted = FittedReference(reference, kinds, label_col, config, names, batch_sample)
+    skipped = skipped | fitted.skipped
+    return (fitted if fitted.names else None), skipped
 
 
 def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -165,19 +181,25 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                 )
             )
         for name, detector in whole.items():
-            V_fit, V_hold, V_batch = views.get(detector.representation, views["features"])
-            if detector.transductive:
-                # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
-                # held-out rows are treated alike and the held-out scores calibrate the batch's.
-                pooled = detector.fit_decision_function(
-                    np.vstack([V_hold, V_batch]), np.concatenate([y_hold, y_batch]) if label_col is not None else None
-                )
-                holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
-            else:
-                V_used = np.vstack([V_fit, V_hold])
-                y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
-                scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
-                result.scores[name] = scorer.decision_function(V_batch, y_batch)
+            V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
+            try:
+                if detector.spec.transductive:
+                    # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
+                    # held-out rows are treated alike and the held-out scores calibrate the batch's.
+                    pooled = detector.fit_decision_function(
+                        np.vstack([V_hold, V_batch]),
+                        np.concatenate([y_hold, y_batch]) if label_col is not None else None,
+                    )
+                    holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
+                else:
+                    V_used = np.vstack([V_fit, V_hold])
+                    y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
+                    scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
+                    result.scores[name] = scorer.decision_function(V_batch, y_batch)
+            except ValueError as error:
+                skipped = {**(skipped or {}), name: cannot_fit(name, error)}
+    if not holdout_scores:
+        return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped or {}})
     calibration = calibrate_holdout(fitted, holdout_scores)
     calibration.summary["skipped_detectors"] = skipped or {}
     return apply_calibration(calibration, result.scores, y_batch)
@@ -198,7 +220,8 @@ class ReferenceCalibration:
 
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
     """Set the p-value threshold for the union of all detectors from the held-out rows' scores."""
-    config, names, y_hold = fitted.config, fitted.names, fitted.y_hold
+    config, y_hold = fitted.config, fitted.y_hold
+    names = [name for name in fitted.names if name in holdout_scores]
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
@@ -232,7 +255,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
             "the most extreme of them and holds the budget only approximately: give a larger reference or a "
             "larger budget"
         )
-    reasons = {name: f"{fitted.detectors[name].reason}:{name}" for name in names}
+    reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard import ROW_ID
-from poisonguard.detectors import detector_class
+from poisonguard.detectors import detector_spec
 from poisonguard.errors import ConfigError, UnreadableBatchError
 from poisonguard.expectations.validate import SchemaValidator, validate_batch
 from poisonguard.plan import ScanPlan
@@ -150,7 +150,7 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
     if has_enough_reference(reference, config):
         # Detectors that judge the batch's rows against each other need a first pass for a sample of it.
         sample = None
-        if any(detector_class(n).transductive or detector_class(n).representation != "features"
+        if any(detector_spec(n).transductive or detector_spec(n).reads != "features"
                for n in config.detectors):
             sample = validated_sample(source, scan_plan, config.max_reference_rows, config.seed)
             if sample is None:  # broken structure: the scanning pass finds it and rejects the batch

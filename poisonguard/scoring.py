@@ -42,5 +42,5 @@ def score_rows(
         return DetectorScores(calibration={"mode": "batch", "skipped_detectors": skipped})
     fit_mask = np.ones(len(batch), dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
     result = score_against_batch(batch, fit_mask, kinds, label_col, config, names)
-    result.calibration["skipped_detectors"] = skipped
+    result.calibration["skipped_detectors"] = skipped | result.calibration.get("skipped_detectors", {})
     return result

@@ -111,8 +111,8 @@ def test_trigger_values_find_relabelled_triggered_rows_that_are_half_their_class
     scores = detector.fit_decision_function(X, y)
     assert scores.shape == (len(X),) and np.isfinite(scores).all()
     assert {(column, label) for column, pairs in detector.candidates_.items() for _, label in pairs} >= {(5, "a"), (6, "a")}
-    assert (scores[mask] > detector.natural_threshold).mean() >= 0.95
-    assert (scores[~mask] > detector.natural_threshold).mean() <= 0.01
+    assert (scores[mask] > detector.spec.natural_threshold).mean() >= 0.95
+    assert (scores[~mask] > detector.spec.natural_threshold).mean() <= 0.01
     np.testing.assert_array_equal(scores, make_detector("trigger_values", seed=0).fit_decision_function(X, y))
 
 

@@ -59,7 +59,7 @@ def test_a_rejected_batch_exits_3(tmp_path):
         (lambda d: ["scan", str(d / "missing.csv")], "missing.csv: batch file not found"),
         (lambda d: ["scan", str(d / "batch.xlsx")], "pass --format"),
         (lambda d: ["scan", str(d / "batch.csv"), "--label-col", "target"], "label column 'target' not found"),
-        (lambda d: ["scan", str(d / "batch.csv"), "--detectors", "ecod,magic"], "unknown detector(s) magic"),
+        (lambda d: ["scan", str(d / "batch.csv"), "--detectors", "ecod,magic"], "unknown detector 'magic'"),
         (lambda d: ["scan", str(d / "batch.csv"), "--max-false-quarantine", "2"], "max_false_quarantine"),
         (lambda d: ["scan", str(d / "batch.csv"), "-r", str(d / "nope.csv")], "nope.csv: reference not found"),
     ],

@@ -13,7 +13,7 @@ from poisonguard.features import FeatureEncoder, infer_kinds
 from poisonguard.scoring import score_rows
 
 
-OUTLIER_DETECTORS = sorted(name for name, cls in REGISTRY.items() if cls.reason == "outlier")
+OUTLIER_DETECTORS = sorted(name for name, cls in REGISTRY.items() if cls.spec.reason == "outlier")
 
 
 def blob_with_outlier(seed: int = 0) -> np.ndarray:

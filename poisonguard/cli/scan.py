@@ -178,11 +178,10 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         from poisonguard.trust import load_trust_store
 
         load_trust_store(config.trust_store)  # a missing or broken store fails here, before Prefect starts
-    from poisonguard.detectors import REGISTRY
+    from poisonguard.detectors import make_detector
 
-    unknown = [d for d in config.detectors if d not in REGISTRY]
-    if unknown:
-        raise InputError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))}")
+    for name in config.detectors:  # an unknown name or parameter fails here, before Prefect starts
+        make_detector(name, **config.detector_params.get(name, {}))
 
 
 def writable_output_dir(out_dir: Path) -> None:

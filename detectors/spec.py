@@ -1,0 +1,65 @@
+"""What a detector needs and how a scan fits it, declared once per detector class.
+
+The scan reads nothing else about a detector: whether it can run (labels, a reference), how it is fitted
+(inductively, transductively, out of fold), what it reads (the encoded columns or a representation) and
+how its flags are set without a reference (a robust rule or a threshold of its own).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+FITTING = ("inductive", "transductive", "out_of_fold")
+READS = ("features", "probe")
+_REASON = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector's declared needs and fitting (``spec`` on its class; checked when it is registered).
+
+    ``reason``: the family of the reason code a flag gives a row (``outlier`` -> ``outlier:<name>``).
+    ``per_class``: fit one copy per label class when a label column is given.
+    ``needs_labels`` / ``needs_reference``: cannot run without a label column / trusted reference rows.
+    ``fitting``: ``inductive`` scores new rows as it scores the rows it was fitted on; ``transductive``
+    judges rows against the very rows it is fitted with (spectral statistics, clusters, neighbours), so
+    a scan fits it on the batch with the held-out trusted rows, or on a sample of the batch when read in
+    chunks; ``out_of_fold`` scores only the rows it was fitted on (cannot run on chunks).
+    ``reads``: ``features`` (the encoded columns) or ``probe`` (the batch's own embedding, or the hidden
+    activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
+    ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
+    its own, such as a majority of disagreeing neighbours); ``None``: the robust ``median + z * MAD`` rule.
+    """
+
+    reason: str = "outlier"
+    per_class: bool = True
+    needs_labels: bool = False
+    needs_reference: bool = False
+    fitting: str = "inductive"
+    reads: str = "features"
+    natural_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not _REASON.fullmatch(self.reason):
+            raise ValueError(f"reason must be lowercase letters, digits and '_', got {self.reason!r}")
+        if self.fitting not in FITTING:
+            raise ValueError(f"fitting must be one of {', '.join(FITTING)}, got {self.fitting!r}")
+        if self.reads not in READS:
+            raise ValueError(f"reads must be one of {', '.join(READS)}, got {self.reads!r}")
+        if self.natural_threshold is not None and not math.isfinite(self.natural_threshold):
+            raise ValueError(f"natural_threshold must be a finite number or None, got {self.natural_threshold!r}")
+        for flag in ("per_class", "needs_labels", "needs_reference"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def transductive(self) -> bool:
+        """Whether it judges rows against the rows it is fitted with (it then needs them all at once)."""
+        return self.fitting != "inductive"
+
+    @property
+    def scores_new_rows(self) -> bool:
+        """Whether, once fitted, it can score rows it was not fitted on."""
+        return self.fitting != "out_of_fold"

@@ -12,16 +12,16 @@ from benchmarks.detection import metrics
 from benchmarks.results import write_section
 
 
-def test_throughput_benchmark_measures_scan_and_ecod_in_fresh_processes(tmp_path, monkeypatch):
+def test_throughput_benchmark_measures_scan_and_pyod_in_fresh_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     rows = throughput.run([400], features=4, repeats=1, settings={}, work=tmp_path)
     (row,) = rows
     assert row["rows"] == 400
-    for key in ("scan_s", "ecod_s", "scan_peak_mb", "input_mb"):
+    for key in ("scan_s", "pyod_s", "pyod_ecod_s", "pyod_iforest_s", "scan_peak_mb", "input_mb"):
         assert math.isfinite(row[key]) and row[key] > 0
     assert {"ingest", "validate", "score", "write", "report and rest"} <= set(row["steps"])
     table = throughput.to_markdown(rows, repeats=1)
-    assert "| 400 |" in table and "scan / ECOD" in table
+    assert "| 400 |" in table and "scan / PyOD" in table
 
 
 def test_peers_run_on_the_same_poisoned_batch():

@@ -10,7 +10,7 @@ default: a scheduled inbox must not take batches nobody signed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, task
@@ -77,7 +77,7 @@ def process_inbox(
     results = []
     for taken in claim_batches(inbox, min_age_seconds, stale_after_seconds):
         try:
-            batch_config = replace(config, dataset=scan_dataset(taken.path, config, file_name=taken.name))
+            batch_config = config.with_overrides(dataset=scan_dataset(taken.path, config, file_name=taken.name))
             summary = run_scan(taken.path, batch_config)
         except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
             moved = settle_batch(taken, FAILED, "error")

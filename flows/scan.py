@@ -210,7 +210,7 @@ def artifact_key(dataset: str) -> str:
     return f"poisonguard-{slug}"
 
 
-@flow(name="scan-batch", validate_parameters=False)
+@flow(name="scan-batch")
 def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
     """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone.
 

@@ -160,6 +160,7 @@ class ChunkStager:
         files are then removed and :attr:`found` says why)."""
         self.found.add_expectations(outcome.expectations)
         if outcome.rejected:
+            log.info("the batch is rejected whole: %s", "; ".join(f.code for f in outcome.structural))
             self.found.structural = outcome.structural
             self.discard()
             return None
@@ -201,6 +202,8 @@ class ChunkStager:
         """Close the staged files; they wait in ``found.staged`` for :func:`commit_staged`."""
         found = self.found
         found.rows_clean, found.rows_quarantined = self.clean.rows, self.quarantine.rows
+        log.info("staged %s rows: %s clean, %s quarantined", f"{found.rows_in:,}", f"{found.rows_clean:,}",
+                 f"{found.rows_quarantined:,}")
         for output in (self.clean, self.quarantine):
             staged = output.close()
             if staged is not None:

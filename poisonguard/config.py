@@ -1,15 +1,21 @@
-"""The one typed configuration of a scan, loadable from a TOML file and overridable from the CLI."""
+"""The one typed configuration of a scan, loadable from a TOML file and overridable from the CLI.
+
+A pydantic model (Prefect brings pydantic): every value is checked for its type where it enters, from a
+TOML file, a deployment's JSON parameters or Python, and a wrong one is a :class:`ConfigError` naming the
+key, the value and the type it must have. Types are strict (``seed = "1"`` and ``force = "yes"`` are
+refused rather than guessed); paths may be given as text and lists of detectors as lists.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from poisonguard.errors import ConfigError
+from poisonguard.names import checked_dataset_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,54 +29,30 @@ _EXECUTION_FIELDS = ("score_chunk_rows", "task_runner", "dask_address", "dask_wo
 _PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hours", "clock_skew_seconds", "ledger")
 
 
-def dataset_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a dataset, or ``None``.
+# Paths and the detector list come as text and lists from TOML and JSON; every other value must have its type.
+_Path = Annotated[Path, Field(strict=False)]
 
-    A dataset name becomes a folder under each output area (``clean/<dataset>/``), so it must be one plain,
-    visible path component: a name such as ``..`` (from a file called ``...csv``) once put the clean and the
-    quarantine files of a batch at one path, and the second write replaced the first. The same rule holds
-    wherever a name comes from: ``--dataset``, a manifest, a file name, the inbox.
+
+class ScanConfig(BaseModel):
+    """Everything a scan needs besides the batch file itself (frozen; paths kept as given).
+
+    Raises :class:`ConfigError` naming the key for a value of the wrong type or out of range, or a
+    combination of settings that cannot work together.
     """
-    if not name or not name.strip():
-        return "it is empty"
-    if len(name) > 128:
-        return "it is longer than 128 characters"
-    if name != name.strip():
-        return "it starts or ends with white space"
-    if any(character in name for character in "/\\") or name in (".", "..") or name.startswith("."):
-        return "it must be one plain folder name (no '/', '\\' or leading '.')"
-    if any(unicodedata.category(character)[0] == "C" for character in name):
-        return "it holds a control or unprintable character"
-    return None
 
-
-def checked_dataset_name(name: str, origin: str) -> str:
-    """``name`` when it can name a dataset (see :func:`dataset_name_problem`); else :class:`ConfigError`
-    saying where the name came from (``origin``: "--dataset", "the file name x.csv") and what to do."""
-    problem = dataset_name_problem(name)
-    if problem is not None:
-        raise ConfigError(f"dataset {name!r} cannot be used (from {origin}): {problem}; pass --dataset NAME")
-    return name
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """Everything a scan needs besides the batch file itself.
-
-    Paths are kept as given; ``resolve_paths`` makes them absolute against a base directory.
-    """
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     label_col: str | None = None
     dataset: str | None = None
-    out_dir: Path = Path("poisonguard-out")
-    reference: Path | None = None
+    out_dir: _Path = Path("poisonguard-out")
+    reference: _Path | None = None
     file_format: str | None = None
-    suite: Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
-    suite_dir: Path = Path("expectations/suites")
-    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    suite: _Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
+    suite_dir: _Path = Path("expectations/suites")
+    detectors: Annotated[tuple[str, ...], Field(strict=False)] = DEFAULT_DETECTORS
     # Parameters per detector name, passed to its constructor (``[[scan.detectors]]`` tables in the config
     # file: ``name = "iforest"`` and ``n_estimators = 300``); they enter the scan's fingerprint.
-    detector_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    detector_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
     holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
     # A reference whose held-out share would be too small to set the budget's threshold (fewer than
@@ -96,11 +78,11 @@ class ScanConfig:
     embedding_prefix: str | None = None
     embedding_column: str | None = None
     force: bool = False  # rescan even when the same batch was already scanned with the same settings
-    trust_store: Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
+    trust_store: _Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
     require_provenance: bool = False  # refuse batches without a valid manifest (needs trust_store)
     manifest_max_age_hours: float = 168.0  # a manifest older than this is refused
     clock_skew_seconds: float = 300.0  # how far in the future a manifest's created_at may lie
-    ledger: Path | None = None  # the replay ledger; default <out_dir>/ledger.sqlite
+    ledger: _Path | None = None  # the replay ledger; default <out_dir>/ledger.sqlite
     # Batch rows encoded and scored at a time by detectors fitted on the reference; bounds the memory of
     # scoring without changing any score.
     score_chunk_rows: int = 100_000
@@ -114,7 +96,14 @@ class ScanConfig:
     dask_address: str | None = None
     dask_workers: int | None = None  # default: one per CPU core
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigError(validation_message(error)) from None
+
+    @model_validator(mode="after")
+    def _check(self) -> ScanConfig:
         if not 0.0 < self.max_false_quarantine < 0.5:
             raise ConfigError(
                 f"max_false_quarantine must be between 0 and 0.5, got {self.max_false_quarantine}"
@@ -166,6 +155,7 @@ class ScanConfig:
             raise ConfigError(f"manifest_max_age_hours must be positive, got {self.manifest_max_age_hours}")
         if self.clock_skew_seconds < 0:
             raise ConfigError(f"clock_skew_seconds must be zero or more, got {self.clock_skew_seconds}")
+        return self
 
     @property
     def ledger_path(self) -> Path:
@@ -174,10 +164,10 @@ class ScanConfig:
     def with_overrides(self, **overrides: Any) -> ScanConfig:
         """Return a copy with every override that is not ``None`` applied."""
         given = {key: value for key, value in overrides.items() if value is not None}
-        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        unknown = set(given) - set(type(self).model_fields)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **given)
+        return ScanConfig(**(self.model_dump() | given))
 
     @property
     def has_embedding(self) -> bool:
@@ -189,7 +179,7 @@ class ScanConfig:
 
         Provenance settings are left out: with a trust store, provenance is checked on every scan anyway.
         """
-        settings = dataclasses.asdict(self)
+        settings = self.model_dump()
         for name in ("out_dir", "force", "suite_dir", "suite", "reference", "file_format", *_EXECUTION_FIELDS,
                      *_PROVENANCE_FIELDS):
             settings.pop(name)
@@ -217,8 +207,7 @@ def load_config(path: Path) -> ScanConfig:
     table = data.get("scan", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [scan] must be a table")
-    known = {f.name for f in dataclasses.fields(ScanConfig)}
-    unknown = sorted(set(table) - known)
+    unknown = sorted(set(table) - set(ScanConfig.model_fields))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in [scan]: {', '.join(unknown)}")
     try:
@@ -255,8 +244,7 @@ def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, ba
     Paths may be strings, relative to ``base_dir`` when given; ``detectors`` a list or a comma-separated
     string. Values not given keep those of ``base`` (default settings when ``None``).
     """
-    known = {f.name for f in dataclasses.fields(ScanConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(ScanConfig.model_fields))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     converted: dict[str, Any] = {}
@@ -264,13 +252,22 @@ def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, ba
         if value is None:
             continue
         if key in _PATH_FIELDS:
+            if not isinstance(value, (str, Path)):
+                raise ConfigError(f"{key}: expected a path (text), got {type(value).__name__} {value!r}")
             value = (Path(base_dir) / value).resolve() if base_dir is not None else Path(value)
         elif key == "detectors":
             value, params = _detector_entries(value)
             if params:
                 converted["detector_params"] = {**converted.get("detector_params", {}), **params}
         converted[key] = value
-    try:
-        return dataclasses.replace(base or ScanConfig(), **converted)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
+    return ScanConfig(**((base or ScanConfig()).model_dump() | converted))
+
+
+def validation_message(error: ValidationError) -> str:
+    """pydantic's errors as one line per key: ``seed: expected an integer, got str '1'``."""
+    problems = []
+    for found in error.errors(include_url=False):
+        key = ".".join(str(part) for part in found["loc"]) or "settings"
+        value = found.get("input")
+        problems.append(f"{key}: {found['msg'].lower()}, got {type(value).__name__} {value!r}")
+    return "; ".join(problems)

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID, is_reserved_column
-from poisonguard.config import checked_dataset_name
+from poisonguard.names import checked_dataset_name
 from poisonguard.errors import InputError, UnreadableBatchError
 from poisonguard.memory import release_free_memory
 

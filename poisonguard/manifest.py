@@ -7,6 +7,8 @@ not break it but changing any value does. All cryptography is the ``cryptography
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import base64
 import binascii
 import json
@@ -23,7 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from poisonguard import __version__
-from poisonguard.config import ScanConfig, dataset_name_problem
+from poisonguard.names import dataset_name_problem
+
+if TYPE_CHECKING:
+    from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.store import atomic_write_text
 

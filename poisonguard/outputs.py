@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
-from poisonguard.config import checked_dataset_name
+from poisonguard.names import checked_dataset_name
 from poisonguard.decide import QUARANTINED
 from poisonguard.errors import InputError
 from poisonguard.ingest import Batch

@@ -145,6 +145,13 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
     reference, kinds, label_col = scan_plan.reference, scan_plan.kinds, scan_plan.label_col
     if source.one_chunk:
         fitted, skipped = fit_reference(reference, kinds, label_col, config)
+        if fitted is not None:
+            log.info("fitted %s on %s reference rows (%s calibrate)", ", ".join(fitted.names),
+                     f"{fitted.fit_rows:,}", f"{fitted.holdout_rows:,}")
+        elif reference is None:
+            log.info("no reference: detectors are fitted on the batch's rows that pass the schema")
+        for name, why in skipped.items():
+            log.warning("skipped %s: %s", name, why)
         return WholeBatchScorer(config, scan_plan, fitted, skipped)
     refuse_unchunkable(list(config.detectors), config)
     if has_enough_reference(reference, config):
@@ -165,6 +172,9 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
             return ChunkScorer(config, skipped)
         calibration = calibrate_holdout(fitted, fitted.holdout_scores)
         calibration.summary["skipped_detectors"] = skipped
+        log.info("fitted %s on %s reference rows%s; p-value threshold %.3g", ", ".join(fitted.names),
+                 f"{fitted.fit_rows:,}", f" and {len(sample):,} batch rows" if sample is not None else "",
+                 calibration.alpha)
         return ReferenceChunkScorer(config, fitted, calibration, skipped)
     log.info("first pass: sampling %s rows to fit on", f"{config.max_reference_rows:,}")
     sample = validated_sample(source, scan_plan, config.max_reference_rows, config.seed)
@@ -172,6 +182,7 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
     if fitted is None:
         return NoDetectors(config, {"mode": "batch", "skipped_detectors": skipped})
     fitted.summary["skipped_detectors"] = skipped
+    log.info("fitted %s on a sample of %s batch rows", ", ".join(fitted.detectors), f"{len(sample):,}")
     return SampleChunkScorer(config, fitted, skipped)
 
 

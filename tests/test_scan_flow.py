@@ -13,6 +13,7 @@ from conftest import STRUCTURAL_BREAKS, make_frame
 from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.committed import committed_files
 from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import scan_batch
 from poisonguard.outputs import OutputPaths
 from poisonguard.report import read_report
@@ -202,3 +203,27 @@ def test_a_reference_larger_than_the_cap_is_sampled_and_its_classes_counted_whol
     assert scan_plan.reference_class_counts == expected and sum(expected.values()) == 3000
     again = plan_scan(describe_batch(sample_batch, "loans"), config)
     assert again.reference[ROW_ID].tolist() == scan_plan.reference[ROW_ID].tolist()  # seeded
+
+
+def test_a_deployment_passes_settings_as_json_and_prefect_checks_their_types(prefect_harness, tmp_path):
+    from poisonguard.flows.scan import scan_batch
+
+    make_frame(400, seed=0).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(100, seed=1).to_csv(tmp_path / "batch.csv", index=False)
+    settings = {"label_col": "label", "reference": str(tmp_path / "ref.csv"), "out_dir": str(tmp_path / "out"),
+                "detectors": ["ecod", "iforest"]}
+    summary = scan_batch(str(tmp_path / "batch.csv"), settings)  # as a deployment's JSON parameters arrive
+    assert summary.rows_in == 100 and Path(summary.report_path).is_file()
+    with pytest.raises(ConfigError, match="max_false_quarantine: input should be a valid number, got str 'high'"):
+        scan_batch(str(tmp_path / "batch.csv"), settings | {"max_false_quarantine": "high"})
+
+
+def test_wrong_types_in_the_config_file_name_the_key(tmp_path):
+    from poisonguard.config import load_config
+
+    (tmp_path / "scan.toml").write_text('[scan]\nseed = "1"\nforce = "yes"\nmax_false_quarantine = 0.02\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "scan.toml")
+    assert "seed: input should be a valid integer, got str '1'" in str(raised.value)
+    assert "force: input should be a valid boolean, got str 'yes'" in str(raised.value)
+    assert str(tmp_path / "scan.toml") in str(raised.value)

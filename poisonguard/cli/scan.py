@@ -252,7 +252,7 @@ def expectations_init(
     ] = 0.1,
     range_false_quarantine: Annotated[
         float, typer.Option(help="Share of clean rows all inferred ranges together may fail.")
-    ] = ScanConfig.range_false_quarantine,
+    ] = ScanConfig.model_fields["range_false_quarantine"].default,
     file_format: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing suite.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,

@@ -1,0 +1,37 @@
+"""The one rule for dataset names, wherever a name comes from: light, so that every module may import it."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from poisonguard.errors import ConfigError
+
+
+def dataset_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dataset, or ``None``.
+
+    A dataset name becomes a folder under each output area (``clean/<dataset>/``), so it must be one plain,
+    visible path component: a name such as ``..`` (from a file called ``...csv``) once put the clean and the
+    quarantine files of a batch at one path, and the second write replaced the first. The same rule holds
+    wherever a name comes from: ``--dataset``, a manifest, a file name, the inbox.
+    """
+    if not name or not name.strip():
+        return "it is empty"
+    if len(name) > 128:
+        return "it is longer than 128 characters"
+    if name != name.strip():
+        return "it starts or ends with white space"
+    if any(character in name for character in "/\\") or name in (".", "..") or name.startswith("."):
+        return "it must be one plain folder name (no '/', '\\' or leading '.')"
+    if any(unicodedata.category(character)[0] == "C" for character in name):
+        return "it holds a control or unprintable character"
+    return None
+
+
+def checked_dataset_name(name: str, origin: str) -> str:
+    """``name`` when it can name a dataset (see :func:`dataset_name_problem`); else :class:`ConfigError`
+    saying where the name came from (``origin``: "--dataset", "the file name x.csv") and what to do."""
+    problem = dataset_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"dataset {name!r} cannot be used (from {origin}): {problem}; pass --dataset NAME")
+    return name

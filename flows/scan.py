@@ -91,7 +91,7 @@ def provenance(source: BatchSource, config: ScanConfig, now: datetime,
     progress.info("checking provenance against %s", config.trust_store)
     rows = source.rows_read()
     replay_lock.hold(rows.content_sha256)
-    return rows, check_batch_provenance(source.batch, config, now, rows)
+    return rows, check_batch_provenance(source.batch, config.provenance, now, rows)
 
 
 @task(name="quarantine-untrusted", cache_policy=NONE)
@@ -290,7 +290,7 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
 def scan_chunks(source: BatchSource, scan_plan: ScanPlan, scorer: ChunkScorer, paths: OutputPaths,
                 scanned_at: datetime, config: ScanConfig, lap) -> ScanFindings:
     """Per chunk: validate, score, flag, stage. Stops at the first chunk that rejects the batch."""
-    parallel = config.task_runner == "dask"
+    parallel = config.execution.task_runner == "dask"
     with ChunkStager(source, scan_plan, paths, scanned_at) as stager:
         for chunk in source.chunks():
             outcome = validate(chunk, scan_plan)
@@ -342,5 +342,5 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
 
 def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
     """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`)."""
-    runner = task_runner_for(config)
+    runner = task_runner_for(config.execution)
     return (scan_batch if runner is None else scan_batch.with_options(task_runner=runner))(path, config)

@@ -29,6 +29,31 @@ _EXECUTION_FIELDS = ("score_chunk_rows", "task_runner", "dask_address", "dask_wo
 _PROVENANCE_FIELDS = ("trust_store", "require_provenance", "manifest_max_age_hours", "clock_skew_seconds", "ledger")
 
 
+class ProvenanceSettings(BaseModel):
+    """The part of the settings the provenance check reads (:attr:`ScanConfig.provenance`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trust_store: Path
+    ledger_path: Path
+    require_provenance: bool
+    max_age_seconds: float
+    clock_skew_seconds: float
+    rescan: bool  # --force: earlier deliveries of this very batch do not count as replays
+
+
+class ExecutionSettings(BaseModel):
+    """Where and how a scan runs, never what it decides (:attr:`ScanConfig.execution`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_runner: str
+    dask_address: str | None
+    dask_workers: int | None
+    score_chunk_rows: int
+    chunk_rows: int | None
+
+
 # Paths and the detector list come as text and lists from TOML and JSON; every other value must have its type.
 _Path = Annotated[Path, Field(strict=False)]
 
@@ -168,6 +193,21 @@ class ScanConfig(BaseModel):
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return ScanConfig(**(self.model_dump() | given))
+
+    @property
+    def provenance(self) -> ProvenanceSettings | None:
+        """What the provenance check needs; ``None`` without a trust store (no check)."""
+        if self.trust_store is None:
+            return None
+        return ProvenanceSettings(
+            trust_store=self.trust_store, ledger_path=self.ledger_path, require_provenance=self.require_provenance,
+            max_age_seconds=self.manifest_max_age_hours * 3600, clock_skew_seconds=self.clock_skew_seconds,
+            rescan=self.force,
+        )
+
+    @property
+    def execution(self) -> ExecutionSettings:
+        return ExecutionSettings(**{name: getattr(self, name) for name in ExecutionSettings.model_fields})
 
     @property
     def has_embedding(self) -> bool:

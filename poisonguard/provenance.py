@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poisonguard import ROW_ID
 from poisonguard.expectations.provenance import provenance_suite, run_provenance_suite
@@ -23,6 +23,9 @@ from poisonguard.ingest import Batch
 from poisonguard.ledger import Ledger, LedgerEntry, Replay, content_sha256
 from poisonguard.manifest import Manifest, ManifestError, manifest_path_for, read_manifest, signature_is_valid
 from poisonguard.trust import TrustStore, load_trust_store
+
+if TYPE_CHECKING:
+    from poisonguard.config import ProvenanceSettings
 
 VERIFIED = "verified"
 FAILED = "failed"
@@ -272,20 +275,21 @@ def assess_provenance(
     )
 
 
-def check_batch_provenance(batch: Batch, config, now: datetime, rows: RowsRead) -> ProvenanceOutcome:
-    """:func:`assess_provenance` with a scan's provenance settings (``config``: a ``ScanConfig`` with a
-    trust store); ``rows``: what a pass over the batch's rows established."""
+def check_batch_provenance(batch: Batch, settings: ProvenanceSettings, now: datetime,
+                           rows: RowsRead) -> ProvenanceOutcome:
+    """:func:`assess_provenance` with a scan's provenance settings; ``rows``: what a pass over the batch's
+    rows established."""
     return assess_provenance(
         batch,
         batch.dataset,
-        load_trust_store(config.trust_store),
-        Ledger(config.ledger_path),
-        required=config.require_provenance,
-        max_age_seconds=config.manifest_max_age_hours * 3600,
-        clock_skew_seconds=config.clock_skew_seconds,
+        load_trust_store(settings.trust_store),
+        Ledger(settings.ledger_path),
+        required=settings.require_provenance,
+        max_age_seconds=settings.max_age_seconds,
+        clock_skew_seconds=settings.clock_skew_seconds,
         now=now,
         validator=SchemaValidator(),
-        rescan_of=batch.batch_id if config.force else None,
+        rescan_of=batch.batch_id if settings.rescan else None,
         rows=rows,
     )
 

@@ -124,3 +124,26 @@ def test_help_shows_the_defaults_written_in_brackets(command, shown):
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert shown in result.output
+
+
+def test_every_scan_option_is_a_setting_and_shows_the_settings_default():
+    """The command line and the typed settings cannot drift apart: each option of `scan` sets a ScanConfig
+    field of the same name, and a default the help text shows in brackets is the model's default."""
+    import re
+    import typing
+
+    from poisonguard.cli.scan import scan
+    from poisonguard.config import ScanConfig
+
+    not_settings = {"file", "config_file", "as_json", "verbose", "debug"}
+    fields = ScanConfig.model_fields
+    for name, annotation in typing.get_type_hints(scan, include_extras=True).items():
+        if name in not_settings or name == "return":
+            continue
+        assert name in fields, f"--{name} sets no ScanConfig field"
+        option = annotation.__metadata__[0]
+        shown = re.search(r"\[([^\]]+)\]\.?$", option.help or "")
+        if shown and not shown.group(1).startswith(("with ", "the ")):
+            default = fields[name].default
+            expected = ",".join(default) if isinstance(default, tuple) else str(default)
+            assert shown.group(1) == expected, f"--{name} shows [{shown.group(1)}], the setting's default is {expected}"

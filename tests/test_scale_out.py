@@ -57,13 +57,13 @@ def test_dask_runner_uses_thread_workers_when_prefect_is_ephemeral(monkeypatch):
 
     from poisonguard.flows.runners import task_runner_for
 
-    assert task_runner_for(ScanConfig()) is None
+    assert task_runner_for(ScanConfig().execution) is None
     with temporary_settings(updates={PREFECT_API_URL: None}):
-        runner = task_runner_for(ScanConfig(task_runner="dask", dask_workers=2))
+        runner = task_runner_for(ScanConfig(task_runner="dask", dask_workers=2).execution)
     assert runner.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "processes": False}
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
-        assert task_runner_for(ScanConfig(task_runner="dask")).cluster_kwargs["processes"] is True
-    existing = task_runner_for(ScanConfig(task_runner="dask", dask_address="tcp://10.0.0.5:8786"))
+        assert task_runner_for(ScanConfig(task_runner="dask").execution).cluster_kwargs["processes"] is True
+    existing = task_runner_for(ScanConfig(task_runner="dask", dask_address="tcp://10.0.0.5:8786").execution)
     assert existing.address == "tcp://10.0.0.5:8786"
 
 

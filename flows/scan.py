@@ -265,7 +265,7 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
     else:
         scorer = fit(source, scan_plan, config)
         lap("fit")
-        found = scan_chunks(source, scan_plan, scorer, paths, scanned_at, config, lap)
+        found = scan_chunks(source, scan_plan, scorer, paths, scanned_at, config, lap, hash_rows=content is None)
         result["expectations"] = list(found.expectations.values())
         failures = result["structural_failures"] = [{"code": f.code, "message": f.message} for f in found.structural]
         if failures:
@@ -288,10 +288,11 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
 
 
 def scan_chunks(source: BatchSource, scan_plan: ScanPlan, scorer: ChunkScorer, paths: OutputPaths,
-                scanned_at: datetime, config: ScanConfig, lap) -> ScanFindings:
-    """Per chunk: validate, score, flag, stage. Stops at the first chunk that rejects the batch."""
+                scanned_at: datetime, config: ScanConfig, lap, hash_rows: bool) -> ScanFindings:
+    """Per chunk: validate, score, flag, stage. Stops at the first chunk that rejects the batch.
+    ``hash_rows``: digest the rows' content (the provenance check, when one ran, already did)."""
     parallel = config.execution.task_runner == "dask"
-    with ChunkStager(source, scan_plan, paths, scanned_at) as stager:
+    with ChunkStager(source, scan_plan, paths, scanned_at, hash_rows) as stager:
         for chunk in source.chunks():
             outcome = validate(chunk, scan_plan)
             lap("validate")

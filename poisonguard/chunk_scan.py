@@ -66,6 +66,8 @@ class ScanFindings:
     hashes: list[np.ndarray] = field(default_factory=list)
     class_counts: Counter = field(default_factory=Counter)
     content_columns: list[str] = field(default_factory=list)
+    # False when the rows' digest is already known (a provenance check read it): not hashed a second time.
+    hash_rows: bool = True
     staged: list[tuple[Path, Path]] = field(default_factory=list)  # (staged file, final path)
     # A uniform sample of the validated rows (all of them up to 100k), for the feature-drift checks.
     drift_rows: UniformSample = field(default_factory=lambda: UniformSample(DRIFT_SAMPLE_ROWS, seed=0))
@@ -78,7 +80,10 @@ class ScanFindings:
             total["success"] = total["success"] and summary["success"]
 
     @property
-    def content_sha256(self) -> str:
+    def content_sha256(self) -> str | None:
+        """The rows' content digest, as the replay ledger keeps it; ``None`` when the rows were not hashed."""
+        if not self.hash_rows:
+            return None
         return digest_row_hashes(self.content_columns, np.concatenate([np.empty(0, "uint64"), *self.hashes]))
 
     @property
@@ -134,12 +139,14 @@ class ChunkStager:
     failure that rejects the batch whole rather than raised.
     """
 
-    def __init__(self, source: BatchSource, scan_plan: ScanPlan, paths: OutputPaths, scanned_at: datetime) -> None:
+    def __init__(self, source: BatchSource, scan_plan: ScanPlan, paths: OutputPaths, scanned_at: datetime,
+                 hash_rows: bool = True) -> None:
+        """``hash_rows``: hash every row for the content digest (not needed when provenance already read it)."""
         self.source, self.scan_plan, self.paths, self.scanned_at = source, scan_plan, paths, scanned_at
         metadata = _parquet_metadata(source.batch)
         self.clean = StagedParquet(paths.clean, metadata, keep_empty=True)
         self.quarantine = StagedParquet(paths.quarantine, metadata, keep_empty=False)
-        self.found = ScanFindings()
+        self.found = ScanFindings(hash_rows=hash_rows)
         kinds = suite_kinds(scan_plan.suite) if scan_plan.suite is not None else {}
         self._numeric = [c for c, k in kinds.items() if k == NUMERIC]
 
@@ -185,7 +192,8 @@ class ChunkStager:
         found, label_col = self.found, self.scan_plan.label_col
         found.rows_in += len(chunk)
         found.reasons.update(reason_counts(result))
-        found.hashes.append(row_hashes(chunk))
+        if found.hash_rows:
+            found.hashes.append(row_hashes(chunk))
         found.content_columns = sorted(c for c in chunk.columns if c != ROW_ID)
         for name, flags in scores.flags.items():
             found.flagged[name] += int(flags.sum())

@@ -284,9 +284,6 @@ def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, ba
     Paths may be strings, relative to ``base_dir`` when given; ``detectors`` a list or a comma-separated
     string. Values not given keep those of ``base`` (default settings when ``None``).
     """
-    unknown = sorted(set(values) - set(ScanConfig.model_fields))
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     converted: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
@@ -300,7 +297,7 @@ def config_from_mapping(values: dict[str, Any], base_dir: Path | None = None, ba
             if params:
                 converted["detector_params"] = {**converted.get("detector_params", {}), **params}
         converted[key] = value
-    return ScanConfig(**((base or ScanConfig()).model_dump() | converted))
+    return (base or ScanConfig()).with_overrides(**converted)
 
 
 def validation_message(error: ValidationError) -> str:

@@ -31,7 +31,7 @@ def main() -> None:
     from benchmarks.throughput import LABEL, make_data
     from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
-    from poisonguard.scoring import score_rows
+    from poisonguard.score.rows import score_rows
 
     with tempfile.TemporaryDirectory() as work:  # the throughput benchmark's data: three Gaussian classes
         batch_path, reference_path = make_data(args.batch, 20, Path(work), reference_rows=args.reference)

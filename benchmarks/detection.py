@@ -60,7 +60,7 @@ def evaluate(batch: pd.DataFrame, mask: np.ndarray, reference: pd.DataFrame | No
              seed: int) -> dict:
     from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
-    from poisonguard.scoring import score_rows
+    from poisonguard.score.rows import score_rows
 
     batch = batch.assign(**{ROW_ID: np.arange(len(batch))})
     kinds = {c: "numeric" for c in batch.columns if c not in (LABEL, ROW_ID)}

@@ -104,7 +104,7 @@ def cleanlab(X: np.ndarray, labels: np.ndarray, seed: int) -> PeerResult:
 
 def probe_activations_of(X: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
     """The hidden activations of poisonguard's MLP probe trained on the (poisoned) batch itself."""
-    from poisonguard.representations import probe_activations
+    from poisonguard.featurize.representations import probe_activations
 
     standardised = StandardScaler().fit_transform(X)
     return probe_activations(standardised, labels, [standardised], seed)[0]

@@ -13,8 +13,8 @@ TITLE = "# Benchmark results\n\nEach section is rewritten by the command it name
 def write_section(name: str, title: str, body: str, path: Path = RESULTS, section: str | None = None) -> None:
     """Replace the section ``section`` (default ``name``, the benchmark's module) of ``path``, or append it,
     with ``title``, the command, the versions and ``body``."""
-    from poisonguard.report import versions
-    from poisonguard.store import atomic_write_text
+    from poisonguard.report.scan_report import versions
+    from poisonguard.write.atomic import atomic_write_text
 
     command = f"python -m benchmarks.{name} {' '.join(sys.argv[1:])}".rstrip()
     marker = section or name

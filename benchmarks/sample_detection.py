@@ -30,7 +30,7 @@ def main() -> None:
     from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
     from poisonguard.flows.scan import scan_batch
-    from poisonguard.outputs import OutputPaths
+    from poisonguard.write.outputs import OutputPaths
 
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="poisonguard-sample-"))
     config = ScanConfig(

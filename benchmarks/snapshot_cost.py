@@ -28,7 +28,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from poisonguard.ingest import file_sha256, snapshot_file
+    from poisonguard.ingest.read import file_sha256, snapshot_file
 
     with tempfile.TemporaryDirectory(prefix="poisonguard-snapshot-") as folder:
         work = Path(folder)

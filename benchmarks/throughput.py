@@ -99,7 +99,7 @@ def measure_scan(batch: Path, reference: Path, out_dir: Path, settings: dict) ->
 
     from poisonguard.config import ScanConfig
     from poisonguard.flows.scan import run_scan
-    from poisonguard.report import read_report
+    from poisonguard.report.scan_report import read_report
 
     @flow(name="benchmark-warm-up")
     def warm_up() -> None:

@@ -7,13 +7,13 @@ relabelled to a target class) stands out only under its class's model.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 import pandas as pd
 from sklearn.base import clone
+from sklearn.utils.validation import check_is_fitted
 
+from poisonguard.cells import as_text
 from poisonguard.detectors.base import Detector, check_matrix
 from poisonguard.detectors.spec import DetectorSpec
-from poisonguard.values import as_text
 
 
 class ClassConditional(Detector):

@@ -9,8 +9,8 @@ learn the poison, so this detector runs only when a reference is given.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
 
 from poisonguard.detectors.base import Detector, check_matrix
 from poisonguard.detectors.spec import DetectorSpec

@@ -8,14 +8,14 @@ library that ships it, cleanlab, is AGPL; it appears only in the optional benchm
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
+from sklearn.utils.validation import check_is_fitted
 
 from poisonguard.detectors.base import Detector, check_matrix, check_rows
-from poisonguard.detectors.spec import DetectorSpec
 from poisonguard.detectors.class_conditional import required_labels
+from poisonguard.detectors.spec import DetectorSpec
 
 
 class ConfidentLearningDetector(Detector):

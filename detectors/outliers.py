@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
+from poisonguard.detectors.base import Detector, check_matrix, check_rows, random_generator
 
 
 class ECODDetector(Detector):

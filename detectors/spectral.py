@@ -12,14 +12,14 @@ Tran et al.'s algorithm does not), and nothing ships the robust variant for tabu
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 from sklearn.cluster import KMeans
 from sklearn.covariance import MinCovDet
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.utils.extmath import randomized_svd
+from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
+from poisonguard.detectors.base import Detector, check_matrix, check_rows, random_generator
 from poisonguard.detectors.spec import DetectorSpec
 
 

@@ -30,14 +30,14 @@ learned the trigger).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 import pandas as pd
 from scipy.stats import binom
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, random_generator, check_matrix, check_rows
-from poisonguard.detectors.spec import DetectorSpec
+from poisonguard.detectors.base import Detector, check_matrix, check_rows, random_generator
 from poisonguard.detectors.class_conditional import required_labels
+from poisonguard.detectors.spec import DetectorSpec
 
 
 class TriggerValueDetector(Detector):

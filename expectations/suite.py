@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from poisonguard import ROW_ID
+from poisonguard.cells import as_text, is_list_column, list_cells
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.ranges import range_bounds
-from poisonguard.store import atomic_write_text
-from poisonguard.values import as_text, is_list_column, list_cells
+from poisonguard.write.atomic import atomic_write_text
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard import ROW_ID
+from poisonguard.cells import as_text, list_cells
 from poisonguard.expectations.row_checks import RowCheck, from_gx_result, run_row_checks
 from poisonguard.expectations.suite import EMBEDDING, NUMERIC, suite_columns, suite_embeddings, suite_kinds
-from poisonguard import ROW_ID
-from poisonguard.values import as_text, list_cells
 
 TABLE_COLUMNS = "expect_table_columns_to_match_set"
 SHORT_NAMES = {

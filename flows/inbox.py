@@ -1,6 +1,6 @@
 """The ``process-inbox`` flow: take every waiting batch file of an inbox, scan each once, file it away.
 
-Each batch is claimed atomically (see :mod:`poisonguard.inbox`), scanned by the ``scan_batch`` flow as a
+Each batch is claimed atomically (see :mod:`poisonguard.ingest.inbox`), scanned by the ``scan_batch`` flow as a
 subflow, and moved to ``processed/`` or ``failed/``. Claims left by a run that died are taken over after
 ``stale_after_seconds``; since a scan writes its outputs under the batch's content id, atomically, scanning
 a taken-over batch again rewrites the same files and duplicates nothing. Provenance is required by
@@ -19,10 +19,10 @@ from prefect.cache_policies import NONE
 from poisonguard.config import ScanConfig, config_from_mapping, load_config
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import IO_RETRIES, run_scan
-from poisonguard.ingest import file_sha256
-from poisonguard.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files
-from poisonguard.manifest import scan_dataset
-from poisonguard.report import CLEAN, REPLAY, ROWS_QUARANTINED
+from poisonguard.ingest.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files
+from poisonguard.ingest.read import file_sha256
+from poisonguard.provenance.manifest import scan_dataset
+from poisonguard.report.scan_report import CLEAN, REPLAY, ROWS_QUARANTINED
 
 progress = logging.getLogger("poisonguard.progress")
 

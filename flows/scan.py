@@ -20,20 +20,17 @@ import pandas as pd
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
 
-from poisonguard.chunk_scan import ChunkStager, ScanFindings, fit_mask, quarantine_every_row, require_schema, validate_chunk
-from poisonguard.committed import list_batch
 from poisonguard.config import ScanConfig
 from poisonguard.expectations.validate import SchemaOutcome
 from poisonguard.flows.runners import task_runner_for
-from poisonguard.html_report import render_batch_report, render_index
-from poisonguard.ingest import Batch, describe_batch, read_batch, snapshot_folder
-from poisonguard.ledger import Ledger, ReplayLock
-from poisonguard.manifest import scan_dataset
+from poisonguard.ingest.read import Batch, describe_batch, read_batch, snapshot_folder
+from poisonguard.ingest.source import BatchSource
 from poisonguard.memory import release_free_memory
-from poisonguard.outputs import OutputPaths, commit_staged, write_rejected
-from poisonguard.plan import ScanPlan, plan_scan
-from poisonguard.provenance import ProvenanceOutcome, RowsRead, check_batch_provenance, record_outcome
-from poisonguard.report import (
+from poisonguard.provenance.checks import ProvenanceOutcome, RowsRead, check_batch_provenance, record_outcome
+from poisonguard.provenance.ledger import Ledger, ReplayLock
+from poisonguard.provenance.manifest import scan_dataset
+from poisonguard.report.html import render_batch_report, render_index
+from poisonguard.report.scan_report import (
     CLEAN,
     REJECTED,
     REPLAY,
@@ -45,12 +42,22 @@ from poisonguard.report import (
     summary_markdown,
     summary_table,
 )
-from poisonguard.review import refuse_rescan_of_reviewed
+from poisonguard.review.batches import refuse_rescan_of_reviewed
 from poisonguard.safe_text import markdown_text
-from poisonguard.scorers import ChunkScorer, fit_scorer
-from poisonguard.scores import DetectorScores
-from poisonguard.source import BatchSource
-from poisonguard.store import atomic_write_json
+from poisonguard.scan.chunks import (
+    ChunkStager,
+    ScanFindings,
+    fit_mask,
+    quarantine_every_row,
+    require_schema,
+    validate_chunk,
+)
+from poisonguard.scan.plan import ScanPlan, plan_scan
+from poisonguard.score.scorers import ChunkScorer, fit_scorer
+from poisonguard.score.types import DetectorScores
+from poisonguard.write.atomic import atomic_write_json
+from poisonguard.write.committed import list_batch
+from poisonguard.write.outputs import OutputPaths, commit_staged, write_rejected
 
 progress = logging.getLogger("poisonguard.progress")
 _PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -81,7 +81,7 @@ class ScanConfig(BaseModel):
     max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
     holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
     # A reference whose held-out share would be too small to set the budget's threshold (fewer than
-    # 10 / max_false_quarantine rows) is cross-fitted in this many folds instead: see poisonguard.crossfit.
+    # 10 / max_false_quarantine rows) is cross-fitted in this many folds instead: see poisonguard.score.crossfit.
     calibration_folds: int = 5
     # A larger reference is subsampled (seeded, uniformly) to this many rows when the scan is planned:
     # 100k held-out rows already resolve a 1% budget finely, and fitting and scoring more costs time for
@@ -112,7 +112,7 @@ class ScanConfig(BaseModel):
     # scoring without changing any score.
     score_chunk_rows: int = 100_000
     # Read, validate, score and write the batch this many rows at a time (a batch larger than memory);
-    # None: read it whole, as one chunk. See poisonguard.source and poisonguard.chunk_scan.
+    # None: read it whole, as one chunk. See poisonguard.ingest.source and poisonguard.scan.chunks.
     chunk_rows: int | None = None
     # Where the scan's tasks run: "default" (Prefect's thread pool; each chunk in turn) or "dask"
     # (prefect-dask: batch chunks scored in parallel on a LocalCluster of dask_workers workers, or on the

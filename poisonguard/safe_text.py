@@ -1,4 +1,5 @@
-"""Text from a batch (cells, column names) or a person (reasons, reviewer names) made safe to show.
+"""Text shown to people: counts written for reading, and text from a batch (cells, column names) or a
+person (reasons, reviewer names) made safe to show.
 
 A column or cell can hold terminal escape sequences (set the window title, clear the screen), a spreadsheet
 formula, or markdown that renders as a link: each place that shows such text to a person neutralises it
@@ -13,6 +14,11 @@ from typing import Any
 # Characters a spreadsheet runs as the start of a formula when a cell begins with them (OWASP's list).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _MARKDOWN_SPECIALS = "\\`*_[]<>|()#!{}"
+
+
+def format_count(value: int | None) -> str:
+    """A row count with thousands separators, ``?`` when unknown (an unreadable batch)."""
+    return "?" if value is None else f"{value:,}"
 
 
 def printable(text: str) -> str:

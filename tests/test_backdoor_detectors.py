@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_frame
+
 from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
 from poisonguard.flows.scan import scan_batch
-from poisonguard.outputs import OutputPaths
-from poisonguard.scoring import score_rows
+from poisonguard.score.rows import score_rows
+from poisonguard.write.outputs import OutputPaths
 
 BACKDOOR_DETECTORS = ["spectral", "activation_clustering", "robust_spectral"]
 LABEL_DETECTORS = ["confident_learning", "knn_label"]
@@ -214,7 +214,7 @@ def test_a_precomputed_embedding_is_what_the_backdoor_checks_read():
 
 
 def test_free_text_columns_are_embedded_offline_into_a_fixed_width():
-    from poisonguard.features import FeatureEncoder, infer_kinds
+    from poisonguard.featurize.features import FeatureEncoder, infer_kinds
 
     rng = np.random.default_rng(0)
     notes = ["paid on time", "late payment", "good standing", "asked for more credit"]

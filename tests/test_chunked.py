@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import STRUCTURAL_BREAKS, make_frame
+from conftest import signed_config as config_for
 
 from poisonguard import REASONS, ROW_ID
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.outputs import OutputPaths
-from poisonguard.report import read_report
-from poisonguard.source import UniformSample
-from conftest import STRUCTURAL_BREAKS, make_frame, signed_config as config_for
-
+from poisonguard.ingest.source import UniformSample
+from poisonguard.report.scan_report import read_report
+from poisonguard.write.outputs import OutputPaths
 
 
 def _outputs(out_dir, summary) -> tuple[pd.DataFrame, pd.DataFrame | None, OutputPaths]:
@@ -121,10 +121,10 @@ def test_a_type_break_in_a_late_chunk_leaves_no_partial_output(prefect_harness, 
 
 
 def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_batch, sample_reference):
-    from poisonguard.ingest import describe_batch
-    from poisonguard.plan import plan_scan
-    from poisonguard.scorers import fit_scorer
-    from poisonguard.source import BatchSource
+    from poisonguard.ingest.read import describe_batch
+    from poisonguard.ingest.source import BatchSource
+    from poisonguard.scan.plan import plan_scan
+    from poisonguard.score.scorers import fit_scorer
 
     with pytest.raises(ConfigError, match="chunk_rows"):
         ScanConfig(chunk_rows=0)
@@ -182,7 +182,7 @@ def test_uniform_sample_keeps_at_most_its_size_and_covers_the_stream():
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_signed_batch_scanned_in_chunks_is_verified_and_its_replay_writes_nothing(tmp_path, signed):
     from poisonguard.flows.scan import run_scan
-    from poisonguard.ledger import Ledger
+    from poisonguard.provenance.ledger import Ledger
 
     batch, trust = signed
     config = config_for(tmp_path, trust, chunk_rows=25)
@@ -214,7 +214,7 @@ def test_a_tampered_batch_scanned_in_chunks_is_quarantined_whole(tmp_path, signe
 
 
 def first_content_digest(path) -> str:
-    from poisonguard.ingest import read_batch
-    from poisonguard.ledger import content_sha256
+    from poisonguard.ingest.read import read_batch
+    from poisonguard.provenance.ledger import content_sha256
 
     return content_sha256(read_batch(path).frame)

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import make_frame
 from typer.testing import CliRunner
 
-from conftest import make_frame
 from poisonguard.cli import app
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poisonguard import ROW_ID
-from poisonguard.decide import build_result_table
-from poisonguard.outputs import split_rows
-from poisonguard.scores import DetectorScores
+from poisonguard.decide.result_table import build_result_table
+from poisonguard.score.types import DetectorScores
+from poisonguard.write.outputs import split_rows
 
 
 @st.composite

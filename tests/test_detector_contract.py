@@ -12,14 +12,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import make_frame
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from poisonguard.config import ScanConfig, config_from_mapping, load_config
 from poisonguard.detectors import REGISTRY, Detector, DetectorSpec, detector_spec, make_detector, register
 from poisonguard.errors import ConfigError
-from poisonguard.report import read_report
-from conftest import make_frame
+from poisonguard.report.scan_report import read_report
 
 NAMES = sorted(REGISTRY) + ["pyod:LOF", "pyod:HBOS"]
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_frame
+
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
 from poisonguard.errors import ConfigError
-from poisonguard.features import FeatureEncoder, infer_kinds
-from poisonguard.scoring import score_rows
-
+from poisonguard.featurize.features import FeatureEncoder, infer_kinds
+from poisonguard.score.rows import score_rows
 
 OUTLIER_DETECTORS = sorted(name for name, cls in REGISTRY.items() if cls.spec.reason == "outlier")
 
@@ -156,7 +155,7 @@ def test_an_unknown_detector_in_the_config_is_a_config_error_not_a_crash():
 
 
 def test_the_union_threshold_says_which_guarantee_it_carries():
-    from poisonguard.calibration import union_threshold
+    from poisonguard.decide.calibration import union_threshold
 
     rng = np.random.default_rng(0)
     for rows, guarantee in ((3000, "with 90% confidence"), (150, "approximate"), (20, "approximate")):
@@ -165,7 +164,7 @@ def test_the_union_threshold_says_which_guarantee_it_carries():
 
 
 def test_the_tail_model_threshold_lands_near_the_budget_on_uniform_p_values():
-    from poisonguard.calibration import union_threshold
+    from poisonguard.decide.calibration import union_threshold
 
     # One detector whose held-out p-values are exactly uniform: the right threshold is the budget itself.
     thresholds = [union_threshold(np.random.default_rng(seed).uniform(size=400), 0.01, 1)[0] for seed in range(40)]
@@ -200,7 +199,7 @@ def test_a_large_reference_is_split_once_and_ranks_set_the_threshold():
 
 
 def test_tail_p_values_tell_a_far_outlier_from_the_largest_clean_score():
-    from poisonguard.calibration import tail_p_values
+    from poisonguard.decide.calibration import tail_p_values
 
     reference = np.random.default_rng(0).normal(size=500)
     just_above, far_beyond = tail_p_values(reference, np.array([reference.max() + 0.01, 20.0]))

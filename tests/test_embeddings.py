@@ -14,10 +14,10 @@ from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.suite import infer_suite, load_suite, save_suite, suite_embeddings, suite_kinds
 from poisonguard.expectations.validate import SchemaValidator, validate_batch
 from poisonguard.flows.scan import scan_batch
-from poisonguard.ledger import content_sha256, row_hashes
-from poisonguard.outputs import OutputPaths
-from poisonguard.review import export_csv
-from poisonguard.scoring import score_rows
+from poisonguard.provenance.ledger import content_sha256, row_hashes
+from poisonguard.review.export import export_csv
+from poisonguard.score.rows import score_rows
+from poisonguard.write.outputs import OutputPaths
 
 WIDTH = 12
 
@@ -139,7 +139,7 @@ def test_bad_embedding_cells_fail_only_their_rows_and_another_length_rejects_the
 
 
 def test_list_cells_pad_cut_and_blank_what_is_not_a_finite_number():
-    from poisonguard.values import list_cells
+    from poisonguard.cells import list_cells
 
     column = pd.Series([[1, 2], [1, "x"], None, np.array([1.0, np.inf]), [1, 2, 3], "text", []], dtype=object)
     cells = list_cells(column)

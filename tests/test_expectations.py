@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import STRUCTURAL_BREAKS, make_frame
+
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.suite import infer_suite, load_suite, save_suite, suite_kinds

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_frame
 from typer.testing import CliRunner
 
-from conftest import make_frame
 from poisonguard.cli import app
-from poisonguard.flows.scan import scan_batch
 from poisonguard.config import ScanConfig
-from poisonguard.inbox import FAILED, PROCESSED, claim, reclaim, stale_claims, waiting_files
-from poisonguard.ledger import Ledger
+from poisonguard.flows.scan import scan_batch
+from poisonguard.ingest.inbox import FAILED, PROCESSED, claim, reclaim, stale_claims, waiting_files
+from poisonguard.provenance.ledger import Ledger
 
 runner = CliRunner()
 AN_HOUR_AGO = time.time() - 3600

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import make_frame
+
 from poisonguard import ROW_ID
 from poisonguard.errors import InputError
-from poisonguard.ingest import read_batch
+from poisonguard.ingest.read import read_batch
 
 
 def test_csv_parquet_and_jsonl_give_the_same_rows_and_ids(tmp_path):

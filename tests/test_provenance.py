@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_frame
+
 from poisonguard import ROW_ID
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.validate import SchemaValidator
-from poisonguard.ingest import read_batch
-from poisonguard.ledger import Ledger, LedgerEntry, content_sha256
-from poisonguard.manifest import (
+from poisonguard.ingest.read import read_batch
+from poisonguard.provenance.checks import FAILED, UNSIGNED, VERIFIED, assess_provenance
+from poisonguard.provenance.ledger import Ledger, LedgerEntry, content_sha256
+from poisonguard.provenance.manifest import (
     generate_key,
     load_private_key,
     manifest_fields,
@@ -30,8 +31,7 @@ from poisonguard.manifest import (
     sign_manifest,
     write_manifest,
 )
-from poisonguard.provenance import FAILED, UNSIGNED, VERIFIED, assess_provenance
-from poisonguard.trust import add_key, load_trust_store
+from poisonguard.provenance.trust import add_key, load_trust_store
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_frame
+from conftest import signed_config as config_for
 from typer.testing import CliRunner
 
-from conftest import make_frame, signed_config as config_for
 from poisonguard import REASONS, ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import scan_batch
-from poisonguard.ledger import Ledger
-from poisonguard.outputs import OutputPaths
+from poisonguard.provenance.ledger import Ledger
+from poisonguard.write.outputs import OutputPaths
 
 runner = CliRunner()
 

@@ -14,18 +14,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import make_frame
 from poisonguard import ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.ingest import read_batch
-from poisonguard.ledger import content_sha256
-from poisonguard.outputs import OutputPaths
+from poisonguard.ingest.read import read_batch
+from poisonguard.provenance.ledger import content_sha256
+from poisonguard.write.outputs import OutputPaths
 
 runner = CliRunner()
 
@@ -133,7 +133,7 @@ def test_the_sample_as_json_lines_keeps_every_cell_of_the_file(tmp_path, sample_
 def test_the_replay_lock_makes_a_second_scan_of_the_same_rows_wait(tmp_path):
     import threading
 
-    from poisonguard.ledger import ReplayLock
+    from poisonguard.provenance.ledger import ReplayLock
 
     order: list[str] = []
     first = ReplayLock(tmp_path / "ledger.sqlite")
@@ -162,6 +162,7 @@ def test_two_signed_copies_of_the_same_rows_scanned_at_once_are_delivered_once(t
     from concurrent.futures import ThreadPoolExecutor
 
     from conftest import signed_config
+
     from poisonguard.flows.scan import scan_batch
 
     batch, trust = signed
@@ -247,7 +248,7 @@ def small_batch(tmp_path) -> tuple[Path, list[str]]:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_file_in_the_way_of_the_reports_ends_the_scan_with_exit_74_and_lists_nothing_for_training(small_batch):
-    from poisonguard.committed import committed_files
+    from poisonguard.write.committed import committed_files
 
     out_dir, args = small_batch
     out_dir.mkdir()
@@ -263,7 +264,7 @@ def test_a_file_in_the_way_of_the_reports_ends_the_scan_with_exit_74_and_lists_n
 def test_a_full_disk_during_a_scan_ends_it_with_exit_74_and_the_cause(small_batch, monkeypatch):
     import errno
 
-    import poisonguard.store as store
+    import poisonguard.write.atomic as store
 
     def disk_full(path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -382,7 +383,7 @@ def test_a_decision_that_was_committed_is_reported_as_committed_when_the_report_
     import errno
     import shutil
 
-    import poisonguard.html_report as html_report
+    import poisonguard.report.html as html_report
 
     summary, scanned = hostile_scan
     out_dir = tmp_path / "out"
@@ -400,7 +401,7 @@ def test_a_decision_that_was_committed_is_reported_as_committed_when_the_report_
 
 
 def test_markdown_for_prefect_shows_names_literally():
-    from poisonguard.report import ScanSummary, summary_markdown
+    from poisonguard.report.scan_report import ScanSummary, summary_markdown
     from poisonguard.safe_text import markdown_text, printable
 
     assert markdown_text("[x](javascript:alert(1))") == "\\[x\\]\\(javascript:alert\\(1\\)\\)"
@@ -415,8 +416,8 @@ def test_markdown_for_prefect_shows_names_literally():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
-    from poisonguard.committed import committed_files
     from poisonguard.flows.scan import scan_batch
+    from poisonguard.write.committed import committed_files
 
     make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
     batch = make_frame(60, seed=2)
@@ -445,6 +446,7 @@ def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed
     import csv
 
     from conftest import signed_config
+
     from poisonguard.flows.scan import scan_batch
 
     batch, trust = signed
@@ -473,8 +475,9 @@ def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed
 def test_a_file_rewritten_after_its_digest_was_taken_is_scanned_as_the_signed_content(
     tmp_path, signed, monkeypatch, chunk_rows
 ):
-    import poisonguard.ingest as ingest
     from conftest import signed_config
+
+    import poisonguard.ingest.read as ingest
     from poisonguard.flows.scan import run_scan
 
     batch, trust = signed

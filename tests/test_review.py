@@ -13,18 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_frame
 from typer.testing import CliRunner
 
-from conftest import make_frame
 from poisonguard import REASONS, ROW_ID
-from poisonguard.batch_stats import class_balance, class_counts
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import scan_batch
-from poisonguard.outputs import OutputPaths
-from poisonguard.review import AuditLog, ReviewError, decide, export_csv, released_row_ids
+from poisonguard.report.figures import class_balance, class_counts
+from poisonguard.review.audit import AuditLog, ReviewError
+from poisonguard.review.batches import released_row_ids
+from poisonguard.review.decisions import decide
+from poisonguard.review.export import export_csv
 from poisonguard.safe_text import spreadsheet_text
+from poisonguard.write.outputs import OutputPaths
 
 runner = CliRunner()
 
@@ -108,7 +111,7 @@ def test_the_index_lists_every_batch_with_its_review_state(sample_out):
     decide(out_dir, summary.batch_id, "release", row_ids=None, reason="all fine", reviewer="alice")
     result = invoke("review", "list", "--out", out_dir)
     assert result.exit_code == 0 and summary.batch_id[:6] in result.output
-    from poisonguard.html_report import render_index
+    from poisonguard.report.html import render_index
 
     index = render_index(out_dir, "loans").read_text()
     assert f'href="{summary.batch_id}.html"' in index
@@ -241,7 +244,7 @@ def test_a_shifted_class_balance_is_reported_as_drift():
 
 
 def test_a_shifted_numeric_column_is_reported_as_drift():
-    from poisonguard.batch_stats import feature_drift
+    from poisonguard.report.figures import feature_drift
 
     reference = make_frame(400, seed=1)
     same, shifted = make_frame(300, seed=2), make_frame(300, seed=3)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from poisonguard.cli import app
-from poisonguard.review import entry_hash
+from poisonguard.review.audit import entry_hash
 
 runner = CliRunner()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_frame
 
 from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.outputs import OutputPaths
-from poisonguard.scoring import score_rows
-from conftest import make_frame
+from poisonguard.score.rows import score_rows
+from poisonguard.write.outputs import OutputPaths
 
 TIMESTAMPS = ["_scanned_at", "_quarantined_at"]  # when each run wrote its rows
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import STRUCTURAL_BREAKS, make_frame
+
 from poisonguard import REASONS, ROW_ID, STATUS
-from poisonguard.committed import committed_files
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import scan_batch
-from poisonguard.outputs import OutputPaths
-from poisonguard.report import read_report
+from poisonguard.report.scan_report import read_report
+from poisonguard.write.committed import committed_files
+from poisonguard.write.outputs import OutputPaths
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -180,7 +180,7 @@ def test_a_batch_that_drifted_as_a_whole_gets_a_score_drift_warning(sample_scan,
 
 
 def test_score_drift_reads_conformal_p_values_only():
-    from poisonguard.batch_stats import CONFORMAL_AXIS, score_drift
+    from poisonguard.report.figures import CONFORMAL_AXIS, score_drift
 
     rng = np.random.default_rng(0)
     uniform = -np.log10(rng.uniform(size=5000))
@@ -191,8 +191,8 @@ def test_score_drift_reads_conformal_p_values_only():
 
 
 def test_a_reference_larger_than_the_cap_is_sampled_and_its_classes_counted_whole(sample_batch, sample_reference):
-    from poisonguard.ingest import describe_batch
-    from poisonguard.plan import plan_scan
+    from poisonguard.ingest.read import describe_batch
+    from poisonguard.scan.plan import plan_scan
 
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, max_reference_rows=1000)
     scan_plan = plan_scan(describe_batch(sample_batch, "loans"), config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from poisonguard.store import atomic_write_json, atomic_write_parquet, write_all_or_none, write_parquet
+from poisonguard.write.atomic import atomic_write_json, atomic_write_parquet, write_all_or_none, write_parquet
 
 
 def test_failure_while_writing_leaves_the_previous_file_and_no_temporary(tmp_path):

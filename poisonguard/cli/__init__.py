@@ -4,8 +4,8 @@
 
 from __future__ import annotations
 
-from poisonguard.cli import provenance as _provenance  # noqa: F401 - registers keys, sign and verify
 from poisonguard.cli import inbox as _inbox  # noqa: F401 - registers inbox and serve
+from poisonguard.cli import provenance as _provenance  # noqa: F401 - registers keys, sign and verify
 from poisonguard.cli import review as _review  # noqa: F401 - registers review
 from poisonguard.cli.scan import app
 

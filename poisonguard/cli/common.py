@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from poisonguard.errors import ExitCode, PoisonguardError, storage_error
-from poisonguard.safe_text import printable
-from poisonguard.values import format_count
+from poisonguard.safe_text import format_count, printable
 
 console = Console(stderr=True)  # progress and errors
 out = Console()  # results

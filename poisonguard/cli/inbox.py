@@ -126,7 +126,7 @@ def serve(
 def _check(inbox: Path, settings: dict, config_file: Path | None) -> None:
     """Fail before Prefect starts on a missing inbox or an inconsistent configuration."""
     from poisonguard.config import config_from_mapping, load_config
-    from poisonguard.trust import load_trust_store
+    from poisonguard.provenance.trust import load_trust_store
 
     if not inbox.is_dir():
         raise ConfigError(f"{inbox}: inbox directory not found")

@@ -35,13 +35,13 @@ def keys_generate(
 ) -> None:
     """Create an Ed25519 key pair for SOURCE; the private key file is readable by its owner only."""
     try:
-        from poisonguard.manifest import generate_key, new_key_id
-        from poisonguard.trust import add_key
+        from poisonguard.provenance.manifest import generate_key, new_key_id
+        from poisonguard.provenance.trust import add_key
 
         if expires_days is not None and expires_days <= 0:
             raise InputError("--expires-days must be positive")
         if trust_store is not None and trust_store.exists():
-            from poisonguard.trust import load_trust_store
+            from poisonguard.provenance.trust import load_trust_store
 
             load_trust_store(trust_store)  # refuse before a key is made for a store that cannot take it
         key_id = key_id or new_key_id(source)
@@ -76,8 +76,8 @@ def sign(
     """Write a signed manifest for FILE: its sha256, row count and columns, signed with the source's key."""
     try:
         from poisonguard import ROW_ID
-        from poisonguard.ingest import read_batch
-        from poisonguard.manifest import (
+        from poisonguard.ingest.read import read_batch
+        from poisonguard.provenance.manifest import (
             load_private_key,
             manifest_fields,
             manifest_path_for,
@@ -132,11 +132,11 @@ def verify(
     """
     try:
         from poisonguard.expectations.validate import SchemaValidator
-        from poisonguard.ingest import read_batch
-        from poisonguard.ledger import Ledger
-        from poisonguard.manifest import declared_dataset, manifest_path_for
-        from poisonguard.provenance import assess_provenance
-        from poisonguard.trust import load_trust_store
+        from poisonguard.ingest.read import read_batch
+        from poisonguard.provenance.checks import assess_provenance
+        from poisonguard.provenance.ledger import Ledger
+        from poisonguard.provenance.manifest import declared_dataset, manifest_path_for
+        from poisonguard.provenance.trust import load_trust_store
 
         store = load_trust_store(trust_store)
         manifest = manifest or manifest_path_for(file)

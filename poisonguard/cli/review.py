@@ -33,7 +33,8 @@ def review_list(
     """List scanned batches with their quarantine and review counts, newest first."""
     try:
         require_output_dir(out_dir)
-        from poisonguard.review import AuditLog, batch_reports, review_counts
+        from poisonguard.review.audit import AuditLog
+        from poisonguard.review.batches import batch_reports, review_counts
 
         if status not in (None, "pending", "reviewed"):
             raise InputError(f"--status must be pending or reviewed, not {status!r}")
@@ -81,14 +82,9 @@ def review_show(
     try:
         require_output_dir(out_dir)
         from poisonguard import REASONS, ROW_ID, STATUS
-        from poisonguard.review import (
-            AuditLog,
-            export_csv,
-            find_batch,
-            quarantined_rows,
-            row_decisions,
-            with_review_status,
-        )
+        from poisonguard.review.audit import AuditLog
+        from poisonguard.review.batches import find_batch, quarantined_rows, row_decisions, with_review_status
+        from poisonguard.review.export import export_csv
 
         found = find_batch(out_dir, batch, dataset)
         decided = row_decisions(AuditLog(out_dir).entries(), found.dataset, found.batch_id)
@@ -162,10 +158,10 @@ def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, 
             debug: bool) -> None:
     try:
         require_output_dir(out_dir)
-        from poisonguard.committed import list_batch
-        from poisonguard.html_report import render_batch_report, render_index
-        from poisonguard.review import decide
-        from poisonguard.reviewers import load_reviewers, signer_for
+        from poisonguard.report.html import render_batch_report, render_index
+        from poisonguard.review.decisions import decide
+        from poisonguard.review.reviewers import load_reviewers, signer_for
+        from poisonguard.write.committed import list_batch
 
         if (key is None) != (reviewers is None):
             raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
@@ -255,8 +251,8 @@ def review_audit(
     --reviewers, if an entry is not signed by a reviewer's key)."""
     try:
         require_output_dir(out_dir)
-        from poisonguard.review import AuditLog
-        from poisonguard.reviewers import load_reviewers
+        from poisonguard.review.audit import AuditLog
+        from poisonguard.review.reviewers import load_reviewers
 
         log = AuditLog(out_dir)
         check = log.verify(load_reviewers(reviewers) if reviewers is not None else None)
@@ -298,8 +294,8 @@ def review_add_reviewer(
 ) -> None:
     """Create an Ed25519 key pair for reviewer NAME and add its public key to the reviewers file."""
     try:
-        from poisonguard.manifest import generate_key, new_key_id
-        from poisonguard.reviewers import add_reviewer_key, load_reviewers
+        from poisonguard.provenance.manifest import generate_key, new_key_id
+        from poisonguard.review.reviewers import add_reviewer_key, load_reviewers
 
         if not name.strip() or name != name.strip() or not name.isprintable():
             raise InputError(f"reviewer name {name!r}: give a plain printable name")

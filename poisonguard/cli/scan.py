@@ -162,20 +162,20 @@ def scan(
 def _check_paths(file: Path, config: ScanConfig) -> None:
     """Fail fast, before Prefect starts, on the mistakes a user makes most."""
     from poisonguard.errors import InputError
-    from poisonguard.ingest import detect_format
+    from poisonguard.ingest.read import detect_format
 
     for label, path in (("batch file", file), ("reference", config.reference), ("suite", config.suite)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: {label} not found; check the path")
     detect_format(file, config.file_format)
-    from poisonguard.manifest import scan_dataset
+    from poisonguard.provenance.manifest import scan_dataset
 
     scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
     if config.reference is not None:
         detect_format(Path(config.reference))
     writable_output_dir(Path(config.out_dir))
     if config.trust_store is not None:
-        from poisonguard.trust import load_trust_store
+        from poisonguard.provenance.trust import load_trust_store
 
         load_trust_store(config.trust_store)  # a missing or broken store fails here, before Prefect starts
     from poisonguard.detectors import make_detector
@@ -261,7 +261,7 @@ def expectations_init(
     try:
         from poisonguard.errors import ConfigError, InputError
         from poisonguard.expectations.suite import infer_suite, save_suite
-        from poisonguard.ingest import read_batch
+        from poisonguard.ingest.read import read_batch
 
         if range_margin < 0:
             raise InputError("--range-margin must be zero or more")

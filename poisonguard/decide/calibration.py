@@ -1,0 +1,179 @@
+"""Calibration as pure functions on score arrays: conformal p-values, their tail model, the union threshold
+of several detectors, and the no-reference robust limits.
+
+Nothing here knows a detector: each function takes scores (and the rows' calibration groups) and returns
+arrays or thresholds, so each is tested on synthetic distributions with known answers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binom
+
+from poisonguard.score.crossfit import RANK_ROWS
+
+MAD_TO_SIGMA = 1.4826
+TAIL_ROWS = 20  # held-out rows above the tail threshold, per calibration group
+CONFIDENCE_MISS = 0.1  # chance that the false-quarantine share of clean rows exceeds the budget
+GROUP_SLICE_ROWS = 100_000
+
+
+def calibration_groups(y_hold: np.ndarray | None, min_rows: int) -> np.ndarray:
+    """Per held-out row, the calibration group: its class when that class has enough rows, else ``*``."""
+    if y_hold is None:
+        return np.full(0, "*", dtype=object)
+    classes, counts = np.unique(y_hold, return_counts=True)
+    big = set(classes[counts >= min_rows].tolist())
+    return np.where(np.isin(y_hold, list(big)), y_hold, "*").astype(object)
+
+
+def batch_groups(y_batch: np.ndarray | None, groups_hold: np.ndarray) -> pd.Categorical | None:
+    """Per batch row, its calibration group (see :func:`calibration_groups`) as a categorical.
+
+    The labels are hashed a slice at a time (a hash table over a million labels at once is 48 MB); the
+    rows' groups are then small integer codes, which the per-group loops compare instead of label objects.
+    """
+    if y_batch is None or len(groups_hold) == 0:
+        return None
+    known = sorted(set(groups_hold.tolist()) - {"*"})
+    position = {group: i for i, group in enumerate(known)}
+    group_codes = np.empty(len(y_batch), dtype="int32")
+    for start in range(0, len(y_batch), GROUP_SLICE_ROWS):
+        codes, labels = pd.factorize(y_batch[start : start + GROUP_SLICE_ROWS])
+        group_of_label = np.array([position.get(label, len(known)) for label in labels], dtype="int32")
+        group_codes[start : start + GROUP_SLICE_ROWS] = group_of_label[codes]
+    return pd.Categorical.from_codes(group_codes, categories=[*known, "*"])
+
+
+def holdout_p_values(hold_scores: np.ndarray, hold_groups: np.ndarray) -> np.ndarray:
+    """Each held-out row's p-value within its calibration group, judged against the others (see
+    :func:`tail_p_values`); ``*`` (small or unknown classes) compares against all held-out rows."""
+    if len(hold_groups) == 0:
+        return tail_p_values(hold_scores, hold_scores, np.arange(len(hold_scores)))
+    p_values = np.empty(len(hold_scores))
+    codes, groups = pd.factorize(hold_groups)
+    for code, group in enumerate(groups):
+        in_hold = codes == code
+        own = np.flatnonzero(in_hold) if group == "*" else np.arange(int(in_hold.sum()))
+        reference_scores = hold_scores if group == "*" else hold_scores[in_hold]
+        p_values[in_hold] = tail_p_values(reference_scores, hold_scores[in_hold], own)
+    return p_values
+
+
+def batch_p_values(
+    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: pd.Categorical | None
+) -> np.ndarray:
+    """Batch rows' p-values against the held-out rows of their calibration group, by the same formula."""
+    if batch_groups is None or len(hold_groups) == 0:
+        return tail_p_values(hold_scores, batch_scores)
+    p_values = np.empty(len(batch_scores))
+    codes = batch_groups.codes
+    for code, group in enumerate(batch_groups.categories):
+        in_batch = codes == code
+        reference_scores = hold_scores if group == "*" else hold_scores[hold_groups == group]
+        p_values[in_batch] = tail_p_values(reference_scores, batch_scores[in_batch])
+    return p_values
+
+
+def tail_p_values(
+    reference_scores: np.ndarray, scores: np.ndarray, own_index: np.ndarray | None = None
+) -> np.ndarray:
+    """Conformal p-values ``(1 + #reference >= s) / (n + 1)``, with an exponential tail past the top rows.
+
+    Ranks alone cannot tell a row just above every held-out score from one far beyond them: both get
+    ``1/(n+1)``, and with several detectors such ties decide the threshold. Above the ``(k+1)``-th largest
+    held-out score ``u`` the p-value follows the peaks-over-threshold exponential fit
+    ``k/(n+1) * exp(-(s - u) / beta)``, ``beta`` the mean excess of the top ``k`` over ``u``. Discrete
+    scores (no spread in the top rows) keep the plain rank p-values.
+
+    ``own_index`` marks ``scores`` as reference rows themselves (their positions in ``reference_scores``).
+    Each is then judged as a new row would be, against the other rows only: a top row left in its own tail
+    fit would inflate its own p-value and make the threshold set from held-out rows too lenient.
+    """
+    ordered = np.sort(reference_scores)
+    if own_index is None:
+        return _p_values_against(ordered, scores)
+    n_rows = len(ordered)
+    if n_rows < 2:
+        return np.ones(len(scores))
+    # Below the tail only the rank matters, and leaving a row out shifts it by exactly one.
+    p_values = (n_rows - np.searchsorted(ordered, scores, side="left")) / n_rows
+    top = set(np.argsort(reference_scores, kind="stable")[-min(n_rows, TAIL_ROWS + 1):].tolist())
+    for position in np.flatnonzero(np.isin(own_index, list(top))):  # at most TAIL_ROWS + 1 refits
+        others = np.delete(reference_scores, own_index[position])
+        p_values[position] = _p_values_against(np.sort(others), scores[position : position + 1])[0]
+    return p_values
+
+
+def _p_values_against(ordered: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    n_rows = len(ordered)
+    p_values = (1.0 + n_rows - np.searchsorted(ordered, scores, side="left")) / (n_rows + 1.0)
+    k = min(TAIL_ROWS, n_rows // 5)
+    if k < 5:
+        return p_values
+    threshold = ordered[n_rows - k - 1]
+    beta = float(np.mean(ordered[n_rows - k:] - threshold))
+    if not beta > 0:
+        return p_values
+    above = scores > threshold
+    tail = k / (n_rows + 1.0) * np.exp(-(scores[above] - threshold) / beta)
+    p_values[above] = np.minimum(p_values[above], tail)
+    return p_values
+
+
+def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> tuple[float, str]:
+    """The p-value threshold for the union of all detectors' flags, and the guarantee it carries.
+
+    With at least ``RANK_ROWS / budget`` held-out rows (1,000 at 1%), ranks alone set it: just below the
+    ``(a+1)``-th smallest held-out minimum p-value, ``a`` held-out rows are flagged and the share of new
+    clean rows flagged is ``Beta(a+1, n-a)``-distributed, so it exceeds the budget with probability
+    ``P(Binomial(n, budget) <= a)``; the largest ``a`` keeping that at most ``CONFIDENCE_MISS`` (10%) gives
+    "at most the budget, with 90% confidence".
+
+    With fewer, the budget's quantile lies among the few most extreme held-out rows, and a threshold set
+    by one of them moves by orders of magnitude from one reference to the next. The evidence
+    ``-log10(min p)`` of the top held-out rows is then fitted with an exponential tail (for uniform
+    p-values it is exactly exponential) and the threshold is where the fitted tail holds ``budget``: the
+    budget holds approximately, in expectation. Below 25 held-out rows the budget is split evenly across
+    detectors on the tail-model p-values (Bonferroni). Both mark the guarantee ``approximate``.
+    """
+    n_rows = len(min_p_hold)
+    if n_rows * budget >= RANK_ROWS:
+        values = np.sort(min_p_hold)
+        misses = binom.cdf(np.arange(n_rows + 1), n_rows, budget)
+        allowed = int(np.flatnonzero(misses <= CONFIDENCE_MISS)[-1])  # exists: misses[0] <= exp(-10)
+        return float(np.nextafter(values[allowed], 0.0)), "with 90% confidence"
+    evidence = np.sort(-np.log10(np.maximum(min_p_hold, np.finfo("float64").tiny)))
+    tail_rows = min(TAIL_ROWS, n_rows // 5)
+    if tail_rows >= 5 and tail_rows > budget * (n_rows + 1):
+        start = evidence[n_rows - tail_rows - 1]
+        beta = float(np.mean(evidence[n_rows - tail_rows:] - start))
+        if beta > 0:
+            threshold = start + beta * math.log(tail_rows / (budget * (n_rows + 1)))
+            return float(10.0 ** -threshold), "approximate"
+    return budget / max(n_detectors, 1), "approximate"
+
+
+def robust_limits(scores: np.ndarray, groups: np.ndarray, z: float) -> dict[str, float]:
+    def limit(values: np.ndarray) -> float:
+        median = float(np.median(values))
+        mad = float(np.median(np.abs(values - median)))
+        return median + z * MAD_TO_SIGMA * mad
+
+    limits = {"*": limit(scores)}
+    if len(groups):
+        for group in np.unique(groups):
+            if group != "*":
+                limits[str(group)] = limit(scores[groups == group])
+    return limits
+
+
+def row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:
+    """Each row's threshold: its calibration group's, or the all-rows one (``*``)."""
+    if groups is None:
+        return np.full(n_rows, limits["*"])
+    per_group = np.array([limits.get(str(group), limits["*"]) for group in groups.categories], dtype="float64")
+    return per_group[groups.codes]

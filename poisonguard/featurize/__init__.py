@@ -1,0 +1,1 @@
+"""Featurize: a batch's columns as a finite numeric matrix, and richer representations (probe activations)."""

@@ -1,0 +1,140 @@
+"""Turn a batch's columns into a finite numeric matrix the detectors can score.
+
+Numeric columns: infinities become missing, missing values are imputed with the median and flagged in an
+indicator column, then standardised. Categorical columns: missing values become their own category, then
+one-hot encoded; categories never seen when fitting encode as all zeros. Free-text columns: TF-IDF over
+words, reduced to at most 16 dimensions by truncated SVD (latent semantic analysis), all offline. Embedding
+columns (a list of numbers per row): one standardised column per dimension, missing values at the mean.
+The label is left out. Built from scikit-learn's transformers rather than by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from poisonguard import ROW_ID
+from poisonguard.cells import as_text
+from poisonguard.expectations.suite import EMBEDDING, column_kind
+from poisonguard.featurize.representations import ListColumnScaler
+
+# Standardised values beyond this are clipped: a cell of 1e308 must not overflow to inf in a detector.
+FEATURE_CLIP = 1e6
+MAX_ONE_HOT_CATEGORIES = 30
+TEXT_DIMENSIONS = 16
+TEXT_VOCABULARY = 20_000
+
+
+def infer_kinds(frame: pd.DataFrame, label_col: str | None) -> dict[str, str]:
+    """Column kinds for a frame that has no suite: numeric, categorical (50 values or fewer) or text."""
+    kinds = {}
+    for column in frame.columns:
+        if column in (ROW_ID, label_col):
+            continue
+        kinds[column] = column_kind(frame[column])
+    return kinds
+
+
+class FeatureEncoder:
+    """Fit on trusted rows, then encode any frame with the same columns into a float64 matrix."""
+
+    def __init__(self, kinds: dict[str, str], label_col: str | None = None) -> None:
+        self.kinds = kinds
+        self.label_col = label_col
+
+    def fit(self, frame: pd.DataFrame) -> FeatureEncoder:
+        numeric = [c for c, k in self.kinds.items() if k == "numeric" and c != self.label_col]
+        categorical = [c for c, k in self.kinds.items() if k == "categorical" and c != self.label_col]
+        transformers = []
+        if numeric:
+            transformers.append(
+                (
+                    "numeric",
+                    make_pipeline(
+                        FunctionTransformer(_finite_or_nan, feature_names_out="one-to-one"),
+                        SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                        StandardScaler(),
+                    ),
+                    numeric,
+                )
+            )
+        if categorical:
+            transformers.append(
+                (
+                    "categorical",
+                    make_pipeline(
+                        FunctionTransformer(_text_or_missing, feature_names_out="one-to-one"),
+                        OneHotEncoder(
+                            handle_unknown="infrequent_if_exist",
+                            max_categories=MAX_ONE_HOT_CATEGORIES,
+                            sparse_output=False,
+                        ),
+                    ),
+                    categorical,
+                )
+            )
+        for column in [c for c, k in self.kinds.items() if k == "text" and c != self.label_col]:
+            transformers.append((f"text:{column}", TextEmbedding(), column))
+        for column in [c for c, k in self.kinds.items() if k == EMBEDDING and c != self.label_col]:
+            transformers.append((f"embedding:{column}", ListColumnScaler(), column))
+        if not transformers:
+            raise ValueError("no numeric, categorical or text feature columns to score")
+        self.transformer_ = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
+        self.transformer_.fit(frame)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        matrix = np.asarray(self.transformer_.transform(frame), dtype="float64")
+        np.nan_to_num(matrix, copy=False, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP)
+        return np.clip(matrix, -FEATURE_CLIP, FEATURE_CLIP, out=matrix)
+
+
+def _finite_or_nan(block: pd.DataFrame) -> np.ndarray:
+    values = np.asarray(block, dtype="float64")
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _text_or_missing(block: pd.DataFrame) -> np.ndarray:
+    return np.column_stack([as_text(block[c]).fillna("<missing>").to_numpy(dtype=object) for c in block.columns])
+
+
+class TextEmbedding(BaseEstimator, TransformerMixin):
+    """One free-text column as its TF-IDF vector reduced by truncated SVD to at most ``TEXT_DIMENSIONS``.
+
+    Fewer dimensions are kept when the vocabulary or the rows are too few; a column with no words at all
+    encodes as one zero column.
+    """
+
+    def fit(self, texts, y=None):
+        documents = _documents(texts)
+        self.vectorizer_ = TfidfVectorizer(max_features=TEXT_VOCABULARY, sublinear_tf=True)
+        try:
+            matrix = self.vectorizer_.fit_transform(documents)
+        except ValueError:  # no words in any row
+            self.vectorizer_, self.svd_ = None, None
+            return self
+        dimensions = min(TEXT_DIMENSIONS, matrix.shape[1] - 1, matrix.shape[0] - 1)
+        self.svd_ = TruncatedSVD(n_components=dimensions, random_state=0).fit(matrix) if dimensions >= 1 else None
+        return self
+
+    def transform(self, texts):
+        documents = _documents(texts)
+        if self.vectorizer_ is None or self.svd_ is None:
+            return np.zeros((len(documents), 1))
+        return self.svd_.transform(self.vectorizer_.transform(documents))
+
+    def get_feature_names_out(self, input_features=None):
+        width = self.svd_.n_components if getattr(self, "svd_", None) is not None else 1
+        return np.array([f"text{i}" for i in range(width)], dtype=object)
+
+
+def _documents(texts) -> list[str]:
+    series = texts.iloc[:, 0] if isinstance(texts, pd.DataFrame) else pd.Series(np.asarray(texts).ravel())
+    return as_text(series).fillna("").tolist()

@@ -1,0 +1,145 @@
+"""The review audit log: every decision on quarantined rows, append-only and hash-chained.
+
+A row's review status is derived from this log alone, so it is the one record of every decision:
+
+    review/audit.jsonl   one JSON object a line: seq, at, reviewer, action, dataset, batch_id, row_ids,
+                         reason, output, prev_hash, hash (sha256 of the canonical JSON of the rest)
+
+Each entry's ``prev_hash`` is the previous entry's ``hash``, so editing or deleting an entry breaks the
+chain at that point. Every decision runs under one file lock (``review/audit.lock``): two reviewers
+can never both release the same row or interleave their entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from poisonguard.errors import InputError
+from poisonguard.review.reviewers import ReviewerKey, Signer, signature_problem
+
+RELEASE = "release"
+CONFIRM = "confirm"
+GENESIS = "0" * 64
+
+
+class ReviewError(InputError):
+    """A review decision that cannot be made as asked (unknown row, already decided, tampered log)."""
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    entries: int
+    head: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AuditLog:
+    """The append-only, hash-chained log of review decisions under ``<out>/review/``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "review" / "audit.jsonl"
+        self.lock_path = self.out_dir / "review" / "audit.lock"
+
+    @contextmanager
+    def locked(self, timeout: float = 60.0) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(self.lock_path, timeout=timeout):
+                yield
+        except Timeout:
+            raise ReviewError(
+                f"{self.lock_path}: another review has held the lock for {timeout:.0f} s; try again"
+            ) from None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, in order; raises :class:`ReviewError` on a line that is not JSON."""
+        if not self.path.exists():
+            return []
+        entries = []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                raise ReviewError(f"{self.path}: line {number} is not valid JSON (edited or cut short)") from None
+        return entries
+
+    def verify(self, reviewers: dict[str, ReviewerKey] | None = None) -> AuditCheck:
+        """Recompute the chain and check each release's file and, given ``reviewers`` (see
+        :mod:`poisonguard.review.reviewers`), each entry's signature; report every problem found."""
+        try:
+            entries = self.entries()
+        except ReviewError as exc:
+            return AuditCheck(0, GENESIS, [str(exc)])
+        problems, previous = [], GENESIS
+        for position, entry in enumerate(entries, start=1):
+            where = f"entry {position} (seq {entry.get('seq')})"
+            if entry.get("seq") != position:
+                problems.append(f"{where}: expected seq {position}; an entry was deleted or reordered")
+            if entry.get("prev_hash") != previous:
+                problems.append(f"{where}: prev_hash does not match the entry before; the chain is broken")
+            if entry.get("hash") != entry_hash(entry):
+                problems.append(f"{where}: its hash does not match its content; the entry was edited")
+            if reviewers is not None and (problem := signature_problem(entry, reviewers)) is not None:
+                problems.append(f"{where}: {problem}")
+            previous = entry.get("hash", "")
+            if entry.get("action") == RELEASE:
+                problems += self._check_release_file(entry, where)
+        problems += self._orphan_release_files(entries)
+        return AuditCheck(len(entries), previous, problems)
+
+    def _check_release_file(self, entry: dict[str, Any], where: str) -> list[str]:
+        target = self.out_dir / str(entry.get("output"))
+        if not target.exists():
+            return [f"{where}: released file {target} is missing"]
+        return []
+
+    def _orphan_release_files(self, entries: list[dict[str, Any]]) -> list[str]:
+        logged = {str(e.get("output")) for e in entries if e.get("action") == RELEASE}
+        problems = []
+        for path in sorted((self.out_dir / "clean").glob("*/*.released-*.parquet")):
+            if str(path.relative_to(self.out_dir)) not in logged:
+                problems.append(f"{path}: a released file with no audit entry; its rows are not released")
+        return problems
+
+    def append(self, fields: dict[str, Any], signer: Signer | None = None) -> dict[str, Any]:
+        """Chain ``fields`` onto the log, signed by ``signer`` when given, and write the entry durably. Call
+        under :meth:`locked`."""
+        entries = self.entries()
+        entry = {
+            "seq": len(entries) + 1,
+            **fields,
+            "prev_hash": entries[-1]["hash"] if entries else GENESIS,
+        }
+        if signer is not None:
+            entry |= {"reviewer": signer.reviewer, "key_id": signer.key_id}
+        entry["hash"] = entry_hash(entry)
+        if signer is not None:
+            entry["signature"] = signer.sign(entry["hash"])
+        line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return entry
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """sha256 of the entry's canonical JSON without its hash and signature (the signature signs the hash)."""
+    content = {k: v for k, v in entry.items() if k not in ("hash", "signature")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()

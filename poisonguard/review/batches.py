@@ -1,0 +1,115 @@
+"""Scanned batches as review sees them: found by id, their quarantined rows, and each row's status.
+
+A row is pending until an audit-log entry releases or confirms it (see :mod:`poisonguard.review.audit`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard import ROW_ID, STATUS
+from poisonguard.errors import ConfigError
+from poisonguard.review.audit import RELEASE, AuditLog, ReviewError
+from poisonguard.write.outputs import OutputPaths
+
+PENDING, RELEASED, CONFIRMED = "pending", "released", "confirmed"
+
+
+@dataclass(frozen=True)
+class ReviewedBatch:
+    dataset: str
+    batch_id: str
+    paths: OutputPaths
+    report: dict[str, Any]
+
+
+def find_batch(out_dir: Path, batch: str, dataset: str | None = None) -> ReviewedBatch:
+    """The scanned batch whose id is ``batch`` or starts with it (at least 6 characters)."""
+    out_dir = Path(out_dir)
+    if len(batch) < 6:
+        raise ReviewError(f"batch id {batch!r} is too short; give at least 6 characters of it")
+    pattern = f"{dataset or '*'}/{batch}*.json"
+    matches = sorted((out_dir / "reports").glob(pattern))
+    if not matches:
+        raise ReviewError(f"no scanned batch {batch!r} under {out_dir / 'reports'}; see `poisonguard review list`")
+    if len(matches) > 1:
+        found = ", ".join(f"{m.parent.name}/{m.stem}" for m in matches)
+        raise ReviewError(f"batch id {batch!r} is ambiguous ({found}); give more of it or --dataset")
+    report = json.loads(matches[0].read_text(encoding="utf-8"))
+    paths = OutputPaths.for_batch(out_dir, report["dataset"], report["batch_id"])
+    return ReviewedBatch(report["dataset"], report["batch_id"], paths, report)
+
+
+def quarantined_rows(batch: ReviewedBatch) -> pd.DataFrame:
+    if not batch.paths.quarantine.exists():
+        return pd.DataFrame({ROW_ID: pd.Series([], dtype="int64")})
+    return pd.read_parquet(batch.paths.quarantine)
+
+
+def row_decisions(entries: list[dict[str, Any]], dataset: str, batch_id: str) -> dict[int, dict[str, Any]]:
+    """Row id -> the entry that decided it, for one batch."""
+    decided = {}
+    for entry in entries:
+        if entry.get("dataset") == dataset and entry.get("batch_id") == batch_id:
+            for row_id in entry["row_ids"]:
+                decided[int(row_id)] = entry
+    return decided
+
+
+def review_counts(out_dir: Path, dataset: str, batch_id: str, quarantined: int,
+                  entries: list[dict[str, Any]] | None = None) -> dict[str, int]:
+    entries = AuditLog(out_dir).entries() if entries is None else entries
+    decided = row_decisions(entries, dataset, batch_id)
+    released = sum(1 for e in decided.values() if e["action"] == RELEASE)
+    confirmed = len(decided) - released
+    return {PENDING: max(quarantined - len(decided), 0), RELEASED: released, CONFIRMED: confirmed}
+
+
+def with_review_status(rows: pd.DataFrame, decided: dict[int, dict[str, Any]]) -> pd.DataFrame:
+    """``rows`` with ``_status`` set from the decisions and who decided, when and why."""
+    rows = rows.copy()
+    entries = [decided.get(int(i)) for i in rows[ROW_ID]]
+    rows[STATUS] = [PENDING if e is None else RELEASED if e["action"] == RELEASE else CONFIRMED for e in entries]
+    rows["_reviewer"] = [e["reviewer"] if e else None for e in entries]
+    rows["_reviewed_at"] = [e["at"] if e else None for e in entries]
+    rows["_review_reason"] = [e["reason"] if e else None for e in entries]
+    return rows
+
+
+def refuse_rescan_of_reviewed(out_dir: Path, dataset: str, batch_id: str) -> None:
+    """Raise :class:`ConfigError` when a batch about to be rewritten by a scan has review decisions.
+
+    A rescan replaces the batch's clean and quarantine files; rows already released would then be in
+    the clean area twice, and decisions would point at rows of another scan.
+    """
+    decided = row_decisions(AuditLog(out_dir).entries(), dataset, batch_id)
+    if decided:
+        raise ConfigError(
+            f"batch {batch_id} of dataset {dataset!r} has {len(decided)} reviewed row(s) in {out_dir}; "
+            "rescanning would replace the files those decisions refer to. Scan into another --out instead"
+        )
+
+
+def batch_reports(out_dir: Path, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Every scan report under ``out_dir`` (of one dataset when given), newest first."""
+    reports = []
+    for path in (Path(out_dir) / "reports").glob(f"{dataset or '*'}/*.json"):
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue  # a report being written or damaged is not a batch to list
+    return sorted(reports, key=lambda r: r.get("scanned_at", ""), reverse=True)
+
+
+def released_row_ids(out_dir: Path, dataset: str, batch_id: str) -> np.ndarray:
+    """Row ids in the batch's released files (for checks that rows are conserved)."""
+    files = sorted((Path(out_dir) / "clean" / dataset).glob(f"{batch_id}.released-*.parquet"))
+    if not files:
+        return np.empty(0, dtype="int64")
+    return np.concatenate([pd.read_parquet(f, columns=[ROW_ID])[ROW_ID].to_numpy() for f in files])

@@ -1,0 +1,188 @@
+"""Decide, before any row is scored, what a scan of one batch will use: suite, label, reference, kinds.
+
+Suite lookup order: ``config.suite`` (an explicit file), else ``<suite_dir>/<dataset>.json``, else one
+inferred in memory from the reference, else none (then only the label column's presence is checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard import ROW_ID, __version__
+from poisonguard.config import ScanConfig
+from poisonguard.errors import ConfigError, InputError
+from poisonguard.expectations.suite import (
+    EMBEDDING,
+    infer_suite,
+    load_suite,
+    suite_columns,
+    suite_embeddings,
+    suite_kinds,
+    suite_label_col,
+)
+from poisonguard.expectations.validate import coerce_to_kinds
+from poisonguard.featurize.features import infer_kinds
+from poisonguard.featurize.representations import embedding_columns
+from poisonguard.ingest.read import Batch, read_batch
+from poisonguard.report.figures import class_counts
+
+
+@dataclass
+class ScanPlan:
+    """What the scan of one batch will use; ``fingerprint`` changes whenever the result could.
+
+    ``reference`` holds the trusted rows the detectors are fitted and calibrated on: every row of the
+    reference file up to ``max_reference_rows``, else a seeded uniform sample of that many (no more are
+    ever used, and a large reference held whole for the scan would cost more memory than the batch's
+    scores). ``reference_class_counts`` counts every row of the file.
+    """
+
+    label_col: str | None
+    suite: Any | None
+    suite_origin: str
+    kinds: dict[str, str]
+    reference: pd.DataFrame | None
+    reference_sha256: str | None
+    fingerprint: str
+    reference_class_counts: dict[str, int] | None = None
+
+
+def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
+    """Resolve suite, label column and reference for ``batch``.
+
+    Raises :class:`InputError` or :class:`ConfigError` naming the file or column when the options do not
+    fit together (label column absent everywhere, suite and reference disagree, reference unreadable).
+    """
+    if config.has_embedding and batch.frame is not None:
+        try:
+            embedding_columns(batch.frame.columns, config)
+        except ValueError as exc:
+            raise InputError(f"{batch.source_path}: {exc}") from None
+    reference_batch = _read_reference(config, batch.dataset)
+    if config.has_embedding and reference_batch is not None:
+        try:
+            embedding_columns(reference_batch.frame.columns, config)
+        except ValueError as exc:
+            raise ConfigError(f"reference {config.reference}: {exc}") from None
+    suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
+    label_col = _resolve_label(config, suite, origin, batch, reference_batch)
+
+    reference, reference_counts = None, None
+    if reference_batch is not None:
+        reference = reference_batch.frame
+        if label_col is not None and label_col in reference:
+            reference_counts = class_counts(reference[label_col])
+        reference = _at_most(reference, config.max_reference_rows, config.seed)
+        if suite is not None:
+            reference = _coerce_reference(reference, suite, config.reference)
+    if suite is not None:
+        kinds = {c: k for c, k in suite_kinds(suite).items() if c != label_col}
+    elif batch.frame is not None:
+        kinds = infer_kinds(batch.frame, label_col)
+    else:
+        kinds = {}
+    column = config.embedding_column
+    if column is not None and column in kinds and kinds[column] != EMBEDDING:
+        hint = "; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
+        raise InputError(
+            f"{batch.source_path}: column {column!r} holds {kinds[column]} values, not lists of numbers, so it "
+            f"cannot be the embedding{hint if batch.file_format == 'csv' else ''}"
+        )
+    fingerprint_source = {
+        "version": __version__,
+        "settings": config.fingerprint_fields() | {"label_col": label_col},
+        "reference_sha256": reference_batch.sha256 if reference_batch else None,
+        "suite": suite.to_json_dict() if suite is not None else None,
+    }
+    if suite is not None and origin.startswith("inferred"):
+        fingerprint_source["suite"]["meta"]["poisonguard"].pop("created_at", None)
+    fingerprint = hashlib.sha256(json.dumps(fingerprint_source, sort_keys=True, default=str).encode()).hexdigest()
+    return ScanPlan(
+        label_col=label_col,
+        suite=suite,
+        suite_origin=origin,
+        kinds=kinds,
+        reference=reference,
+        reference_sha256=reference_batch.sha256 if reference_batch else None,
+        fingerprint=fingerprint[:16],
+        reference_class_counts=reference_counts,
+    )
+
+
+def _at_most(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """``frame`` when it has at most ``rows`` rows, else a seeded uniform sample of ``rows`` of them, in order."""
+    if len(frame) <= rows:
+        return frame
+    kept = np.sort(np.random.default_rng(seed).choice(len(frame), rows, replace=False))
+    return frame.iloc[kept].reset_index(drop=True)
+
+
+def _read_reference(config: ScanConfig, dataset: str) -> Batch | None:
+    if config.reference is None:
+        return None
+    reference = read_batch(Path(config.reference), dataset=dataset)
+    if reference.frame is None:
+        raise ConfigError(f"reference {config.reference}: {reference.unreadable}")
+    return reference
+
+
+def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) -> tuple[Any | None, str]:
+    if config.suite is not None:
+        return load_suite(Path(config.suite)), str(config.suite)
+    stored = Path(config.suite_dir) / f"{dataset}.json"
+    if stored.exists():
+        return load_suite(stored), str(stored)
+    if reference is not None:
+        suite = infer_suite(
+            reference.frame, dataset, config.label_col, config.range_margin, source=str(config.reference),
+            range_false_quarantine=config.range_false_quarantine,
+        )
+        return suite, f"inferred from {config.reference}"
+    return None, "none (no suite file and no reference: schema checks limited to the label column)"
+
+
+def _resolve_label(
+    config: ScanConfig, suite: Any | None, origin: str, batch: Batch, reference: Batch | None
+) -> str | None:
+    recorded = suite_label_col(suite) if suite is not None else None
+    if config.label_col is None:
+        return recorded
+    if suite is not None:
+        if config.label_col not in suite_columns(suite):
+            raise InputError(
+                f"label column {config.label_col!r} is not a column of the suite {origin}; "
+                f"its columns are: {', '.join(suite_columns(suite))}"
+            )
+        if recorded is not None and recorded != config.label_col:
+            raise ConfigError(
+                f"suite {origin} names {recorded!r} as the label column, not {config.label_col!r}; "
+                "drop --label-col or fix the suite"
+            )
+        return config.label_col
+    if batch.frame is not None and config.label_col not in batch.frame.columns:
+        columns = ", ".join(c for c in batch.frame.columns if c != ROW_ID)
+        raise InputError(
+            f"{batch.source_path}: label column {config.label_col!r} not found; columns are: {columns}"
+        )
+    return config.label_col
+
+
+def _coerce_reference(reference: pd.DataFrame, suite: Any, path: Path | None) -> pd.DataFrame:
+    expected = set(suite_columns(suite))
+    actual = set(reference.columns) - {ROW_ID}
+    if expected != actual:
+        raise ConfigError(
+            f"reference {path} does not match the suite's columns "
+            f"(missing: {sorted(expected - actual)}, extra: {sorted(actual - expected)})"
+        )
+    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite), suite_embeddings(suite))
+    if structural:
+        raise ConfigError(f"reference {path}: {structural[0].message}")
+    return coerced

@@ -1,0 +1,68 @@
+"""Which configured detectors run on a batch, each made how, reading which view of the rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.cells import as_text
+from poisonguard.config import ScanConfig
+from poisonguard.detectors import ClassConditional, Detector, detector_spec, make_detector
+from poisonguard.featurize.representations import EmbeddingView, Probe
+
+
+def has_enough_reference(reference: pd.DataFrame | None, config: ScanConfig) -> bool:
+    """Whether ``reference`` can be split into fitting and calibration parts (reference mode)."""
+    return reference is not None and len(reference) >= 2 * config.min_class_rows
+
+
+def configured_detector(name: str, label_col: str | None, config: ScanConfig):
+    detector = make_detector(name, seed=config.seed, **config.detector_params.get(name, {}))
+    if label_col and detector.spec.per_class:
+        return ClassConditional(detector, config.min_class_rows)
+    return detector
+
+
+def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool) -> tuple[list[str], dict[str, str]]:
+    """The configured detectors that can run here, and why each of the others cannot."""
+    runnable, skipped = [], {}
+    for name in config.detectors:
+        spec = detector_spec(name)
+        if spec.needs_labels and label_col is None:
+            skipped[name] = "needs a label column (--label-col)"
+        elif spec.needs_reference and not has_reference:
+            skipped[name] = "needs trusted reference data (--reference)"
+        else:
+            runnable.append(name)
+    return runnable, skipped
+
+
+def labels_of(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
+    """The label column as text objects (``<missing>`` for nulls), one shared object per class: a string
+    object per row would cost about 50 bytes a row for labels such as ``approve``."""
+    if label_col is None:
+        return None
+    codes, classes = pd.factorize(as_text(frame[label_col]).fillna("<missing>"))
+    return np.asarray(classes, dtype=object)[codes]
+
+
+def reads_probe(detectors: dict[str, Detector]) -> bool:
+    """Whether any of ``detectors`` reads a representation beyond the encoded columns (the backdoor checks)."""
+    return any(d.spec.reads == "probe" for d in detectors.values())
+
+
+def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
+             representation: Probe | EmbeddingView | None) -> dict[str, np.ndarray]:
+    """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s
+    view of them (the batch's own embedding, a probe's activations) for the backdoor checks, computed once
+    and only when one of them reads it, else ``X``."""
+    seen = X
+    if representation is not None and reads_probe(detectors):
+        seen = representation.rows(frame, X)
+    return {name: seen if d.spec.reads == "probe" else X for name, d in detectors.items()}
+
+
+def cannot_fit(name: str, error: ValueError) -> str:
+    """The report's reason that detector ``name`` was skipped: the rows given cannot fit it (a reference
+    with one class for a label model, too few rows). A detector raises ``ValueError`` for such data."""
+    return f"cannot run on these rows: {error}"

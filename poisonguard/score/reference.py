@@ -1,0 +1,290 @@
+"""Detectors fitted on a trusted reference and calibrated on its held-out rows.
+
+The reference is split into a fit part and a held-out calibration part, or, when the held-out part would
+be too small to set the budget's threshold, cross-fitted so that every reference row calibrates
+(:mod:`poisonguard.score.crossfit`). Each batch row gets a conformal p-value per detector against the
+calibration scores of its own class (all calibration rows when its class is too small). One p-value
+threshold is chosen so that, on the calibration rows, the union of all detectors' flags stays within
+``max_false_quarantine``: the budget holds for the combined decision, not for each detector alone (see
+:mod:`poisonguard.decide.calibration`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.config import ScanConfig
+from poisonguard.decide.calibration import (
+    batch_groups,
+    batch_p_values,
+    calibration_groups,
+    holdout_p_values,
+    union_threshold,
+)
+from poisonguard.featurize.features import FeatureEncoder
+from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
+from poisonguard.report.figures import CONFORMAL_AXIS
+from poisonguard.score.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_positions
+from poisonguard.score.detector_set import (
+    cannot_fit,
+    configured_detector,
+    has_enough_reference,
+    labels_of,
+    reads_probe,
+    runnable_detectors,
+    views_of,
+)
+from poisonguard.score.types import DetectorScores
+
+
+class FittedReference:
+    """Detectors fitted on a trusted reference, with what calibrating their batch scores needs.
+
+    Made by :func:`fit_reference`; :func:`score_chunk` scores any slice of the batch with it (in any
+    process: it pickles), and :func:`finish_scores` turns the chunks' scores into calibrated flags.
+    """
+
+    def __init__(self, reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None,
+                 config: ScanConfig, names: list[str], batch_sample: pd.DataFrame | None = None) -> None:
+        self.label_col, self.config, self.names = label_col, config, names
+        self.reference_rows = len(reference)
+        labels = labels_of(reference, label_col)
+        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config))
+        # X_fit: rows only fitted on (none when cross-fitting); X_hold: the calibration rows, in the order of
+        # the folds' calibration parts. Only the encoded rows are kept: frames would copy the reference.
+        fit_only = len(rows) - sum(len(hold) for _, hold in self.folds)
+        used = reference.iloc[rows]
+        # Fitted on the rows only fitted on; when every row also calibrates (cross-fitting) on all of them.
+        self.encoder = FeatureEncoder(kinds, label_col).fit(used.iloc[:fit_only] if fit_only else used)
+        X_used = self.encoder.transform(used)
+        y_used = None if labels is None else labels[rows]
+        self.X_fit, self.X_hold = X_used[:fit_only], X_used[fit_only:]
+        self.y_fit, self.y_hold = (None, None) if y_used is None else (y_used[:fit_only], y_used[fit_only:])
+        self.fit_rows = max(len(fit) for fit, _ in self.folds)
+        self.holdout_rows = len(self.X_hold)
+        self.detectors = {name: configured_detector(name, label_col, config) for name in names}
+        # What the backdoor checks read, when one runs: the batch's own embedding, standardised like the
+        # encoded columns (fitted on the rows only fitted on), or, set when needed, a probe's activations.
+        self.representation: Probe | EmbeddingView | None = None
+        self.embedding_parts: tuple[np.ndarray, np.ndarray] | None = None
+        if config.has_embedding and reads_probe(self.detectors):
+            self.representation = EmbeddingView(config).fit(used.iloc[:fit_only] if fit_only else used)
+            self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
+                                    self.representation.rows(used.iloc[fit_only:]))
+        self.holdout_scores: dict[str, np.ndarray] = {}
+        self.skipped: dict[str, str] = {}  # detectors the reference's rows cannot fit, with the reason
+        if batch_sample is not None:
+            self._fit_on_sample(batch_sample, used, X_used, y_used)
+            return
+        # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
+        # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
+        self.streamed = {}
+        for name, detector in self.detectors.items():
+            if not detector.spec.transductive and detector.spec.reads == "features":
+                try:
+                    self.streamed[name], self.holdout_scores[name] = cross_fit(detector, X_used, y_used, self.folds)
+                except ValueError as error:
+                    self.skipped[name] = cannot_fit(name, error)
+        self._forget_skipped()
+        if len(self.streamed) == len(self.detectors):
+            # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
+            # 200k rows x 20 columns) would only sit in memory while the batch is scored.
+            self.X_fit = self.X_hold = self.embedding_parts = None
+
+    def _fit_on_sample(self, batch_sample: pd.DataFrame, used: pd.DataFrame, X_used: np.ndarray,
+                       y_used: np.ndarray | None) -> None:
+        """A chunked scan: every detector scores rows chunk by chunk. Those that judge the batch's rows
+        against each other (transductive) are fitted on a uniform sample of the batch, and score the
+        held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
+        held-out and batch rows scored the same way."""
+        X_sample, y_sample = self.encoder.transform(batch_sample), labels_of(batch_sample, self.label_col)
+        if self.representation is None and self.label_col is not None and reads_probe(self.detectors):
+            self.representation = Probe(self.config.seed).fit(
+                np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
+            )
+        used_views = views_of(self.detectors, used, X_used, self.representation)
+        sample_views = views_of(self.detectors, batch_sample, X_sample, self.representation)
+        self.streamed = {}
+        for name, detector in self.detectors.items():
+            V_used = used_views[name]
+            try:
+                if detector.spec.transductive:
+                    detector.fit(sample_views[name], y_sample)
+                    self.streamed[name] = detector
+                    self.holdout_scores[name] = detector.decision_function(V_used[len(self.X_fit):], self.y_hold)
+                else:
+                    self.streamed[name], self.holdout_scores[name] = cross_fit(detector, V_used, y_used, self.folds)
+            except ValueError as error:
+                self.skipped[name] = cannot_fit(name, error)
+        self._forget_skipped()
+        self.X_fit = self.X_hold = self.embedding_parts = None  # every detector now scores rows chunk by chunk
+
+
+    def _forget_skipped(self) -> None:
+        self.names = [name for name in self.names if name not in self.skipped]
+        self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
+
+
+def fit_reference(
+    reference: pd.DataFrame, kinds: dict[str, str], label_col: str | None, config: ScanConfig,
+    batch_sample: pd.DataFrame | None = None,
+) -> tuple[FittedReference | None, dict[str, str]]:
+    """Fit the configured detectors on ``reference``; ``None`` when it is too small to calibrate with.
+
+    With ``batch_sample`` (a chunked scan), every detector is made to score rows chunk by chunk: see
+    :meth:`FittedReference._fit_on_sample`. Also returns the detectors that cannot run, with the reason.
+    """
+    has_reference = has_enough_reference(reference, config)
+    names, skipped = runnable_detectors(config, label_col, has_reference)
+    if not has_reference or not names:
+        return None, skipped
+    fitted = FittedReference(reference, kinds, label_col, config, names, batch_sample)
+    skipped = skipped | fitted.skipped
+    return (fitted if fitted.names else None), skipped
+
+
+def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Scores of the rows of ``chunk`` by every detector that scores rows one by one (see ``streamed``).
+
+    A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
+    """
+    X, y = fitted.encoder.transform(chunk), labels_of(chunk, fitted.label_col)
+    views = views_of(fitted.streamed, chunk, X, fitted.representation)
+    return {name: detector.decision_function(views[name], y) for name, detector in fitted.streamed.items()}
+
+
+def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
+    """:func:`score_chunk` over consecutive slices of ``config.score_chunk_rows`` rows, in this process."""
+    step = fitted.config.score_chunk_rows
+    return [score_chunk(fitted, batch.iloc[start : start + step]) for start in range(0, len(batch), step)]
+
+
+def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: list[dict[str, np.ndarray]],
+                  skipped: dict[str, str] | None = None) -> DetectorScores:
+    """Calibrated flags for every batch row, from the scores of its consecutive chunks, in batch order.
+
+    Detectors that must see the whole batch (transductive ones, and those reading the probe's
+    activations) run here.
+    """
+    result = DetectorScores()
+    for name in fitted.streamed:
+        result.scores[name] = np.concatenate([np.empty(0)] + [part[name] for part in chunk_scores])
+        if len(result.scores[name]) != len(batch):
+            raise ValueError(f"chunk scores cover {len(result.scores[name])} rows, the batch has {len(batch)}")
+    holdout_scores = dict(fitted.holdout_scores)
+    whole = {n: d for n, d in fitted.detectors.items() if n not in fitted.streamed}
+    label_col, config = fitted.label_col, fitted.config
+    X_fit, X_hold, y_fit, y_hold = fitted.X_fit, fitted.X_hold, fitted.y_fit, fitted.y_hold
+    y_batch = labels_of(batch, label_col)
+    if whole:
+        X_batch = fitted.encoder.transform(batch)
+        views = {"features": (X_fit, X_hold, X_batch)}
+        if config.has_embedding and reads_probe(whole):
+            views["probe"] = (*fitted.embedding_parts, fitted.representation.rows(batch))
+        elif label_col is not None and reads_probe(whole):
+            views["probe"] = tuple(
+                probe_activations(
+                    np.vstack([X_fit, X_hold, X_batch]),
+                    np.concatenate([y_fit, y_hold, y_batch]),
+                    [X_fit, X_hold, X_batch],
+                    config.seed,
+                )
+            )
+        for name, detector in whole.items():
+            V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
+            try:
+                if detector.spec.transductive:
+                    # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
+                    # held-out rows are treated alike and the held-out scores calibrate the batch's.
+                    pooled = detector.fit_decision_function(
+                        np.vstack([V_hold, V_batch]),
+                        np.concatenate([y_hold, y_batch]) if label_col is not None else None,
+                    )
+                    holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
+                else:
+                    V_used = np.vstack([V_fit, V_hold])
+                    y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
+                    scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
+                    result.scores[name] = scorer.decision_function(V_batch, y_batch)
+            except ValueError as error:
+                skipped = {**(skipped or {}), name: cannot_fit(name, error)}
+    if not holdout_scores:
+        return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped or {}})
+    calibration = calibrate_holdout(fitted, holdout_scores)
+    calibration.summary["skipped_detectors"] = skipped or {}
+    return apply_calibration(calibration, result.scores, y_batch)
+
+
+class ReferenceCalibration:
+    """The held-out rows' scores per detector and the one p-value threshold set from them.
+
+    Made once per scan by :func:`calibrate_holdout`; :func:`apply_calibration` then flags any set of batch
+    rows (the whole batch, or one chunk at a time) by the same rule.
+    """
+
+    def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
+                 groups_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+        self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
+        self.groups_hold, self.alpha, self.summary = groups_hold, alpha, summary
+
+
+def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
+    """Set the p-value threshold for the union of all detectors from the held-out rows' scores."""
+    config, y_hold = fitted.config, fitted.y_hold
+    names = [name for name in fitted.names if name in holdout_scores]
+    # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
+    # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
+    # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
+    # are calibrated against all held-out rows together.
+    smallest_group = max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine))
+    groups_hold = calibration_groups(y_hold, smallest_group)
+    holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
+    min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
+    alpha, guarantee = union_threshold(min_p_hold, config.max_false_quarantine, len(names))
+    combined_hold = min_p_hold <= alpha
+    summary = {
+        "mode": "reference",
+        "reference_rows": int(fitted.reference_rows),
+        "fit_rows": fitted.fit_rows,
+        "holdout_rows": fitted.holdout_rows,
+        # 1: fitted on one part of the reference, calibrated on the other; k: cross-fitted, every row calibrates
+        "folds": len(fitted.folds),
+        "max_false_quarantine": config.max_false_quarantine,
+        "p_value_threshold": float(alpha),
+        "holdout_quarantine_rate": float(combined_hold.mean()),
+        "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
+        "evidence_axis": CONFORMAL_AXIS,
+        "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
+    }
+    summary["guarantee"] = guarantee
+    if guarantee == "approximate":
+        summary["warning"] = (
+            f"{fitted.holdout_rows} reference rows calibrate the thresholds, too few to hold a "
+            f"{config.max_false_quarantine:.2%} budget from ranks alone (that needs "
+            f"{math.ceil(RANK_ROWS / config.max_false_quarantine)}); the threshold comes from a tail model of "
+            "the most extreme of them and holds the budget only approximately: give a larger reference or a "
+            "larger budget"
+        )
+    reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
+    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
+
+
+def apply_calibration(
+    calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None
+) -> DetectorScores:
+    """Conformal p-values and flags for batch rows with ``scores``, against the held-out rows."""
+    result = DetectorScores(calibration=dict(calibration.summary))
+    groups_batch = batch_groups(y_batch, calibration.groups_hold)
+    for name in calibration.names:  # in the configured order, which the report keeps
+        result.scores[name] = scores[name]
+        result.p_values[name] = batch_p_values(
+            calibration.holdout_scores[name], calibration.groups_hold, scores[name], groups_batch
+        )
+        result.flags[name] = result.p_values[name] <= calibration.alpha
+        result.evidence[name] = -np.log10(result.p_values[name])
+        result.reasons[name] = calibration.reasons[name]
+    return result

@@ -148,8 +148,8 @@ def measure_pyod(batch: Path, reference: Path) -> dict:
     config = ScanConfig()
     baseline = _current_rss_mb()
     used = pd.read_parquet(reference).drop(columns=[LABEL])
-    used = used.sample(n=min(len(used), config.max_reference_rows), random_state=0).to_numpy(dtype="float64")
-    fit_rows = used[: len(used) - int(len(used) * config.holdout_fraction)]
+    used = used.sample(n=min(len(used), config.calibration.max_reference_rows), random_state=0).to_numpy(dtype="float64")
+    fit_rows = used[: len(used) - int(len(used) * config.calibration.holdout_fraction)]
     scored = np.vstack([pd.read_parquet(batch).drop(columns=[LABEL]).to_numpy(dtype="float64"), used[len(fit_rows):]])
     del used
     cores = os.cpu_count() or 1

@@ -16,7 +16,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from poisonguard.config import ScanConfig, config_from_mapping, load_config
+from poisonguard.config import ScanConfig
+from poisonguard.config_file import config_from_mapping, load_config
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import IO_RETRIES, run_scan
 from poisonguard.ingest.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files

@@ -77,9 +77,9 @@ def read(path: Path, config: ScanConfig, snapshot_dir: Path) -> BatchSource:
     checked against and the rows scanned are the same bytes whatever the file's writer does meanwhile;
     without ``chunk_rows``, parse it whole as it is snapshotted."""
     progress.info("reading %s", path)
-    take = read_batch if config.chunk_rows is None else describe_batch
-    batch = take(path, dataset=scan_dataset(path, config), file_format=config.file_format, snapshot_dir=snapshot_dir)
-    return BatchSource(batch, config.chunk_rows)
+    take = read_batch if config.io.chunk_rows is None else describe_batch
+    batch = take(path, dataset=scan_dataset(path, config), file_format=config.io.file_format, snapshot_dir=snapshot_dir)
+    return BatchSource(batch, config.io.chunk_rows)
 
 
 @task(name="plan", cache_policy=NONE, **IO_RETRIES)
@@ -95,10 +95,11 @@ def provenance(source: BatchSource, config: ScanConfig, now: datetime,
                replay_lock: ReplayLock) -> tuple[RowsRead, ProvenanceOutcome]:
     """Read the rows once for their count, columns and content digest; check the manifest and replays,
     holding ``replay_lock`` from the check until the outcome is recorded (see :class:`ReplayLock`)."""
-    progress.info("checking provenance against %s", config.trust_store)
+    progress.info("checking provenance against %s", config.provenance.trust_store)
     rows = source.rows_read()
     replay_lock.hold(rows.content_sha256)
-    return rows, check_batch_provenance(source.batch, config.provenance, now, rows)
+    return rows, check_batch_provenance(source.batch, config.provenance, now, rows,
+                                        ledger=Ledger(config.ledger_path), rescan=config.force)
 
 
 @task(name="quarantine-untrusted", cache_policy=NONE)
@@ -114,7 +115,7 @@ def quarantine_untrusted(source: BatchSource, failures: list[dict[str, str]], pa
 
 @task(name="fit", cache_policy=NONE)
 def fit(source: BatchSource, scan_plan: ScanPlan, config: ScanConfig) -> ChunkScorer:
-    progress.info("fitting %s", ", ".join(config.detectors))
+    progress.info("fitting %s", ", ".join(config.detection.detectors))
     return fit_scorer(source, scan_plan, config)
 
 
@@ -221,12 +222,12 @@ def artifact_key(dataset: str) -> str:
 def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
     """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone.
 
-    One path for every size: a batch read whole is one chunk; with ``config.chunk_rows`` it is read,
+    One path for every size: a batch read whole is one chunk; with ``config.io.chunk_rows`` it is read,
     validated, scored and staged that many rows at a time. With the Dask task runner each chunk's rows are
     scored in parallel slices.
     """
     config = config or ScanConfig()
-    with ReplayLock(config.ledger_path) as replay_lock, snapshot_folder(config.out_dir) as snapshot_dir:
+    with ReplayLock(config.ledger_path) as replay_lock, snapshot_folder(config.io.out_dir) as snapshot_dir:
         return _scan_batch(Path(path), config, replay_lock, snapshot_dir)
 
 
@@ -239,10 +240,10 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
     lap("ingest")
     scan_plan = plan(source, config)
     lap("plan")
-    paths = OutputPaths.for_batch(config.out_dir, batch.dataset, batch.batch_id)
+    paths = OutputPaths.for_batch(config.io.out_dir, batch.dataset, batch.batch_id)
     scanned_at = datetime.now(timezone.utc)
     checked = None
-    if config.trust_store is not None:
+    if config.provenance.trust_store is not None:
         rows_read, checked = provenance(source, config, scanned_at, replay_lock)
         batch = source.batch = replace(batch, row_count=rows_read.n_rows)
         lap("provenance")
@@ -251,7 +252,7 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
             progress.info("batch %s is a replay; nothing is written", batch.batch_id)
             record(batch, REPLAY, checked, config, (0, batch.n_rows))
             if (first := read_report(paths.report)) is not None:
-                list_for_training(first, config.out_dir)
+                list_for_training(first, config.io.out_dir)
             summary = replay_summary(batch, checked, paths.report)
             publish(summary, None)
             return summary
@@ -259,9 +260,9 @@ def _scan_batch(path: Path, config: ScanConfig, replay_lock: ReplayLock, snapsho
         previous = read_report(paths.report)
         if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
             progress.info("batch %s was already scanned with these settings", batch.batch_id)
-            list_for_training(previous, config.out_dir)  # repairs a listing an interrupted scan left
+            list_for_training(previous, config.io.out_dir)  # repairs a listing an interrupted scan left
             return ScanSummary.from_report(previous, paths.report, already_scanned=True)
-    refuse_rescan_of_reviewed(config.out_dir, batch.dataset, batch.batch_id)
+    refuse_rescan_of_reviewed(config.io.out_dir, batch.dataset, batch.batch_id)
 
     result = {"figures": {}, "detectors": {}, "calibration": {}, "expectations": [], "structural_failures": []}
     content = checked.content_sha256 if checked is not None else None
@@ -331,7 +332,7 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
     data = build_report(
         batch,
         paths,
-        config.out_dir,
+        config.io.out_dir,
         scanned_at=scanned_at,
         fingerprint=scan_plan.fingerprint,
         settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
@@ -341,9 +342,9 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
         timings=timings,
         **result,
     )
-    html = report(paths.report, data, config.out_dir)
+    html = report(paths.report, data, config.io.out_dir)
     record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
-    list_for_training(data, config.out_dir)
+    list_for_training(data, config.io.out_dir)
     summary = ScanSummary.from_report(data, paths.report)
     publish(summary, html)
     return summary

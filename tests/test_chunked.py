@@ -133,7 +133,7 @@ def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_bat
     batch = describe_batch(sample_batch, "loans")
     scan_plan = plan_scan(batch, config)
     with pytest.raises(ConfigError, match="confident_learning"):
-        fit_scorer(BatchSource(batch, config.chunk_rows), scan_plan, config)
+        fit_scorer(BatchSource(batch, config.io.chunk_rows), scan_plan, config)
 
 
 @pytest.mark.parametrize("with_reference", [True, False])
@@ -188,7 +188,7 @@ def test_a_signed_batch_scanned_in_chunks_is_verified_and_its_replay_writes_noth
     config = config_for(tmp_path, trust, chunk_rows=25)
     first = run_scan(batch, config)
     assert first.provenance["status"] == "verified" and first.rows_in == 80
-    clean, held, paths = _outputs(config.out_dir, first)
+    clean, held, paths = _outputs(config.io.out_dir, first)
     assert len(clean) + (len(held) if held is not None else 0) == 80
     written = {p: p.read_bytes() for p in (paths.clean, paths.report)}
 

@@ -133,10 +133,12 @@ def test_every_scan_option_is_a_setting_and_shows_the_settings_default():
     import typing
 
     from poisonguard.cli.scan import scan
-    from poisonguard.config import ScanConfig
+    from poisonguard.config import GROUP_OF, GROUPS, ScanConfig
 
     not_settings = {"file", "config_file", "as_json", "verbose", "debug"}
-    fields = ScanConfig.model_fields
+    fields = {name: GROUPS[group].model_fields[name] for name, group in GROUP_OF.items()} | {
+        name: field for name, field in ScanConfig.model_fields.items() if name not in GROUPS
+    }
     for name, annotation in typing.get_type_hints(scan, include_extras=True).items():
         if name in not_settings or name == "return":
             continue

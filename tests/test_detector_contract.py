@@ -16,7 +16,8 @@ from conftest import make_frame
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from poisonguard.config import ScanConfig, config_from_mapping, load_config
+from poisonguard.config import ScanConfig
+from poisonguard.config_file import config_from_mapping, load_config
 from poisonguard.detectors import REGISTRY, Detector, DetectorSpec, detector_spec, make_detector, register
 from poisonguard.errors import ConfigError
 from poisonguard.report.scan_report import read_report
@@ -133,8 +134,8 @@ def test_detector_tables_in_the_config_file_carry_parameters_into_the_fingerprin
         n_estimators = 300
     """))
     config = load_config(tmp_path / "poisonguard.toml")
-    assert config.detectors == ("ecod", "iforest")
-    assert config.detector_params == {"iforest": {"n_estimators": 300}}
+    assert config.detection.detectors == ("ecod", "iforest")
+    assert config.detection.detector_params == {"iforest": {"n_estimators": 300}}
     plain = config_from_mapping({"label_col": "label", "detectors": ["ecod", "iforest"]})
     assert config.fingerprint_fields() != plain.fingerprint_fields()
     assert "detector_params" not in plain.fingerprint_fields()  # earlier scans keep their fingerprint

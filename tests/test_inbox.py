@@ -171,7 +171,7 @@ def test_the_deployment_in_prefect_yaml_runs_the_inbox_flow_with_valid_parameter
     import yaml
     from prefect.client.schemas.schedules import CronSchedule
 
-    from poisonguard.config import config_from_mapping
+    from poisonguard.config_file import config_from_mapping
     from poisonguard.flows.inbox import process_inbox
 
     project = Path(__file__).resolve().parent.parent

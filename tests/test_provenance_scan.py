@@ -33,7 +33,7 @@ def test_a_signed_batch_passes_and_a_replay_of_it_writes_nothing(tmp_path, signe
     first = scan_batch(batch, config)
     assert first.status in ("clean", "rows_quarantined")
     assert first.provenance["status"] == "verified" and first.provenance["source_id"] == "bank-a"
-    paths = OutputPaths.for_batch(config.out_dir, "toy", first.batch_id)
+    paths = OutputPaths.for_batch(config.io.out_dir, "toy", first.batch_id)
     report = json.loads(paths.report.read_text())
     assert report["provenance"]["key_id"] == "bank-a-k1"
     written = {p: p.read_bytes() for p in (paths.clean, paths.report)}

@@ -425,12 +425,12 @@ def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out")
     summary = scan_batch(tmp_path / "batch.csv", config)
-    paths = OutputPaths.for_batch(config.out_dir, "batch", summary.batch_id)
-    assert committed_files(config.out_dir, "batch") == [paths.clean]
+    paths = OutputPaths.for_batch(config.io.out_dir, "batch", summary.batch_id)
+    assert committed_files(config.io.out_dir, "batch") == [paths.clean]
 
-    released = invoke("review", "release", summary.batch_id, "--all", "--reason", "fine", "-o", config.out_dir)
+    released = invoke("review", "release", summary.batch_id, "--all", "--reason", "fine", "-o", config.io.out_dir)
     assert released.exit_code == 0, released.output
-    listed = committed_files(config.out_dir, "batch")
+    listed = committed_files(config.io.out_dir, "batch")
     assert listed[0] == paths.clean and len(listed) == 2 and ".released-" in listed[1].name
     rows = sum(pq.read_metadata(p).num_rows for p in listed)
     assert rows == 60  # every row of the batch, once
@@ -438,7 +438,7 @@ def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
     make_frame(60, seed=3).drop(columns="x2").to_csv(tmp_path / "broken.csv", index=False)
     broken = scan_batch(tmp_path / "broken.csv", config.with_overrides(dataset="batch"))
     assert broken.status == "rejected"
-    assert len(committed_files(config.out_dir, "batch")) == 2  # the rejected batch adds nothing
+    assert len(committed_files(config.io.out_dir, "batch")) == 2  # the rejected batch adds nothing
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -219,7 +219,7 @@ def test_a_deployment_passes_settings_as_json_and_prefect_checks_their_types(pre
 
 
 def test_wrong_types_in_the_config_file_name_the_key(tmp_path):
-    from poisonguard.config import load_config
+    from poisonguard.config_file import load_config
 
     (tmp_path / "scan.toml").write_text('[scan]\nseed = "1"\nforce = "yes"\nmax_false_quarantine = 0.02\n')
     with pytest.raises(ConfigError) as raised:

@@ -125,15 +125,15 @@ def serve(
 
 def _check(inbox: Path, settings: dict, config_file: Path | None) -> None:
     """Fail before Prefect starts on a missing inbox or an inconsistent configuration."""
-    from poisonguard.config import config_from_mapping, load_config
+    from poisonguard.config_file import config_from_mapping, load_config
     from poisonguard.provenance.trust import load_trust_store
 
     if not inbox.is_dir():
         raise ConfigError(f"{inbox}: inbox directory not found")
     base = load_config(config_file) if config_file else None
     config = config_from_mapping({"require_provenance": True, **settings}, base=base)
-    if config.trust_store is not None:
-        load_trust_store(config.trust_store)
+    if config.provenance.trust_store is not None:
+        load_trust_store(config.provenance.trust_store)
 
 
 def _configured_api_url() -> str | None:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from poisonguard import __version__
 from poisonguard.cli.common import console, count, fail, out, quiet_libraries, shown
-from poisonguard.config import ScanConfig, load_config
+from poisonguard.config import ExpectationSettings, ScanConfig
+from poisonguard.config_file import load_config
 from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
 app = typer.Typer(
@@ -164,24 +165,24 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
     from poisonguard.errors import InputError
     from poisonguard.ingest.read import detect_format
 
-    for label, path in (("batch file", file), ("reference", config.reference), ("suite", config.suite)):
+    for label, path in (("batch file", file), ("reference", config.io.reference), ("suite", config.expectations.suite)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: {label} not found; check the path")
-    detect_format(file, config.file_format)
+    detect_format(file, config.io.file_format)
     from poisonguard.provenance.manifest import scan_dataset
 
     scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
-    if config.reference is not None:
-        detect_format(Path(config.reference))
-    writable_output_dir(Path(config.out_dir))
-    if config.trust_store is not None:
+    if config.io.reference is not None:
+        detect_format(Path(config.io.reference))
+    writable_output_dir(Path(config.io.out_dir))
+    if config.provenance.trust_store is not None:
         from poisonguard.provenance.trust import load_trust_store
 
-        load_trust_store(config.trust_store)  # a missing or broken store fails here, before Prefect starts
+        load_trust_store(config.provenance.trust_store)  # a missing or broken store fails here, before Prefect starts
     from poisonguard.detectors import make_detector
 
-    for name in config.detectors:  # an unknown name or parameter fails here, before Prefect starts
-        make_detector(name, **config.detector_params.get(name, {}))
+    for name in config.detection.detectors:  # an unknown name or parameter fails here, before Prefect starts
+        make_detector(name, **config.detection.detector_params.get(name, {}))
 
 
 def writable_output_dir(out_dir: Path) -> None:
@@ -252,7 +253,7 @@ def expectations_init(
     ] = 0.1,
     range_false_quarantine: Annotated[
         float, typer.Option(help="Share of clean rows all inferred ranges together may fail.")
-    ] = ScanConfig.model_fields["range_false_quarantine"].default,
+    ] = ExpectationSettings.model_fields["range_false_quarantine"].default,
     file_format: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing suite.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,

@@ -24,7 +24,7 @@ from sklearn.neural_network import MLPClassifier
 
 from poisonguard import ROW_ID
 from poisonguard.cells import list_cells
-from poisonguard.config import ScanConfig
+from poisonguard.config import IOSettings
 
 PROBE_HIDDEN_UNITS = 32
 PROBE_MAX_ROWS = 50_000  # the probe is trained on a seeded sample of at most this many rows
@@ -62,16 +62,16 @@ def probe_activations(
     return [probe.activations(X) for X in X_score]
 
 
-def embedding_columns(frame_columns, config: ScanConfig) -> list[str]:
+def embedding_columns(frame_columns, io: IOSettings) -> list[str]:
     """The columns the batch's embedding is read from; raises ``ValueError`` when there are none."""
-    if config.embedding_column is not None:
-        if config.embedding_column not in frame_columns:
+    if io.embedding_column is not None:
+        if io.embedding_column not in frame_columns:
             columns = ", ".join(str(c) for c in frame_columns if c != ROW_ID)
-            raise ValueError(f"no column is named {config.embedding_column!r}; columns are: {columns}")
-        return [config.embedding_column]
-    columns = [c for c in frame_columns if str(c).startswith(config.embedding_prefix)]
+            raise ValueError(f"no column is named {io.embedding_column!r}; columns are: {columns}")
+        return [io.embedding_column]
+    columns = [c for c in frame_columns if str(c).startswith(io.embedding_prefix)]
     if not columns:
-        raise ValueError(f"no column starts with the embedding prefix {config.embedding_prefix!r}")
+        raise ValueError(f"no column starts with the embedding prefix {io.embedding_prefix!r}")
     return columns
 
 
@@ -81,21 +81,21 @@ class EmbeddingView:
     Missing and non-finite values sit at the mean (0); see :class:`ListColumnScaler` for list columns.
     """
 
-    def __init__(self, config: ScanConfig) -> None:
-        self.config = config
+    def __init__(self, io: IOSettings) -> None:
+        self.io = io
 
     def fit(self, frame: pd.DataFrame) -> EmbeddingView:
-        self.columns_ = embedding_columns(frame.columns, self.config)
-        if self.config.embedding_column is not None:
-            self.scaler_ = ListColumnScaler().fit(frame[self.config.embedding_column])
+        self.columns_ = embedding_columns(frame.columns, self.io)
+        if self.io.embedding_column is not None:
+            self.scaler_ = ListColumnScaler().fit(frame[self.io.embedding_column])
         else:
             self.centre_, self.scale_ = nan_scale(self._prefix_columns(frame))
         return self
 
     def rows(self, frame: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray:
         """The standardised embedding of the rows of ``frame`` (``X``, their encoded columns, is not read)."""
-        if self.config.embedding_column is not None:
-            return self.scaler_.transform(frame[self.config.embedding_column])
+        if self.io.embedding_column is not None:
+            return self.scaler_.transform(frame[self.io.embedding_column])
         return standardise(self._prefix_columns(frame), self.centre_, self.scale_)
 
     def _prefix_columns(self, frame: pd.DataFrame) -> np.ndarray:

@@ -281,21 +281,21 @@ def assess_provenance(
     )
 
 
-def check_batch_provenance(batch: Batch, settings: ProvenanceSettings, now: datetime,
-                           rows: RowsRead) -> ProvenanceOutcome:
+def check_batch_provenance(batch: Batch, settings: ProvenanceSettings, now: datetime, rows: RowsRead, *,
+                           ledger: Ledger, rescan: bool) -> ProvenanceOutcome:
     """:func:`assess_provenance` with a scan's provenance settings; ``rows``: what a pass over the batch's
-    rows established."""
+    rows established; ``rescan``: earlier deliveries of this very batch do not count as replays (``--force``)."""
     return assess_provenance(
         batch,
         batch.dataset,
         load_trust_store(settings.trust_store),
-        Ledger(settings.ledger_path),
+        ledger,
         required=settings.require_provenance,
         max_age_seconds=settings.max_age_seconds,
         clock_skew_seconds=settings.clock_skew_seconds,
         now=now,
         validator=SchemaValidator(),
-        rescan_of=batch.batch_id if settings.rescan else None,
+        rescan_of=batch.batch_id if rescan else None,
         rows=rows,
     )
 

@@ -114,14 +114,14 @@ def declared_dataset(path: Path) -> str | None:
 
 
 def scan_dataset(path: Path, config: ScanConfig, file_name: str | None = None) -> str:
-    """The dataset the batch at ``path`` is scanned as: ``config.dataset``; else, when manifests are checked
+    """The dataset the batch at ``path`` is scanned as: ``config.io.dataset``; else, when manifests are checked
     (a trust store is configured), the dataset its manifest names, as the source signed it; else the file
     name (``file_name`` when ``path`` is a claimed copy) without its suffixes."""
     from poisonguard.ingest.read import dataset_name_from_path
 
-    if config.dataset:
-        return config.dataset
-    declared = declared_dataset(manifest_path_for(path)) if config.trust_store is not None else None
+    if config.io.dataset:
+        return config.io.dataset
+    declared = declared_dataset(manifest_path_for(path)) if config.provenance.trust_store is not None else None
     return declared or dataset_name_from_path(Path(file_name or path))
 
 

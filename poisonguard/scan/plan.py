@@ -1,6 +1,6 @@
 """Decide, before any row is scored, what a scan of one batch will use: suite, label, reference, kinds.
 
-Suite lookup order: ``config.suite`` (an explicit file), else ``<suite_dir>/<dataset>.json``, else one
+Suite lookup order: ``config.expectations.suite`` (an explicit file), else ``<suite_dir>/<dataset>.json``, else one
 inferred in memory from the reference, else none (then only the label column's presence is checked).
 """
 
@@ -60,17 +60,17 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     Raises :class:`InputError` or :class:`ConfigError` naming the file or column when the options do not
     fit together (label column absent everywhere, suite and reference disagree, reference unreadable).
     """
-    if config.has_embedding and batch.frame is not None:
+    if config.io.has_embedding and batch.frame is not None:
         try:
-            embedding_columns(batch.frame.columns, config)
+            embedding_columns(batch.frame.columns, config.io)
         except ValueError as exc:
             raise InputError(f"{batch.source_path}: {exc}") from None
     reference_batch = _read_reference(config, batch.dataset)
-    if config.has_embedding and reference_batch is not None:
+    if config.io.has_embedding and reference_batch is not None:
         try:
-            embedding_columns(reference_batch.frame.columns, config)
+            embedding_columns(reference_batch.frame.columns, config.io)
         except ValueError as exc:
-            raise ConfigError(f"reference {config.reference}: {exc}") from None
+            raise ConfigError(f"reference {config.io.reference}: {exc}") from None
     suite, origin = _resolve_suite(config, batch.dataset, reference_batch)
     label_col = _resolve_label(config, suite, origin, batch, reference_batch)
 
@@ -79,16 +79,16 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         reference = reference_batch.frame
         if label_col is not None and label_col in reference:
             reference_counts = class_counts(reference[label_col])
-        reference = _at_most(reference, config.max_reference_rows, config.seed)
+        reference = _at_most(reference, config.calibration.max_reference_rows, config.seed)
         if suite is not None:
-            reference = _coerce_reference(reference, suite, config.reference)
+            reference = _coerce_reference(reference, suite, config.io.reference)
     if suite is not None:
         kinds = {c: k for c, k in suite_kinds(suite).items() if c != label_col}
     elif batch.frame is not None:
         kinds = infer_kinds(batch.frame, label_col)
     else:
         kinds = {}
-    column = config.embedding_column
+    column = config.io.embedding_column
     if column is not None and column in kinds and kinds[column] != EMBEDDING:
         hint = "; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
         raise InputError(
@@ -125,26 +125,26 @@ def _at_most(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def _read_reference(config: ScanConfig, dataset: str) -> Batch | None:
-    if config.reference is None:
+    if config.io.reference is None:
         return None
-    reference = read_batch(Path(config.reference), dataset=dataset)
+    reference = read_batch(Path(config.io.reference), dataset=dataset)
     if reference.frame is None:
-        raise ConfigError(f"reference {config.reference}: {reference.unreadable}")
+        raise ConfigError(f"reference {config.io.reference}: {reference.unreadable}")
     return reference
 
 
 def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) -> tuple[Any | None, str]:
-    if config.suite is not None:
-        return load_suite(Path(config.suite)), str(config.suite)
-    stored = Path(config.suite_dir) / f"{dataset}.json"
+    if config.expectations.suite is not None:
+        return load_suite(Path(config.expectations.suite)), str(config.expectations.suite)
+    stored = Path(config.expectations.suite_dir) / f"{dataset}.json"
     if stored.exists():
         return load_suite(stored), str(stored)
     if reference is not None:
         suite = infer_suite(
-            reference.frame, dataset, config.label_col, config.range_margin, source=str(config.reference),
-            range_false_quarantine=config.range_false_quarantine,
+            reference.frame, dataset, config.io.label_col, config.expectations.range_margin, source=str(config.io.reference),
+            range_false_quarantine=config.expectations.range_false_quarantine,
         )
-        return suite, f"inferred from {config.reference}"
+        return suite, f"inferred from {config.io.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"
 
 
@@ -152,26 +152,26 @@ def _resolve_label(
     config: ScanConfig, suite: Any | None, origin: str, batch: Batch, reference: Batch | None
 ) -> str | None:
     recorded = suite_label_col(suite) if suite is not None else None
-    if config.label_col is None:
+    if config.io.label_col is None:
         return recorded
     if suite is not None:
-        if config.label_col not in suite_columns(suite):
+        if config.io.label_col not in suite_columns(suite):
             raise InputError(
-                f"label column {config.label_col!r} is not a column of the suite {origin}; "
+                f"label column {config.io.label_col!r} is not a column of the suite {origin}; "
                 f"its columns are: {', '.join(suite_columns(suite))}"
             )
-        if recorded is not None and recorded != config.label_col:
+        if recorded is not None and recorded != config.io.label_col:
             raise ConfigError(
-                f"suite {origin} names {recorded!r} as the label column, not {config.label_col!r}; "
+                f"suite {origin} names {recorded!r} as the label column, not {config.io.label_col!r}; "
                 "drop --label-col or fix the suite"
             )
-        return config.label_col
-    if batch.frame is not None and config.label_col not in batch.frame.columns:
+        return config.io.label_col
+    if batch.frame is not None and config.io.label_col not in batch.frame.columns:
         columns = ", ".join(c for c in batch.frame.columns if c != ROW_ID)
         raise InputError(
-            f"{batch.source_path}: label column {config.label_col!r} not found; columns are: {columns}"
+            f"{batch.source_path}: label column {config.io.label_col!r} not found; columns are: {columns}"
         )
-    return config.label_col
+    return config.io.label_col
 
 
 def _coerce_reference(reference: pd.DataFrame, suite: Any, path: Path | None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ def score_against_batch(
 ) -> DetectorScores:
     result = DetectorScores()
     usable = batch[fit_mask]
-    if len(usable) < config.min_class_rows:
+    if len(usable) < config.detection.min_class_rows:
         result.calibration = {
             "mode": "batch",
             "warning": f"only {len(usable)} rows passed the schema; too few to fit detectors, none run",
@@ -45,13 +45,13 @@ def score_against_batch(
     encoder = FeatureEncoder(kinds, label_col).fit(usable)
     X_fit, X_batch = encoder.transform(usable), encoder.transform(batch)
     y_fit, y_batch = labels_of(usable, label_col), labels_of(batch, label_col)
-    groups_fit = calibration_groups(y_fit, config.min_class_rows)
+    groups_fit = calibration_groups(y_fit, config.detection.min_class_rows)
     groups_batch = batch_groups(y_batch, groups_fit)
     thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: configured_detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
-    if config.has_embedding and reads_probe(detectors):
-        embedding = EmbeddingView(config).fit(usable)
+    if config.io.has_embedding and reads_probe(detectors):
+        embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
     elif label_col is not None and reads_probe(detectors):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
@@ -73,7 +73,7 @@ def score_against_batch(
             keys = {"*", *(str(g) for g in np.unique(groups_fit))}
             limits = dict.fromkeys(keys, float(detector.spec.natural_threshold))
         else:
-            limits = robust_limits(fit_scores, groups_fit, config.robust_z)
+            limits = robust_limits(fit_scores, groups_fit, config.calibration.robust_z)
         limit = row_limits(limits, groups_batch, len(batch_scores))
         result.scores[name] = batch_scores
         result.flags[name] = batch_scores > limit
@@ -84,7 +84,7 @@ def score_against_batch(
     result.calibration = {
         "mode": "batch",
         "skipped_detectors": unusable,
-        "rule": _batch_rule(detectors, config.robust_z),
+        "rule": _batch_rule(detectors, config.calibration.robust_z),
         "fit_rows": int(len(usable)),
         "score_thresholds": thresholds,
         "evidence_axis": "score minus its class's threshold",
@@ -120,11 +120,11 @@ class SampleFit:
         self.label_col, self.config = label_col, config
         self.encoder = FeatureEncoder(kinds, label_col).fit(sample)
         X_fit, y_fit = self.encoder.transform(sample), labels_of(sample, label_col)
-        self.groups_fit = calibration_groups(y_fit, config.min_class_rows)
+        self.groups_fit = calibration_groups(y_fit, config.detection.min_class_rows)
         self.detectors = {name: configured_detector(name, label_col, config) for name in names}
         self.representation: Probe | EmbeddingView | None = None
-        if config.has_embedding and reads_probe(self.detectors):
-            self.representation = EmbeddingView(config).fit(sample)
+        if config.io.has_embedding and reads_probe(self.detectors):
+            self.representation = EmbeddingView(config.io).fit(sample)
         elif label_col is not None and reads_probe(self.detectors):
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
@@ -141,11 +141,11 @@ class SampleFit:
                 keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
                 self.limits[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
             else:
-                self.limits[name] = robust_limits(fit_scores, self.groups_fit, config.robust_z)
+                self.limits[name] = robust_limits(fit_scores, self.groups_fit, config.calibration.robust_z)
         self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
         self.summary = {
             "mode": "batch",
-            "rule": _batch_rule(self.detectors, config.robust_z) + ", set on a sample of the batch",
+            "rule": _batch_rule(self.detectors, config.calibration.robust_z) + ", set on a sample of the batch",
             "fit_rows": int(len(sample)),
             "score_thresholds": self.limits,
             "evidence_axis": "score minus its class's threshold",
@@ -162,7 +162,7 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
     """
     names, skipped = runnable_detectors(config, label_col, has_reference=False)
     refuse_unchunkable(names, config)
-    if not names or len(sample) < config.min_class_rows:
+    if not names or len(sample) < config.detection.min_class_rows:
         return None, skipped
     fitted = SampleFit(sample, kinds, label_col, config, names)
     return (fitted if fitted.detectors else None), skipped | fitted.skipped

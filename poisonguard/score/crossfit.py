@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from poisonguard.config import ScanConfig
+from poisonguard.config import CalibrationSettings
 from poisonguard.detectors.base import Detector
 from poisonguard.detectors.spec import DetectorSpec
 
@@ -28,35 +28,36 @@ from poisonguard.detectors.spec import DetectorSpec
 RANK_ROWS = 10
 
 
-def calibration_folds(n_rows: int, labels: np.ndarray | None, config: ScanConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+def calibration_folds(n_rows: int, labels: np.ndarray | None, settings: CalibrationSettings,
+                      seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pairs of (rows to fit on, rows to calibrate with), as positions among ``n_rows`` reference rows.
 
     At most ``max_reference_rows`` rows are used. One pair (a split of ``holdout_fraction`` to
     calibration) when the held-out part would hold at least ``RANK_ROWS / max_false_quarantine`` rows;
     else ``calibration_folds`` pairs whose calibration parts cover every used row once. Stratified by
-    class where every class has enough rows; seeded by ``config.seed``.
+    class where every class has enough rows; seeded by ``seed``.
     """
     codes = None
     if labels is not None:
         # Sorted integer codes split exactly as the labels themselves would, at a fraction of the cost.
         codes, _ = pd.factorize(labels, sort=True)
-    used = min(n_rows, config.max_reference_rows)
-    holdout_rows = min(max(1, math.ceil(used * config.holdout_fraction)), used - 1)  # as scikit-learn rounds
-    if holdout_rows * config.max_false_quarantine >= RANK_ROWS or used < 2 * config.calibration_folds:
+    used = min(n_rows, settings.max_reference_rows)
+    holdout_rows = min(max(1, math.ceil(used * settings.holdout_fraction)), used - 1)  # as scikit-learn rounds
+    if holdout_rows * settings.max_false_quarantine >= RANK_ROWS or used < 2 * settings.calibration_folds:
         stratify = codes if codes is not None and np.bincount(codes).min() >= 2 else None
         fit, hold = train_test_split(
             np.arange(n_rows), train_size=used - holdout_rows, test_size=holdout_rows,
-            random_state=config.seed, stratify=stratify,
+            random_state=seed, stratify=stratify,
         )
         return [(fit, hold)]
     rows = np.arange(n_rows)
     if used < n_rows:
-        rows = np.sort(np.random.default_rng(config.seed).choice(n_rows, used, replace=False))
-    k = config.calibration_folds
+        rows = np.sort(np.random.default_rng(seed).choice(n_rows, used, replace=False))
+    k = settings.calibration_folds
     if codes is not None and np.bincount(codes[rows]).min() >= k:
-        splits = StratifiedKFold(k, shuffle=True, random_state=config.seed).split(rows, codes[rows])
+        splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, codes[rows])
     else:
-        splits = KFold(k, shuffle=True, random_state=config.seed).split(rows)
+        splits = KFold(k, shuffle=True, random_state=seed).split(rows)
     return [(rows[fit], rows[hold]) for fit, hold in splits]
 
 

@@ -13,20 +13,20 @@ from poisonguard.featurize.representations import EmbeddingView, Probe
 
 def has_enough_reference(reference: pd.DataFrame | None, config: ScanConfig) -> bool:
     """Whether ``reference`` can be split into fitting and calibration parts (reference mode)."""
-    return reference is not None and len(reference) >= 2 * config.min_class_rows
+    return reference is not None and len(reference) >= 2 * config.detection.min_class_rows
 
 
 def configured_detector(name: str, label_col: str | None, config: ScanConfig):
-    detector = make_detector(name, seed=config.seed, **config.detector_params.get(name, {}))
+    detector = make_detector(name, seed=config.seed, **config.detection.detector_params.get(name, {}))
     if label_col and detector.spec.per_class:
-        return ClassConditional(detector, config.min_class_rows)
+        return ClassConditional(detector, config.detection.min_class_rows)
     return detector
 
 
 def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool) -> tuple[list[str], dict[str, str]]:
     """The configured detectors that can run here, and why each of the others cannot."""
     runnable, skipped = [], {}
-    for name in config.detectors:
+    for name in config.detection.detectors:
         spec = detector_spec(name)
         if spec.needs_labels and label_col is None:
             skipped[name] = "needs a label column (--label-col)"

@@ -53,7 +53,7 @@ class FittedReference:
         self.label_col, self.config, self.names = label_col, config, names
         self.reference_rows = len(reference)
         labels = labels_of(reference, label_col)
-        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config))
+        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config.calibration, config.seed))
         # X_fit: rows only fitted on (none when cross-fitting); X_hold: the calibration rows, in the order of
         # the folds' calibration parts. Only the encoded rows are kept: frames would copy the reference.
         fit_only = len(rows) - sum(len(hold) for _, hold in self.folds)
@@ -71,8 +71,8 @@ class FittedReference:
         # encoded columns (fitted on the rows only fitted on), or, set when needed, a probe's activations.
         self.representation: Probe | EmbeddingView | None = None
         self.embedding_parts: tuple[np.ndarray, np.ndarray] | None = None
-        if config.has_embedding and reads_probe(self.detectors):
-            self.representation = EmbeddingView(config).fit(used.iloc[:fit_only] if fit_only else used)
+        if config.io.has_embedding and reads_probe(self.detectors):
+            self.representation = EmbeddingView(config.io).fit(used.iloc[:fit_only] if fit_only else used)
             self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
                                     self.representation.rows(used.iloc[fit_only:]))
         self.holdout_scores: dict[str, np.ndarray] = {}
@@ -158,8 +158,8 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
 
 
 def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
-    """:func:`score_chunk` over consecutive slices of ``config.score_chunk_rows`` rows, in this process."""
-    step = fitted.config.score_chunk_rows
+    """:func:`score_chunk` over consecutive slices of ``config.execution.score_chunk_rows`` rows, in this process."""
+    step = fitted.config.execution.score_chunk_rows
     return [score_chunk(fitted, batch.iloc[start : start + step]) for start in range(0, len(batch), step)]
 
 
@@ -183,7 +183,7 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     if whole:
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
-        if config.has_embedding and reads_probe(whole):
+        if config.io.has_embedding and reads_probe(whole):
             views["probe"] = (*fitted.embedding_parts, fitted.representation.rows(batch))
         elif label_col is not None and reads_probe(whole):
             views["probe"] = tuple(
@@ -240,11 +240,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
     # are calibrated against all held-out rows together.
-    smallest_group = max(config.min_class_rows, math.ceil(len(names) / config.max_false_quarantine))
+    smallest_group = max(config.detection.min_class_rows, math.ceil(len(names) / config.calibration.max_false_quarantine))
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
-    alpha, guarantee = union_threshold(min_p_hold, config.max_false_quarantine, len(names))
+    alpha, guarantee = union_threshold(min_p_hold, config.calibration.max_false_quarantine, len(names))
     combined_hold = min_p_hold <= alpha
     summary = {
         "mode": "reference",
@@ -253,7 +253,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "holdout_rows": fitted.holdout_rows,
         # 1: fitted on one part of the reference, calibrated on the other; k: cross-fitted, every row calibrates
         "folds": len(fitted.folds),
-        "max_false_quarantine": config.max_false_quarantine,
+        "max_false_quarantine": config.calibration.max_false_quarantine,
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
@@ -264,8 +264,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     if guarantee == "approximate":
         summary["warning"] = (
             f"{fitted.holdout_rows} reference rows calibrate the thresholds, too few to hold a "
-            f"{config.max_false_quarantine:.2%} budget from ranks alone (that needs "
-            f"{math.ceil(RANK_ROWS / config.max_false_quarantine)}); the threshold comes from a tail model of "
+            f"{config.calibration.max_false_quarantine:.2%} budget from ranks alone (that needs "
+            f"{math.ceil(RANK_ROWS / config.calibration.max_false_quarantine)}); the threshold comes from a tail model of "
             "the most extreme of them and holds the budget only approximately: give a larger reference or a "
             "larger budget"
         )

@@ -25,7 +25,7 @@ def score_rows(
     config: ScanConfig,
     fit_mask: np.ndarray | None = None,
 ) -> DetectorScores:
-    """Score every row of ``batch`` with each detector in ``config.detectors``.
+    """Score every row of ``batch`` with each detector in ``config.detection.detectors``.
 
     ``fit_mask`` marks the batch rows that may be used for fitting when there is no reference (rows that
     passed the schema). Returns empty scores for an empty batch.

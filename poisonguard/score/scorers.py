@@ -54,7 +54,7 @@ class ChunkScorer:
 
     def slices(self, frame: pd.DataFrame) -> list[pd.DataFrame]:
         """``frame`` in consecutive slices of ``score_chunk_rows`` rows: what :meth:`slice_scores` takes."""
-        step = self.config.score_chunk_rows
+        step = self.config.execution.score_chunk_rows
         return [frame.iloc[start : start + step] for start in range(0, len(frame), step)]
 
     def slice_scores(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -153,19 +153,19 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
         for name, why in skipped.items():
             log.warning("skipped %s: %s", name, why)
         return WholeBatchScorer(config, scan_plan, fitted, skipped)
-    refuse_unchunkable(list(config.detectors), config)
+    refuse_unchunkable(list(config.detection.detectors), config)
     if has_enough_reference(reference, config):
         # Detectors that judge the batch's rows against each other need a first pass for a sample of it.
         sample = None
         if any(detector_spec(n).transductive or detector_spec(n).reads != "features"
-               for n in config.detectors):
-            sample = validated_sample(source, scan_plan, config.max_reference_rows, config.seed)
+               for n in config.detection.detectors):
+            sample = validated_sample(source, scan_plan, config.calibration.max_reference_rows, config.seed)
             if sample is None:  # broken structure: the scanning pass finds it and rejects the batch
                 return NoDetectors(config, {"mode": "reference"})
-            if len(sample) < 2 * config.min_class_rows:
+            if len(sample) < 2 * config.detection.min_class_rows:
                 raise ConfigError(
                     f"{source.batch.source_path}: too few rows pass the schema to fit "
-                    f"{', '.join(config.detectors)} on a sample of the batch; scan it without --chunk-rows"
+                    f"{', '.join(config.detection.detectors)} on a sample of the batch; scan it without --chunk-rows"
                 )
         fitted, skipped = fit_reference(reference, kinds, label_col, config, sample)
         if fitted is None:
@@ -176,8 +176,8 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
                  f"{fitted.fit_rows:,}", f" and {len(sample):,} batch rows" if sample is not None else "",
                  calibration.alpha)
         return ReferenceChunkScorer(config, fitted, calibration, skipped)
-    log.info("first pass: sampling %s rows to fit on", f"{config.max_reference_rows:,}")
-    sample = validated_sample(source, scan_plan, config.max_reference_rows, config.seed)
+    log.info("first pass: sampling %s rows to fit on", f"{config.calibration.max_reference_rows:,}")
+    sample = validated_sample(source, scan_plan, config.calibration.max_reference_rows, config.seed)
     fitted, skipped = fit_on_sample(sample if sample is not None else pd.DataFrame(), kinds, label_col, config)
     if fitted is None:
         return NoDetectors(config, {"mode": "batch", "skipped_detectors": skipped})

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from benchmarks import attacks, peers, throughput
+from benchmarks import attacks, calibration, peers, throughput
 from benchmarks.attacks import LABEL
 from benchmarks.detection import metrics
 from benchmarks.results import write_section
@@ -72,3 +72,14 @@ def test_the_stability_run_reports_each_attack_over_every_seed():
     assert "| wine | injected outliers | 0.10 | 2 |" in stability_markdown(table)
     alone = stability([0.1], ("ecod", "knn_label"), seeds=2, datasets={"wine"}, with_reference=False)
     assert alone.iloc[0]["calibration"] == "score > median + 3.5 x 1.4826 x MAD, per class (ecod); knn_label > 0.5"
+
+
+def test_null_benchmark_counts_every_quarantined_clean_row_once(tmp_path):
+    results = calibration.run(["wine", "mixed"], [100], seeds=2, batch_rows=300, budget=0.01)
+    assert len(results) == 4 and set(results["dataset"]) == {"wine", "mixed"}
+    for row in results.itertuples():
+        parts = (row.schema_judgement, row.schema_hard, row.detectors)
+        assert 0.0 <= max(parts) <= row.quarantined <= min(1.0, sum(parts))
+        assert row.schema_hard == 0.0  # a clean row drawn like the reference never has a wrong type or a null
+    table = calibration.table(results, 0.01)
+    assert "| wine | 100 | 2 |" in table and "| mixed | 100 | 2 |" in table

@@ -90,7 +90,7 @@ def null_run(rows: pd.DataFrame, reference_rows: int, batch_rows: int, budget: f
     batch.insert(0, ROW_ID, np.arange(len(batch), dtype="int64"))
     config = ScanConfig(label_col=LABEL, max_false_quarantine=budget, seed=seed)
     suite = infer_suite(reference, "null", LABEL, config.expectations.range_margin,
-                        range_false_quarantine=config.expectations.range_false_quarantine)
+                        range_false_quarantine=config.schema_budget)
     outcome = validate_batch(batch, suite, LABEL, validator)
     if outcome.frame is None:
         raise RuntimeError(f"a clean batch was rejected whole: {outcome.structural}")

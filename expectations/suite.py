@@ -20,7 +20,7 @@ import pandas as pd
 from poisonguard import ROW_ID
 from poisonguard.cells import as_text, is_list_column, list_cells
 from poisonguard.errors import ConfigError, InputError
-from poisonguard.expectations.ranges import range_bounds
+from poisonguard.expectations.ranges import range_bounds, why_no_range, why_no_value_set
 from poisonguard.write.atomic import atomic_write_text
 
 NUMERIC = "numeric"
@@ -79,8 +79,11 @@ def infer_suite(
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     embeddings = {}
     kinds = {column: column_kind(reference[column]) for column in columns}
-    # Every numeric column but the label gets a range; together they share range_false_quarantine.
-    n_ranged = sum(kind == NUMERIC for column, kind in kinds.items() if column != label_col)
+    # Every numeric column but the label may get a range, every categorical one an allowed-value set: rules
+    # a clean row can fail by chance, which together share range_false_quarantine. A column whose rule
+    # would spend more than its share gets none, with the reason kept in the suite (see ranges.py).
+    n_judged = sum(kind in (NUMERIC, CATEGORICAL) for column, kind in kinds.items() if column != label_col)
+    unchecked: dict[str, str] = {}
     for column in columns:
         series = reference[column]
         kind = kinds[column]
@@ -106,9 +109,17 @@ def infer_suite(
         if kind == NUMERIC and column != label_col:
             values = series.to_numpy(dtype="float64", na_value=np.nan)
             finite = values[np.isfinite(values)]
-            if len(finite):
-                low, high = range_bounds(finite, n_ranged, range_false_quarantine, range_margin)
+            why_not = why_no_range(finite, n_judged, range_false_quarantine, range_margin)
+            if why_not is not None:
+                unchecked[column] = why_not
+            elif len(finite):
+                low, high = range_bounds(finite, n_judged, range_false_quarantine, range_margin)
                 expectations.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
+        if kind == CATEGORICAL and column != label_col:
+            why_not = why_no_value_set(series, n_judged, range_false_quarantine)
+            if why_not is not None:
+                unchecked[column] = why_not
+                continue
         if column == label_col or kind == CATEGORICAL:
             values = series.dropna().unique()
             if column == label_col and len(values) > MAX_LABEL_VALUES:
@@ -128,6 +139,8 @@ def infer_suite(
             "range_margin": range_margin,
             "range_false_quarantine": range_false_quarantine,
             "embeddings": embeddings,
+            # columns given no range or value set, with the reason (see poisonguard.expectations.ranges)
+            "unchecked": unchecked,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     }
@@ -161,6 +174,14 @@ def suite_kinds(suite) -> dict[str, str]:
         if e.expectation_type == "expect_column_values_to_be_in_type_list"
     }
     return kinds | {column: EMBEDDING for column in suite_embeddings(suite)}
+
+
+def suite_unchecked(suite) -> dict[str, str]:
+    """Columns the suite gives no range or allowed-value set, with the reason (suites inferred before this
+    was recorded: none)."""
+    if suite is None:
+        return {}
+    return dict((suite.meta or {}).get("poisonguard", {}).get("unchecked") or {})
 
 
 def suite_embeddings(suite) -> dict[str, int]:

@@ -21,6 +21,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
 
 from poisonguard.config import ScanConfig
+from poisonguard.expectations.suite import suite_unchecked
 from poisonguard.expectations.validate import SchemaOutcome
 from poisonguard.flows.runners import task_runner_for
 from poisonguard.ingest.read import Batch, describe_batch, read_batch, snapshot_folder
@@ -338,6 +339,7 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
         settings=config.fingerprint_fields() | {"label_col": scan_plan.label_col},
         suite_origin=scan_plan.suite_origin,
         label_col=scan_plan.label_col,
+        unchecked=suite_unchecked(scan_plan.suite),
         provenance=checked.to_dict() if checked else {"status": "not_checked", "required": False},
         timings=timings,
         **result,

@@ -81,10 +81,10 @@ class ExpectationSettings(_Settings):
     suite: _Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
     suite_dir: _Path = Path("expectations/suites")
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
-    # Share of clean rows that all inferred numeric ranges together may quarantine: each range is set from
-    # the reference's tail so that, over every ranged column, about this many clean rows fail one (see
-    # poisonguard.expectations.ranges). A tenth of the detectors' default budget; the calibration issue
-    # makes the two one budget.
+    # The part of max_false_quarantine (at most a tenth) that inferred ranges and value sets may spend:
+    # each range is set from the reference's tail so that, over every judged column, about this many clean
+    # rows fail one, and a column whose rule would spend more gets none (see
+    # poisonguard.expectations.ranges). The detectors get the rest of the budget (ScanConfig.detector_budget).
     range_false_quarantine: float = 0.001
 
     @model_validator(mode="after")
@@ -129,7 +129,8 @@ class DetectionSettings(_Settings):
 class CalibrationSettings(_Settings):
     """The false-quarantine budget and the reference rows that set it (``ScanConfig.calibration``)."""
 
-    max_false_quarantine: float = 0.01  # share of clean reference rows the detectors may quarantine
+    # Share of clean rows a scan may quarantine by judgement: detectors and inferred schema rules together.
+    max_false_quarantine: float = 0.01
     holdout_fraction: float = 0.5  # share of the reference kept aside to calibrate thresholds
     # A reference whose held-out share would be too small to set the budget's threshold (fewer than
     # 10 / max_false_quarantine rows) is cross-fitted in this many folds instead: see poisonguard.score.crossfit.
@@ -139,6 +140,10 @@ class CalibrationSettings(_Settings):
     # nothing. Detectors and feature-drift checks read the sample; the class-balance check counts every row.
     max_reference_rows: int = 200_000
     robust_z: float = 3.5  # no-reference rule: flag scores above median + robust_z * 1.4826 * MAD
+    # Refuse to scan (exit 2) unless the budget can hold "with 90% confidence": a reference with at least
+    # 10 / detector budget rows (1,112 at the default 1%). Without it a scan runs and its report says which
+    # weaker promise it makes.
+    strict: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> CalibrationSettings:
@@ -221,7 +226,7 @@ GROUPS: dict[str, type[_Settings]] = {
 GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 # Settings that never change which rows a scan quarantines: left out of the scan's fingerprint. Provenance
 # is left out too: with a trust store it is checked on every scan anyway.
-_NOT_FINGERPRINTED = {"out_dir", "reference", "file_format", "suite", "suite_dir", "force",
+_NOT_FINGERPRINTED = {"out_dir", "reference", "file_format", "suite", "suite_dir", "force", "strict",
                       *ExecutionSettings.model_fields, *ProvenanceSettings.model_fields}
 
 
@@ -278,6 +283,19 @@ class ScanConfig(_Settings):
                 f"got {self.calibration.max_reference_rows}"
             )
         return self
+
+    @property
+    def schema_budget(self) -> float:
+        """The part of ``max_false_quarantine`` the inferred ranges and value sets may spend together:
+        ``range_false_quarantine``, but never more than a tenth of the budget (a budget of 0.1% leaves the
+        schema 0.01%)."""
+        return min(self.expectations.range_false_quarantine, self.calibration.max_false_quarantine / 10)
+
+    @property
+    def detector_budget(self) -> float:
+        """The share of clean rows the detectors may quarantine: ``max_false_quarantine`` is one budget for
+        every rule that judges a row, and the schema's rules spend :attr:`schema_budget` of it."""
+        return round(self.calibration.max_false_quarantine - self.schema_budget, 12)
 
     @property
     def ledger_path(self) -> Path:

@@ -173,3 +173,39 @@ def test_a_range_is_never_narrower_than_the_observed_range_plus_margin():
     values = np.array([1.0] * 300 + [2.0])
     assert range_bounds(values, 1, 0.01, 0.1) == (0.9, 2.1)
     assert range_bounds(np.array([5.0]), 10, 0.01, 0.1) == (4.5, 5.5)
+
+
+def test_a_column_constant_in_the_reference_gets_no_range_and_says_why(validator):
+    from poisonguard.expectations.suite import suite_unchecked
+
+    rng = np.random.default_rng(3)
+    n = 400
+    reference = pd.DataFrame({
+        "border_pixel": np.zeros(n),  # always 0 in the reference, like a digit's border
+        "rare_ink": np.r_[np.zeros(n - 4), [1.0, 3.0, 7.0, 16.0]],  # near-constant: a few singletons
+        "signal": rng.normal(size=n),
+        "spike": np.r_[rng.normal(size=n - 1), [60.0]],  # one value far past what the others' tail allows
+        "colour": rng.choice(["red", "green", "blue"], n),
+        "shade": np.r_[rng.choice(["light", "dark"], n - 6), [f"rare{i}" for i in range(6)]],
+        "label": rng.choice(["a", "b"], n),
+    })
+    suite = infer_suite(reference, "pixels", "label", range_false_quarantine=0.001)
+    unchecked = suite_unchecked(suite)
+    assert set(unchecked) == {"border_pixel", "rare_ink", "spike", "shade"}
+    assert "constant in the reference (0)" in unchecked["border_pixel"]
+    assert "near-constant in the reference: 4 of its 400 values differ from 0" in unchecked["rare_ink"]
+    assert "largest reference value (60) lies outside the range the other values give" in unchecked["spike"]
+    assert "occur once" in unchecked["shade"]
+    ranged = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_between"}
+    valued = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_in_set"}
+    assert ranged == {"signal"} and valued == {"colour", "label"}  # the label's set is never given up
+
+    batch = reference.head(3).copy()
+    batch["border_pixel"] = [0.0, 5.0, 16.0]  # ink where the reference had none: no range to fail
+    batch["shade"] = ["light", "new shade", "dark"]
+    batch.loc[2, "signal"] = 1e6  # a value far outside a column that has a range still fails it
+    batch.loc[0, "label"] = "z"  # and a label outside the label set always fails
+    outcome = validate_batch(with_ids(batch), suite, "label", validator)
+    assert outcome.row_reasons.keys() == {"schema:range:signal", "schema:in_set:label"}
+    assert outcome.row_reasons["schema:range:signal"].tolist() == [2]
+    assert outcome.row_reasons["schema:in_set:label"].tolist() == [0]

@@ -79,7 +79,7 @@ def scan(
         Optional[str], typer.Option(help="Comma-separated detectors [ecod,iforest,label_model].")
     ] = None,
     max_false_quarantine: Annotated[
-        Optional[float], typer.Option(help="Share of clean reference rows the detectors may quarantine [0.01].")
+        Optional[float], typer.Option(help="Share of clean rows the detectors and inferred schema rules together may quarantine [0.01].")
     ] = None,
     embedding_prefix: Annotated[
         Optional[str], typer.Option(help="Columns with this prefix hold a precomputed embedding of each row.")
@@ -107,6 +107,9 @@ def scan(
     ] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [scan] table.")] = None,
     force: Annotated[bool, typer.Option(help="Rescan even if this batch was scanned with these settings.")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse unless the reference can hold the budget with 90% confidence.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
@@ -132,6 +135,7 @@ def scan(
             task_runner=task_runner,
             dask_address=dask_address,
             force=force or None,
+            strict=strict or None,
         )
         _check_paths(file, config)
         prepare_prefect_environment(verbose)
@@ -236,6 +240,8 @@ def _print_summary(summary) -> None:
         for code, rows in summary.reasons.items():
             reasons.add_row(shown(code), count(rows))  # codes carry column names
         out.print(reasons)
+    for warning in summary.warnings:
+        out.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False, soft_wrap=True)
     label = "report of the earlier delivery" if summary.status == "replay" else "report"
     out.print(f"{label}: {summary.report_path}", highlight=False, soft_wrap=True)
 
@@ -252,7 +258,7 @@ def expectations_init(
         float, typer.Option(help="Widen inferred numeric ranges by this share of their span.")
     ] = 0.1,
     range_false_quarantine: Annotated[
-        float, typer.Option(help="Share of clean rows all inferred ranges together may fail.")
+        float, typer.Option(help="Share of clean rows all inferred ranges and value sets together may fail.")
     ] = ExpectationSettings.model_fields["range_false_quarantine"].default,
     file_format: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing suite.")] = False,

@@ -37,6 +37,7 @@ class ScanSummary:
     report_path: str = ""
     already_scanned: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what weakens the scan's promise (a small reference)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -61,6 +62,7 @@ class ScanSummary:
             report_path=str(report_path),
             already_scanned=already_scanned,
             provenance=_provenance_brief(report.get("provenance") or {}),
+            warnings=[w for w in [(report.get("calibration") or {}).get("warning")] if w],
         )
 
 
@@ -108,8 +110,11 @@ def build_report(
     provenance: dict[str, Any],
     figures: dict[str, Any],
     timings: dict[str, float],
+    unchecked: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Everything a reviewer or a later stage needs to know about one scan, JSON-ready."""
+    """Everything a reviewer or a later stage needs to know about one scan, JSON-ready.
+
+    ``unchecked``: columns the suite gives no range or value set, with the reason."""
     if status == REJECTED and paths.rejected.exists():  # the raw file, kept whole
         outputs = {"rejected": _relative(paths.rejected, out_dir)}
     elif status == REJECTED:  # every row of an untrusted batch, in the quarantine file
@@ -140,7 +145,8 @@ def build_report(
         "class_balance": figures.get("class_balance"),
         "feature_drift": figures.get("feature_drift", []),
         "score_drift": figures.get("score_drift", []),
-        "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations},
+        "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations,
+                   "unchecked_columns": unchecked or {}},
         "structural_failures": structural_failures,
         "outputs": outputs,
         "settings": settings,

@@ -142,7 +142,7 @@ def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) ->
     if reference is not None:
         suite = infer_suite(
             reference.frame, dataset, config.io.label_col, config.expectations.range_margin, source=str(config.io.reference),
-            range_false_quarantine=config.expectations.range_false_quarantine,
+            range_false_quarantine=config.schema_budget,
         )
         return suite, f"inferred from {config.io.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"

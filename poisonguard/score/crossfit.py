@@ -28,12 +28,13 @@ from poisonguard.detectors.spec import DetectorSpec
 RANK_ROWS = 10
 
 
-def calibration_folds(n_rows: int, labels: np.ndarray | None, settings: CalibrationSettings,
-                      seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def calibration_folds(n_rows: int, labels: np.ndarray | None, settings: CalibrationSettings, seed: int,
+                      budget: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pairs of (rows to fit on, rows to calibrate with), as positions among ``n_rows`` reference rows.
 
     At most ``max_reference_rows`` rows are used. One pair (a split of ``holdout_fraction`` to
-    calibration) when the held-out part would hold at least ``RANK_ROWS / max_false_quarantine`` rows;
+    calibration) when the held-out part would hold at least ``RANK_ROWS / budget`` rows (``budget``: the
+    detectors' share of clean rows);
     else ``calibration_folds`` pairs whose calibration parts cover every used row once. Stratified by
     class where every class has enough rows; seeded by ``seed``.
     """
@@ -43,7 +44,7 @@ def calibration_folds(n_rows: int, labels: np.ndarray | None, settings: Calibrat
         codes, _ = pd.factorize(labels, sort=True)
     used = min(n_rows, settings.max_reference_rows)
     holdout_rows = min(max(1, math.ceil(used * settings.holdout_fraction)), used - 1)  # as scikit-learn rounds
-    if holdout_rows * settings.max_false_quarantine >= RANK_ROWS or used < 2 * settings.calibration_folds:
+    if holdout_rows * budget >= RANK_ROWS or used < 2 * settings.calibration_folds:
         stratify = codes if codes is not None and np.bincount(codes).min() >= 2 else None
         fit, hold = train_test_split(
             np.arange(n_rows), train_size=used - holdout_rows, test_size=holdout_rows,

@@ -25,10 +25,16 @@ from poisonguard.decide.calibration import (
     holdout_p_values,
     union_threshold,
 )
+from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.report.figures import CONFORMAL_AXIS
-from poisonguard.score.crossfit import RANK_ROWS, calibration_folds, cross_fit, fold_positions
+from poisonguard.score.crossfit import (
+    RANK_ROWS,
+    calibration_folds,
+    cross_fit,
+    fold_positions,
+)
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
@@ -53,7 +59,8 @@ class FittedReference:
         self.label_col, self.config, self.names = label_col, config, names
         self.reference_rows = len(reference)
         labels = labels_of(reference, label_col)
-        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config.calibration, config.seed))
+        rows, self.folds = fold_positions(calibration_folds(len(reference), labels, config.calibration, config.seed,
+                                                               config.detector_budget))
         # X_fit: rows only fitted on (none when cross-fitting); X_hold: the calibration rows, in the order of
         # the folds' calibration parts. Only the encoded rows are kept: frames would copy the reference.
         fit_only = len(rows) - sum(len(hold) for _, hold in self.folds)
@@ -240,11 +247,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     # with d detectors, a row more extreme than all n held-out rows of its class in one detector has
     # p = 1/(n+1), and up to d/(n+1) of clean rows are that extreme in some detector. Smaller classes
     # are calibrated against all held-out rows together.
-    smallest_group = max(config.detection.min_class_rows, math.ceil(len(names) / config.calibration.max_false_quarantine))
+    smallest_group = max(config.detection.min_class_rows, math.ceil(len(names) / config.detector_budget))
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
-    alpha, guarantee = union_threshold(min_p_hold, config.calibration.max_false_quarantine, len(names))
+    alpha, guarantee = union_threshold(min_p_hold, config.detector_budget, len(names))
     combined_hold = min_p_hold <= alpha
     summary = {
         "mode": "reference",
@@ -254,6 +261,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         # 1: fitted on one part of the reference, calibrated on the other; k: cross-fitted, every row calibrates
         "folds": len(fitted.folds),
         "max_false_quarantine": config.calibration.max_false_quarantine,
+        # the part of it the detectors spend; inferred schema ranges and value sets have the rest
+        "detector_budget": config.detector_budget,
+        "schema_budget": config.schema_budget,
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
@@ -261,14 +271,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
     summary["guarantee"] = guarantee
-    if guarantee == "approximate":
-        summary["warning"] = (
-            f"{fitted.holdout_rows} reference rows calibrate the thresholds, too few to hold a "
-            f"{config.calibration.max_false_quarantine:.2%} budget from ranks alone (that needs "
-            f"{math.ceil(RANK_ROWS / config.calibration.max_false_quarantine)}); the threshold comes from a tail model of "
-            "the most extreme of them and holds the budget only approximately: give a larger reference or a "
-            "larger budget"
-        )
+    summary["warning"] = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
+    if summary["warning"] is None:
+        del summary["warning"]
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
 
@@ -288,3 +293,38 @@ def apply_calibration(
         result.evidence[name] = -np.log10(result.p_values[name])
         result.reasons[name] = calibration.reasons[name]
     return result
+
+
+def guarantee_warning(guarantee: str, holdout_rows: int, budget: float) -> str | None:
+    """What a reviewer should know about a guarantee weaker than "with 90% confidence"; ``None`` for that one."""
+    confident_rows = math.ceil(RANK_ROWS / budget)
+    if guarantee == "in expectation":
+        return (
+            f"{holdout_rows:,} reference rows calibrate the thresholds: the detectors' {budget:.2%} share of clean "
+            f"rows holds on average over references, not for this one with 90% confidence (that needs "
+            f"{confident_rows:,}); give a larger reference for that promise"
+        )
+    if guarantee == "estimate":
+        return (
+            f"{holdout_rows:,} reference rows calibrate the thresholds, too few to promise the detectors' "
+            f"{budget:.2%} share of clean rows at all (that needs {math.ceil(1 / budget - 1):,}, and "
+            f"{confident_rows:,} for 90% confidence); the threshold is an estimate from a tail model of the most "
+            "extreme of them: give a larger reference or a larger budget"
+        )
+    return None
+
+
+def refuse_weak_guarantee(reference: pd.DataFrame | None, config: ScanConfig) -> None:
+    """With ``strict``, raise :class:`ConfigError` unless the reference can hold the budget with 90% confidence."""
+    if not config.calibration.strict:
+        return
+    needed = math.ceil(RANK_ROWS / config.detector_budget)
+    used = 0 if reference is None else min(len(reference), config.calibration.max_reference_rows)
+    if used < needed:
+        have = "no reference" if reference is None else f"a reference of {used:,} rows"
+        raise ConfigError(
+            f"--strict: holding the detectors' {config.detector_budget:.2%} share of clean rows with 90% confidence "
+            f"needs a reference of at least {needed:,} rows, and the scan has {have}; give a larger reference, a "
+            "larger --max-false-quarantine, or scan without --strict (the report then says which weaker promise holds)"
+        )
+

@@ -13,7 +13,7 @@ import pandas as pd
 from poisonguard.config import ScanConfig
 from poisonguard.score.batch import score_against_batch
 from poisonguard.score.detector_set import has_enough_reference, runnable_detectors
-from poisonguard.score.reference import finish_scores, fit_reference, score_in_chunks
+from poisonguard.score.reference import finish_scores, fit_reference, refuse_weak_guarantee, score_in_chunks
 from poisonguard.score.types import DetectorScores
 
 
@@ -30,6 +30,7 @@ def score_rows(
     ``fit_mask`` marks the batch rows that may be used for fitting when there is no reference (rows that
     passed the schema). Returns empty scores for an empty batch.
     """
+    refuse_weak_guarantee(reference, config)
     if len(batch) == 0:
         return DetectorScores(calibration={"mode": "empty batch"})
     if has_enough_reference(reference, config):

@@ -37,6 +37,7 @@ from poisonguard.score.reference import (
     calibrate_holdout,
     finish_scores,
     fit_reference,
+    refuse_weak_guarantee,
     score_chunk,
 )
 from poisonguard.score.rows import score_rows
@@ -143,6 +144,7 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
     rows they were fitted on, too few rows to fit a sample).
     """
     reference, kinds, label_col = scan_plan.reference, scan_plan.kinds, scan_plan.label_col
+    refuse_weak_guarantee(reference, config)
     if source.one_chunk:
         fitted, skipped = fit_reference(reference, kinds, label_col, config)
         if fitted is not None:

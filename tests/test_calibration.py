@@ -1,0 +1,66 @@
+"""Calibration as pure functions: coverage checked on synthetic score arrays, no detector involved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poisonguard.decide.calibration import holdout_p_values, tail_p_values, union_threshold
+
+BUDGET = 0.01
+
+
+def _false_quarantine(n_hold: int, n_detectors: int, seed: int, n_new: int = 20_000) -> tuple[float, str]:
+    """The share of new clean rows the union threshold flags, when every detector's scores of held-out and
+    new rows come from one distribution (independent across detectors, heavy-tailed)."""
+    rng = np.random.default_rng(seed)
+    hold = rng.standard_t(3, size=(n_detectors, n_hold))
+    new = rng.standard_t(3, size=(n_detectors, n_new))
+    groups = np.full(0, "*", dtype=object)
+    min_p_hold = np.vstack([holdout_p_values(scores, groups) for scores in hold]).min(axis=0)
+    alpha, guarantee = union_threshold(min_p_hold, BUDGET, n_detectors)
+    min_p_new = np.vstack([tail_p_values(h, s) for h, s in zip(hold, new)]).min(axis=0)
+    return float((min_p_new <= alpha).mean()), guarantee
+
+
+@pytest.mark.parametrize("n_hold", [150, 500])
+def test_the_union_of_three_detectors_holds_the_budget_in_expectation_at_small_n(n_hold):
+    shares, guarantees = zip(*(_false_quarantine(n_hold, 3, seed) for seed in range(200)))
+    assert set(guarantees) == {"in expectation"}
+    standard_error = np.std(shares) / np.sqrt(len(shares))
+    assert np.mean(shares) <= BUDGET + 3 * standard_error
+    assert np.mean(shares) >= 0.4 * BUDGET  # the budget is spent, not hoarded
+
+
+def test_with_90_percent_confidence_at_most_a_tenth_of_references_exceed_the_budget():
+    shares, guarantees = zip(*(_false_quarantine(3_000, 3, seed, n_new=50_000) for seed in range(150)))
+    assert set(guarantees) == {"with 90% confidence"}
+    above = np.mean(np.array(shares) > BUDGET)
+    assert above <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / len(shares))
+
+
+@pytest.mark.parametrize("draw", ["normal", "exponential", "standard_t"])
+def test_conformal_p_values_are_uniform_for_new_rows_from_the_reference_distribution(draw):
+    rng = np.random.default_rng(1)
+    sample = {"normal": rng.normal, "exponential": rng.exponential,
+              "standard_t": lambda size: rng.standard_t(3, size=size)}[draw]
+    hits = {0.01: [], 0.05: [], 0.2: []}
+    for _ in range(300):
+        p = tail_p_values(sample(size=200), sample(size=2_000))
+        for level in hits:
+            hits[level].append(np.mean(p <= level))
+    for level, shares in hits.items():
+        assert np.mean(shares) <= level * 1.15 + 0.001, (draw, level, np.mean(shares))
+        assert np.mean(shares) >= level * 0.5, (draw, level, np.mean(shares))
+
+
+def test_a_held_out_row_is_judged_against_the_others_not_itself():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 10.0])
+    p = holdout_p_values(scores, np.full(0, "*", dtype=object))
+    assert p[-1] == pytest.approx(1 / 5)  # more extreme than all 4 others: (0 + 1) / (4 + 1), itself left out
+    assert np.all((p > 0) & (p <= 1))
+
+
+def test_with_too_few_held_out_rows_the_threshold_is_labelled_an_estimate():
+    _, guarantee = union_threshold(np.random.default_rng(0).uniform(size=50), BUDGET, 3)
+    assert guarantee == "estimate"

@@ -267,10 +267,7 @@ class ScanConfig(_Settings):
             if key in GROUPS and isinstance(value, dict):
                 grouped[key] = {**grouped.get(key, {}), **value}
             elif key in GROUP_OF:
-                group = grouped.setdefault(GROUP_OF[key], {})
-                if not isinstance(group, dict):
-                    raise ConfigError(f"{key}: set it inside {GROUP_OF[key]} or on its own, not both ways")
-                group[key] = value
+                grouped.setdefault(GROUP_OF[key], {})[key] = value
             else:
                 grouped[key] = value
         return grouped
@@ -312,12 +309,8 @@ class ScanConfig(_Settings):
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values = self.model_dump()
         for key, value in given.items():
-            if key in GROUPS and isinstance(value, dict):
-                values[key] = values[key] | value
-            elif key in GROUP_OF:
-                values[GROUP_OF[key]][key] = value
-            else:
-                values[key] = value
+            # a flat key goes in as it is: _group_flat_keys moves it into its group, after the groups above
+            values[key] = values[key] | value if key in GROUPS and isinstance(value, dict) else value
         return ScanConfig(**values)
 
     def flat(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from poisonguard.decide.calibration import (
     batch_groups,
     batch_p_values,
     calibration_groups,
+    confident_rows,
     holdout_p_values,
     union_threshold,
 )
@@ -29,12 +30,7 @@ from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.report.figures import CONFORMAL_AXIS
-from poisonguard.score.crossfit import (
-    RANK_ROWS,
-    calibration_folds,
-    cross_fit,
-    fold_positions,
-)
+from poisonguard.score.crossfit import calibration_folds, cross_fit, fold_positions
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
@@ -271,9 +267,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
     summary["guarantee"] = guarantee
-    summary["warning"] = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
-    if summary["warning"] is None:
-        del summary["warning"]
+    warning = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
+    if warning is not None:
+        summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
 
@@ -297,18 +293,18 @@ def apply_calibration(
 
 def guarantee_warning(guarantee: str, holdout_rows: int, budget: float) -> str | None:
     """What a reviewer should know about a guarantee weaker than "with 90% confidence"; ``None`` for that one."""
-    confident_rows = math.ceil(RANK_ROWS / budget)
+    needed = confident_rows(budget)
     if guarantee == "in expectation":
         return (
             f"{holdout_rows:,} reference rows calibrate the thresholds: the detectors' {budget:.2%} share of clean "
             f"rows holds on average over references, not for this one with 90% confidence (that needs "
-            f"{confident_rows:,}); give a larger reference for that promise"
+            f"{needed:,}); give a larger reference for that promise"
         )
     if guarantee == "estimate":
         return (
             f"{holdout_rows:,} reference rows calibrate the thresholds, too few to promise the detectors' "
             f"{budget:.2%} share of clean rows at all (that needs {math.ceil(1 / budget - 1):,}, and "
-            f"{confident_rows:,} for 90% confidence); the threshold is an estimate from a tail model of the most "
+            f"{needed:,} for 90% confidence); the threshold is an estimate from a tail model of the most "
             "extreme of them: give a larger reference or a larger budget"
         )
     return None
@@ -318,7 +314,7 @@ def refuse_weak_guarantee(reference: pd.DataFrame | None, config: ScanConfig) ->
     """With ``strict``, raise :class:`ConfigError` unless the reference can hold the budget with 90% confidence."""
     if not config.calibration.strict:
         return
-    needed = math.ceil(RANK_ROWS / config.detector_budget)
+    needed = confident_rows(config.detector_budget)
     used = 0 if reference is None else min(len(reference), config.calibration.max_reference_rows)
     if used < needed:
         have = "no reference" if reference is None else f"a reference of {used:,} rows"
@@ -327,4 +323,3 @@ def refuse_weak_guarantee(reference: pd.DataFrame | None, config: ScanConfig) ->
             f"needs a reference of at least {needed:,} rows, and the scan has {have}; give a larger reference, a "
             "larger --max-false-quarantine, or scan without --strict (the report then says which weaker promise holds)"
         )
-

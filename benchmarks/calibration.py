@@ -1,7 +1,8 @@
 """The null benchmark: how many clean rows a scan quarantines, against the budget it promises.
 
     python -m benchmarks.calibration [--seeds 100] [--sizes 100,300,1000,3000,30000] [--datasets ...]
-                                     [--batch-rows 2000] [--budget 0.01] [--write]
+                                     [--batch-rows 2000] [--budget 0.01] [--jobs 2] [--runs-csv FILE] [--write]
+    python -m benchmarks.calibration --from-csv a.csv,b.csv [--write]   # the table of runs saved before
 
 No row is poisoned. For each dataset, reference size and seed, a trusted reference and a batch are drawn
 from the same rows without overlap (a size is skipped where the dataset has too few rows for it and 50
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
 
@@ -113,24 +113,39 @@ def null_run(rows: pd.DataFrame, reference_rows: int, batch_rows: int, budget: f
     }
 
 
-def run(datasets: list[str], sizes: list[int], seeds: int, batch_rows: int, budget: float) -> pd.DataFrame:
-    from poisonguard.expectations.validate import SchemaValidator
+_VALIDATOR = None
 
-    validator = SchemaValidator()
-    records = []
-    for name in datasets:
-        for size in sizes:
-            for seed in range(seeds):
-                rows = dataset_rows(name, seed)
-                if len(rows) < size + MIN_BATCH_ROWS:
-                    break
-                started = time.perf_counter()
-                result = null_run(rows, size, min(batch_rows, len(rows) - size), budget, seed, validator)
-                records.append({"dataset": name, "reference_rows": size, "seed": seed, **result,
-                                "seconds": time.perf_counter() - started})
-            if records and records[-1]["dataset"] == name and records[-1]["reference_rows"] == size:
-                print(f"{name} at {size:,}: {seeds} seeds done", file=sys.stderr)
-    return pd.DataFrame.from_records(records)
+
+def _one_run(name: str, size: int, seed: int, batch_rows: int, budget: float) -> dict | None:
+    """One clean scan as a record, or ``None`` where the dataset has too few rows for ``size``."""
+    global _VALIDATOR  # one Great Expectations validator per process: building it costs seconds
+    if _VALIDATOR is None:
+        from poisonguard.expectations.validate import SchemaValidator
+
+        _VALIDATOR = SchemaValidator()
+    warnings.filterwarnings("ignore")
+    rows = dataset_rows(name, seed)
+    if len(rows) < size + MIN_BATCH_ROWS:
+        return None
+    started = time.perf_counter()
+    result = null_run(rows, size, min(batch_rows, len(rows) - size), budget, seed, _VALIDATOR)
+    return {"dataset": name, "reference_rows": size, "seed": seed, **result,
+            "seconds": time.perf_counter() - started}
+
+
+def run(datasets: list[str], sizes: list[int], seeds: int, batch_rows: int, budget: float,
+        jobs: int = 1) -> pd.DataFrame:
+    """Every (dataset, size, seed) scan, in ``jobs`` processes; records in that order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    tasks = [(name, size, seed) for name in datasets for size in sizes for seed in range(seeds)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = [pool.submit(_one_run, *task, batch_rows, budget) for task in tasks]
+            records = [future.result() for future in futures]
+    else:
+        records = [_one_run(*task, batch_rows, budget) for task in tasks]
+    return pd.DataFrame.from_records([record for record in records if record is not None])
 
 
 def table(results: pd.DataFrame, budget: float) -> str:
@@ -157,16 +172,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--batch-rows", type=int, default=2_000)
     parser.add_argument("--budget", type=float, default=0.01)
+    parser.add_argument("--jobs", type=int, default=1, help="scans run at once, one process each")
+    parser.add_argument("--runs-csv", help="also save every run's record to this CSV")
+    parser.add_argument("--from-csv", help="build the table from saved runs (comma-separated CSVs), scanning nothing")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    results = run(args.datasets.split(","), [int(s) for s in args.sizes.split(",")], args.seeds, args.batch_rows,
-                  args.budget)
+    if args.from_csv:
+        results = pd.concat([pd.read_csv(path) for path in args.from_csv.split(",")], ignore_index=True)
+    else:
+        results = run(args.datasets.split(","), [int(s) for s in args.sizes.split(",")], args.seeds,
+                      args.batch_rows, args.budget, args.jobs)
+    if args.runs_csv:
+        results.to_csv(args.runs_csv, index=False)
     body = table(results, args.budget)
     seconds = statistics.median(results["seconds"]) if len(results) else 0.0
-    body += (f"\n\n{len(results)} clean scans, {args.budget:.0%} budget, median {seconds:.1f} s a scan, "
-             f"{time.perf_counter() - started:.0f} s in all.")
+    body += (f"\n\n{len(results)} clean scans, {args.budget:.0%} budget, median {seconds:.1f} s a scan"
+             + ("." if args.from_csv else f", {time.perf_counter() - started:.0f} s in all."))
     print(body)
     if args.write:
         from benchmarks.results import write_section

@@ -31,7 +31,12 @@ still read those columns. Because a tail estimated from few values may be heavie
 is extrapolated with the shape one standard error heavier than estimated.
 The same holds for a categorical column's allowed values (:func:`why_no_value_set`): the share of new rows
 carrying a value the reference never showed is estimated by Good-Turing, the share of reference values
-seen exactly once.
+seen exactly once, plus one: ``(singletons + 1) / (rows + 1)`` is the conformal p-value of a value never seen
+(among the reference rows and the new one, each judged against the others, that many are the only one of
+their value), so a set enforced only where it is within the column's share of the budget fails clean rows
+within that share. Good-Turing alone is unbiased over references but lowest exactly where a set gets inferred:
+on the null benchmark's mixed table, 100-row references with no singleton (the rarest of 12 categories, 2.7%
+of rows, unseen) left sets that failed 0.68% of clean rows on average, against a schema budget of 0.1%.
 """
 
 from __future__ import annotations
@@ -129,17 +134,19 @@ def why_no_value_set(values: pd.Series, n_columns: int, false_quarantine: float 
     """Why a categorical column's reference ``values`` get no allowed-value set, or ``None``.
 
     Good-Turing: the share of new values never seen in the reference is about the share of reference values
-    seen exactly once; above the column's share of the budget the set is not enforced.
+    seen exactly once, here taken as ``(singletons + 1) / (seen + 1)``; above the column's share of the
+    budget the set is not enforced. So a set needs at least ``n_columns / false_quarantine`` reference values.
     """
     if false_quarantine is None:
         return None
     counts = values.dropna().value_counts()
     singletons = int((counts == 1).sum())
     seen = int(counts.sum())
-    if seen == 0 or singletons / seen <= false_quarantine / max(n_columns, 1):
+    unseen_share = (singletons + 1) / (seen + 1)
+    if seen == 0 or unseen_share <= false_quarantine / max(n_columns, 1):
         return None
-    return (f"{singletons} of its {seen:,} reference values occur once: about {singletons / seen:.1%} of new "
-            "clean rows would carry a value the reference never showed")
+    return (f"{singletons} of its {seen:,} reference values occur once: up to about {unseen_share:.2%} of new "
+            "clean rows could carry a value the reference never showed")
 
 
 def _number(value: float) -> str:

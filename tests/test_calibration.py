@@ -64,3 +64,40 @@ def test_a_held_out_row_is_judged_against_the_others_not_itself():
 def test_with_too_few_held_out_rows_the_threshold_is_labelled_an_estimate():
     _, guarantee = union_threshold(np.random.default_rng(0).uniform(size=50), BUDGET, 3)
     assert guarantee == "estimate"
+
+
+def test_cross_conformal_p_values_count_each_fold_against_its_own_model():
+    from poisonguard.decide.calibration import cross_conformal_p_values
+
+    hold = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
+    folds = np.array([0, 0, 0, 1, 1, 1])
+    # Fold 0's model scores the new row 2.5 (one of its rows is as high), fold 1's 25 (one is as high).
+    p = cross_conformal_p_values(hold, folds, np.array([[2.5], [25.0]]))
+    assert p[0] == pytest.approx((1 + 1 + 1) / 7)
+    # Against the pooled scores, 2.5 would be below four of them: folds are not interchangeable.
+    assert tail_p_values(hold, np.array([2.5]))[0] == pytest.approx(5 / 7)
+
+
+def test_cross_conformal_p_values_are_uniform_for_new_rows_from_the_reference_distribution():
+    from poisonguard.decide.calibration import cross_conformal_p_values
+
+    rng = np.random.default_rng(2)
+    hits = {0.01: [], 0.05: [], 0.2: []}
+    for _ in range(300):
+        # Five fold models that differ a little (a shift each), like copies fitted on different folds.
+        shift = rng.normal(0, 0.2, size=5)
+        folds = np.repeat(np.arange(5), 40)
+        hold = rng.standard_t(3, size=200) + shift[folds]
+        new = rng.standard_t(3, size=2_000)[np.newaxis, :] + shift[:, np.newaxis] + rng.normal(0, 0.1, (5, 2_000))
+        p = cross_conformal_p_values(hold, folds, new)
+        for level in hits:
+            hits[level].append(np.mean(p <= level))
+    for level, shares in hits.items():
+        assert np.mean(shares) <= level * 1.15 + 0.001, (level, np.mean(shares))
+        assert np.mean(shares) >= level * 0.5, (level, np.mean(shares))
+
+
+def test_with_too_few_held_out_rows_the_estimate_holds_the_budget_for_one_detector():
+    shares, guarantees = zip(*(_false_quarantine(60, 1, seed) for seed in range(300)))
+    assert set(guarantees) == {"estimate"}
+    assert np.mean(shares) <= BUDGET + 3 * np.std(shares) / np.sqrt(len(shares))

@@ -191,14 +191,15 @@ def test_a_column_constant_in_the_reference_gets_no_range_and_says_why(validator
     })
     suite = infer_suite(reference, "pixels", "label", range_false_quarantine=0.001)
     unchecked = suite_unchecked(suite)
-    assert set(unchecked) == {"border_pixel", "rare_ink", "spike", "shade"}
+    assert set(unchecked) == {"border_pixel", "rare_ink", "spike", "shade", "colour"}
     assert "constant in the reference (0)" in unchecked["border_pixel"]
     assert "near-constant in the reference: 4 of its 400 values differ from 0" in unchecked["rare_ink"]
     assert "largest reference value (60) lies outside the range the other values give" in unchecked["spike"]
-    assert "occur once" in unchecked["shade"]
+    assert "6 of its 400 reference values occur once" in unchecked["shade"]
+    assert "0 of its 400 reference values occur once: up to about 0.25%" in unchecked["colour"]
     ranged = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_between"}
     valued = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_in_set"}
-    assert ranged == {"signal"} and valued == {"colour", "label"}  # the label's set is never given up
+    assert ranged == {"signal"} and valued == {"label"}  # the label's set is never given up
 
     batch = reference.head(3).copy()
     batch["border_pixel"] = [0.0, 5.0, 16.0]  # ink where the reference had none: no range to fail
@@ -209,3 +210,18 @@ def test_a_column_constant_in_the_reference_gets_no_range_and_says_why(validator
     assert outcome.row_reasons.keys() == {"schema:range:signal", "schema:in_set:label"}
     assert outcome.row_reasons["schema:range:signal"].tolist() == [2]
     assert outcome.row_reasons["schema:in_set:label"].tolist() == [0]
+
+
+@pytest.mark.parametrize(("reference_rows", "enforced"), [(400, False), (6_000, True)])
+def test_an_allowed_value_set_needs_enough_reference_rows_to_stay_in_budget(reference_rows, enforced):
+    from poisonguard.expectations.suite import suite_unchecked
+
+    rng = np.random.default_rng(4)
+    reference = pd.DataFrame({"colour": rng.choice(["red", "green", "blue"], reference_rows),
+                              "label": rng.choice(["a", "b"], reference_rows)})
+    # One unseen value among the reference and a new row: a conformal p-value of 1 / (rows + 1), which must
+    # be within the column's share of the budget (0.1% here, one judged column) before the set is enforced.
+    suite = infer_suite(reference, "colours", "label", range_false_quarantine=0.001)
+    valued = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_in_set"}
+    assert ("colour" in valued) is enforced
+    assert ("colour" in suite_unchecked(suite)) is not enforced

@@ -66,11 +66,11 @@ def test_report_counts_match_the_parquet_files(scanned_sample):
 def test_values_from_the_data_are_escaped_in_the_html_report(tmp_path, prefect_harness):
     make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
     batch = make_frame(60, seed=2)
-    batch.loc[0, "colour"] = "<script>alert('pwned')</script>"
+    batch.loc[0, "label"] = "<script>alert('pwned')</script>"
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
     summary = scan_batch(tmp_path / "batch.csv", config)
-    assert summary.reasons.get("schema:in_set:colour") == 1
+    assert summary.reasons.get("schema:in_set:label") == 1
     html = html_of(tmp_path / "out", summary)
     assert "<script>" not in html
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html

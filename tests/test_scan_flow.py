@@ -135,11 +135,11 @@ def test_header_only_file_scans_to_an_empty_clean_file(tmp_path):
 
 def test_nan_inf_and_a_10_megabyte_cell_are_quarantined_without_crashing(tmp_path):
     make_frame(300).to_csv(tmp_path / "ref.csv", index=False)
-    batch = make_frame(60, seed=5).astype({"colour": object})
+    batch = make_frame(60, seed=5)
     batch.loc[0, "x1"] = np.nan
     batch.loc[1, "x2"] = np.inf
     batch.loc[2, "x2"] = -np.inf
-    batch.loc[3, "colour"] = "<script>" + "z" * 10_000_000
+    batch.loc[3, "label"] = "<script>" + "z" * 10_000_000
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
     summary = scan_batch(tmp_path / "batch.csv", config)
@@ -148,7 +148,7 @@ def test_nan_inf_and_a_10_megabyte_cell_are_quarantined_without_crashing(tmp_pat
     reasons = dict(zip(quarantined[ROW_ID], quarantined[REASONS].map(list)))
     assert "schema:not_null:x1" in reasons[0]
     assert "schema:range:x2" in reasons[1] and "schema:range:x2" in reasons[2]
-    assert "schema:in_set:colour" in reasons[3]
+    assert "schema:in_set:label" in reasons[3]
 
 
 def test_jsonl_and_parquet_batches_scan_like_csv(tmp_path):

@@ -64,17 +64,59 @@ def holdout_p_values(hold_scores: np.ndarray, hold_groups: np.ndarray) -> np.nda
 
 
 def batch_p_values(
-    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: pd.Categorical | None
+    hold_scores: np.ndarray, hold_groups: np.ndarray, batch_scores: np.ndarray, batch_groups: pd.Categorical | None,
+    hold_folds: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Batch rows' p-values against the held-out rows of their calibration group, by the same formula."""
+    """Batch rows' p-values against the held-out rows of their calibration group.
+
+    ``batch_scores`` is one score per row (one split: :func:`tail_p_values`), or, from cross-fitting, one row
+    of scores per fold model, ``hold_folds`` giving the fold of each held-out row
+    (:func:`cross_conformal_p_values`).
+    """
+    batch_scores = np.asarray(batch_scores)
+    if batch_scores.ndim == 1 or len(batch_scores) == 1 or hold_folds is None:
+        fold_scores = batch_scores.reshape(-1, batch_scores.shape[-1])
+        def p_of(hold, _folds, scores):
+            return tail_p_values(hold, scores.mean(axis=0))
+    else:
+        fold_scores = batch_scores
+        p_of = cross_conformal_p_values
+    folds = np.zeros(len(hold_scores), dtype="int64") if hold_folds is None else hold_folds
     if batch_groups is None or len(hold_groups) == 0:
-        return tail_p_values(hold_scores, batch_scores)
-    p_values = np.empty(len(batch_scores))
+        return p_of(hold_scores, folds, fold_scores)
+    p_values = np.empty(fold_scores.shape[1])
     codes = batch_groups.codes
     for code, group in enumerate(batch_groups.categories):
         in_batch = codes == code
-        reference_scores = hold_scores if group == "*" else hold_scores[hold_groups == group]
-        p_values[in_batch] = tail_p_values(reference_scores, batch_scores[in_batch])
+        in_hold = np.ones(len(hold_scores), bool) if group == "*" else hold_groups == group
+        p_values[in_batch] = p_of(hold_scores[in_hold], folds[in_hold], fold_scores[:, in_batch])
+    return p_values
+
+
+def cross_conformal_p_values(hold_scores: np.ndarray, hold_folds: np.ndarray, fold_scores: np.ndarray) -> np.ndarray:
+    """Cross-conformal p-values (Vovk 2015) of new rows scored by ``k`` fold models (``fold_scores``: k x rows).
+
+    Held-out row ``i`` was scored by the model of its fold ``hold_folds[i]``, which never saw it; a new row
+    is compared, fold by fold, with that fold's held-out rows under that fold's model:
+    ``(1 + sum_k #{i in fold k: score_i >= s_k}) / (n + 1)``. For a new row drawn like the reference, this
+    exceeds the level at most twice as often as a split-conformal p-value, and about as often in practice.
+
+    Among the top ``t`` of the counts (rows more extreme than all but a few held-out rows) ranks stop
+    telling rows apart, and there the p-value is the tail estimate of :func:`tail_p_values`, each fold
+    model's score against all held-out scores, averaged over the folds: a fold of 20 rows has no tail of
+    its own to fit, and pooling the folds' tails gives it one.
+    """
+    n_rows = len(hold_scores)
+    counts = np.zeros(fold_scores.shape[1])
+    for fold, scores in enumerate(fold_scores):
+        ordered = np.sort(hold_scores[hold_folds == fold])
+        counts += len(ordered) - np.searchsorted(ordered, scores, side="left")
+    p_values = (1.0 + counts) / (n_rows + 1.0)
+    tail_rows = min(TAIL_ROWS, n_rows // 5)
+    extreme = counts < tail_rows
+    if tail_rows >= 5 and extreme.any():
+        ordered = np.sort(hold_scores)
+        p_values[extreme] = np.mean([_p_values_against(ordered, scores[extreme]) for scores in fold_scores], axis=0)
     return p_values
 
 
@@ -150,8 +192,9 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> 
     * with fewer, but at least ``1 / budget - 1`` (99 at 1%), ``a + 1 = floor((n+1) * budget)``: the share is
       at most the budget on average over references, "in expectation";
     * with fewer still, no held-out rank is rare enough, and the threshold is an estimate: the evidence
-      ``-log10(min p)`` of the top held-out rows fitted with an exponential tail (for uniform p-values it
-      is exactly exponential), or, below 25 rows, the budget split evenly across detectors (Bonferroni).
+      ``-log10(min p)`` of the top held-out rows has an exponential tail (exactly so for uniform p-values),
+      extrapolated by the same predictive Lomax law as :func:`tail_p_values`; below 25 rows, the budget is
+      split evenly across detectors (Bonferroni).
     """
     n_rows = len(min_p_hold)
     values = np.sort(min_p_hold)
@@ -164,12 +207,16 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> 
         return float(np.nextafter(values[ranks - 1], 0.0)), "in expectation"
     evidence = np.sort(-np.log10(np.maximum(min_p_hold, np.finfo("float64").tiny)))
     tail_rows = min(TAIL_ROWS, n_rows // 5)
-    if tail_rows >= 5 and tail_rows > budget * (n_rows + 1):
+    if tail_rows >= 5 and tail_rows + 1 > budget * (n_rows + 1):
         start = evidence[n_rows - tail_rows - 1]
         beta = float(np.mean(evidence[n_rows - tail_rows:] - start))
         if beta > 0:
-            threshold = start + beta * math.log(tail_rows / (budget * (n_rows + 1)))
-            return float(10.0 ** -threshold), "estimate"
+            # A new row's evidence passes start + x with chance (t+1)/(n+1) * (1 + x / (t beta))^-t; solved for
+            # the budget. The plug-in exponential, start + beta * log(t / (budget (n+1))), sat closer to the
+            # top held-out rows and let 100-row references quarantine 1.04-1.24% of clean rows on average
+            # (null benchmark, 30 seeds, 1% budget).
+            excess = tail_rows * beta * (((tail_rows + 1) / (budget * (n_rows + 1))) ** (1 / tail_rows) - 1)
+            return float(10.0 ** -(start + excess)), "estimate"
     return budget / max(n_detectors, 1), "estimate"
 
 

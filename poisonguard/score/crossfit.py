@@ -5,9 +5,9 @@ the batch's. A small one cannot spare half its rows: at a 1% budget the held-out
 reference is 142 rows, and a threshold set by the most extreme of them moves by orders of magnitude from
 one split to the next. There every reference row calibrates instead
 (cross-conformal, Vovk 2015): the rows are cut into ``k`` folds, a copy of each detector is fitted on all
-folds but one and scores that one, and a batch row's score is the mean of the ``k`` copies' scores.
-The mean of ``k`` models varies a little less than one model's score, so clean batch rows look, if
-anything, a little less extreme than the out-of-fold scores that calibrate them.
+folds but one and scores that one. A batch row is scored by every copy, and each copy's score is compared
+with the held-out rows of that copy's fold (:func:`poisonguard.decide.calibration.cross_conformal_p_values`);
+the score a report shows is the copies' mean.
 """
 
 from __future__ import annotations
@@ -76,10 +76,23 @@ class FoldEnsemble(Detector):
         raise TypeError("a FoldEnsemble is built fitted by cross_fit; it cannot be refitted")
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        total = self.members[0].decision_function(X, y)
-        for member in self.members[1:]:
-            total = total + member.decision_function(X, y)
-        return total / len(self.members)
+        return self.fold_scores(X, y).mean(axis=0)
+
+    def fold_scores(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Every copy's scores of ``X``, one row per fold (``k`` x rows)."""
+        return np.vstack([member.decision_function(X, y) for member in self.members])
+
+
+def fold_scores(detector: Detector, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """Scores of ``X`` by each fold's copy of ``detector`` (``k`` x rows); one row for a detector fitted once."""
+    if isinstance(detector, FoldEnsemble):
+        return detector.fold_scores(X, y)
+    return detector.decision_function(X, y)[np.newaxis, :]
+
+
+def holdout_folds(folds: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The fold of each calibration row, in the order :func:`cross_fit` returns their scores."""
+    return np.repeat(np.arange(len(folds)), [len(hold) for _, hold in folds])
 
 
 def cross_fit(

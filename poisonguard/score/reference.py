@@ -30,7 +30,7 @@ from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.report.figures import CONFORMAL_AXIS
-from poisonguard.score.crossfit import calibration_folds, cross_fit, fold_positions
+from poisonguard.score.crossfit import calibration_folds, cross_fit, fold_positions, fold_scores, holdout_folds
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
@@ -151,13 +151,21 @@ def fit_reference(
 
 
 def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Scores of the rows of ``chunk`` by every detector that scores rows one by one (see ``streamed``).
+    """Scores of the rows of ``chunk`` by every detector that scores rows one by one (see ``streamed``):
+    per detector, one row of scores per fold model (:func:`fold_scores`).
 
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), labels_of(chunk, fitted.label_col)
     views = views_of(fitted.streamed, chunk, X, fitted.representation)
-    return {name: detector.decision_function(views[name], y) for name, detector in fitted.streamed.items()}
+    return {name: fold_scores(detector, views[name], y) for name, detector in fitted.streamed.items()}
+
+
+def join_chunk_scores(parts: list[np.ndarray]) -> np.ndarray:
+    """One detector's scores of consecutive chunks joined along the rows (each part: rows, or folds x rows)."""
+    if not parts:
+        return np.empty(0)
+    return np.concatenate(parts, axis=-1)
 
 
 def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[str, np.ndarray]]:
@@ -175,9 +183,9 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     """
     result = DetectorScores()
     for name in fitted.streamed:
-        result.scores[name] = np.concatenate([np.empty(0)] + [part[name] for part in chunk_scores])
-        if len(result.scores[name]) != len(batch):
-            raise ValueError(f"chunk scores cover {len(result.scores[name])} rows, the batch has {len(batch)}")
+        result.scores[name] = join_chunk_scores([part[name] for part in chunk_scores])
+        if result.scores[name].shape[-1] != len(batch):
+            raise ValueError(f"chunk scores cover {result.scores[name].shape[-1]} rows, the batch has {len(batch)}")
     holdout_scores = dict(fitted.holdout_scores)
     whole = {n: d for n, d in fitted.detectors.items() if n not in fitted.streamed}
     label_col, config = fitted.label_col, fitted.config
@@ -212,7 +220,7 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                     V_used = np.vstack([V_fit, V_hold])
                     y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
                     scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
-                    result.scores[name] = scorer.decision_function(V_batch, y_batch)
+                    result.scores[name] = fold_scores(scorer, V_batch, y_batch)
             except ValueError as error:
                 skipped = {**(skipped or {}), name: cannot_fit(name, error)}
     if not holdout_scores:
@@ -230,9 +238,9 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
-        self.groups_hold, self.alpha, self.summary = groups_hold, alpha, summary
+        self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
 
 
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
@@ -271,19 +279,22 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     if warning is not None:
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
-    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, alpha, summary)
+    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold,
+                                holdout_folds(fitted.folds), alpha, summary)
 
 
 def apply_calibration(
     calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None
 ) -> DetectorScores:
-    """Conformal p-values and flags for batch rows with ``scores``, against the held-out rows."""
+    """Conformal p-values and flags for batch rows with ``scores`` (per detector, one score per row or one
+    row of scores per fold model), against the held-out rows."""
     result = DetectorScores(calibration=dict(calibration.summary))
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
     for name in calibration.names:  # in the configured order, which the report keeps
-        result.scores[name] = scores[name]
+        per_fold = np.asarray(scores[name])
+        result.scores[name] = per_fold if per_fold.ndim == 1 else per_fold.mean(axis=0)
         result.p_values[name] = batch_p_values(
-            calibration.holdout_scores[name], calibration.groups_hold, scores[name], groups_batch
+            calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
         result.flags[name] = result.p_values[name] <= calibration.alpha
         result.evidence[name] = -np.log10(result.p_values[name])

@@ -37,6 +37,7 @@ from poisonguard.score.reference import (
     calibrate_holdout,
     finish_scores,
     fit_reference,
+    join_chunk_scores,
     refuse_weak_guarantee,
     score_chunk,
 )
@@ -107,7 +108,7 @@ class ReferenceChunkScorer(ChunkScorer):
         return score_chunk(self.fitted, rows)
 
     def _flag(self, frame, fit_mask, parts):
-        scores = {name: np.concatenate([part[name] for part in parts]) for name in self.fitted.streamed}
+        scores = {name: join_chunk_scores([part[name] for part in parts]) for name in self.fitted.streamed}
         return apply_calibration(self.calibration, scores, labels_of(frame, self.fitted.label_col))
 
 

@@ -31,14 +31,12 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.attacks import LABEL
+from benchmarks.scanning import scan_rows
 
 DATASETS = ("digits", "breast_cancer", "wine", "classification3", "classification10", "mixed")
 SIZES = (100, 300, 1_000, 3_000, 30_000)
 MIN_BATCH_ROWS = 50
 GENERATED_ROWS = 40_000
-# Schema reasons a clean row can get by chance: a value past an inferred range, a category the reference
-# never showed. Every other schema reason (type, null) cannot fail a row drawn like the reference.
-JUDGEMENT_CHECKS = ("schema:range:", "schema:in_set:")
 
 
 def dataset_rows(name: str, seed: int) -> pd.DataFrame:
@@ -78,38 +76,19 @@ def dataset_rows(name: str, seed: int) -> pd.DataFrame:
 def null_run(rows: pd.DataFrame, reference_rows: int, batch_rows: int, budget: float, seed: int,
              validator) -> dict:
     """One clean scan: shares of batch rows quarantined, in all and by cause, and the claimed guarantee."""
-    from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
-    from poisonguard.expectations.suite import infer_suite, suite_kinds
-    from poisonguard.expectations.validate import validate_batch
-    from poisonguard.score.rows import score_rows
 
     order = np.random.default_rng([seed, reference_rows]).permutation(len(rows))
     reference = rows.iloc[order[:reference_rows]].reset_index(drop=True)
     batch = rows.iloc[order[reference_rows : reference_rows + batch_rows]].reset_index(drop=True)
-    batch.insert(0, ROW_ID, np.arange(len(batch), dtype="int64"))
     config = ScanConfig(label_col=LABEL, max_false_quarantine=budget, seed=seed)
-    suite = infer_suite(reference, "null", LABEL, config.expectations.range_margin,
-                        range_false_quarantine=config.schema_budget)
-    outcome = validate_batch(batch, suite, LABEL, validator)
-    if outcome.frame is None:
-        raise RuntimeError(f"a clean batch was rejected whole: {outcome.structural}")
-    n = len(batch)
-    judged, hard = np.zeros(n, bool), np.zeros(n, bool)
-    for code, ids in outcome.row_reasons.items():
-        target = judged if code.startswith(JUDGEMENT_CHECKS) else hard
-        target[np.asarray(ids, dtype="int64")] = True
-    frame = outcome.frame
-    scores = score_rows(frame, reference, suite_kinds(suite), LABEL, config, fit_mask=~(judged | hard))
-    flagged = np.zeros(n, bool)
-    for column in scores.flags:
-        flagged |= np.asarray(scores.flags[column], dtype=bool)
+    scanned = scan_rows(batch, reference, LABEL, config, validator)
     return {
-        "quarantined": float((judged | hard | flagged).mean()),
-        "schema_judgement": float(judged.mean()),
-        "schema_hard": float(hard.mean()),
-        "detectors": float(flagged.mean()),
-        "guarantee": scores.calibration.get("guarantee", scores.calibration.get("mode", "?")),
+        "quarantined": float(scanned.quarantined.mean()),
+        "schema_judgement": float(scanned.schema_judgement.mean()),
+        "schema_hard": float(scanned.schema_hard.mean()),
+        "detectors": float(scanned.detectors.mean()),
+        "guarantee": scanned.guarantee,
     }
 
 

@@ -11,6 +11,8 @@ from benchmarks.attacks import LABEL
 from benchmarks.detection import metrics
 from benchmarks.results import write_section
 
+HELDOUT_SUITE_SHA256 = "0df3944d38464a15102df07a05b3e050dd179f043c413ed126dd3ddbb4d78303"
+
 
 def test_throughput_benchmark_measures_scan_and_pyod_in_fresh_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
@@ -83,3 +85,45 @@ def test_null_benchmark_counts_every_quarantined_clean_row_once(tmp_path):
         assert row.schema_hard == 0.0  # a clean row drawn like the reference never has a wrong type or a null
     table = calibration.table(results, 0.01)
     assert "| wine | 100 | 2 |" in table and "| mixed | 100 | 2 |" in table
+
+
+def test_the_heldout_suite_is_frozen():
+    """The held-out attack suite is written before tuning and never changed to flatter a result. A fix to a
+    broken case changes this hash in a commit that says why, and every held-out figure is rerun."""
+    import hashlib
+    from pathlib import Path
+
+    import benchmarks.heldout_suite as suite
+
+    digest = hashlib.sha256(Path(suite.__file__).read_bytes()).hexdigest()
+    assert digest == HELDOUT_SUITE_SHA256, "benchmarks/heldout_suite.py changed: see this test's docstring"
+
+
+def test_every_heldout_case_poisons_its_share_of_the_batch_and_leaves_the_other_rows_alone():
+    from benchmarks import heldout_suite as suite
+
+    cheap = [case for case in suite.CASES if case.dataset in ("digits", "breast_cancer", "mixed", "texts")]
+    assert {case.attack for case in suite.CASES} == set(suite.ATTACKS)  # every attack has a case
+    for case in cheap:
+        data = suite.make_case(case, seed=1)
+        assert (len(data.reference), len(data.batch)) == (case.reference_rows, case.batch_rows), case.name
+        wanted = max(1, round(case.rate * case.batch_rows))
+        share = 0.5 if case.attack == "subpopulation flip" else 0.1  # a whole cluster, not an exact count
+        assert abs(int(data.mask.sum()) - wanted) <= share * wanted, case.name
+        clean = suite.DATASETS[case.dataset](1).iloc[case.reference_rows : case.reference_rows + case.batch_rows]
+        clean = clean.reset_index(drop=True)
+        # A clean-label attack keeps every label; near-duplicates replace whole rows, labels included.
+        if case.attack not in ("clean-label feature collision", "near-duplicates, conflicting labels"):
+            assert (data.batch[LABEL][data.mask] != clean[LABEL][data.mask]).mean() > 0.5, case.name
+        assert data.batch[~data.mask].equals(clean[~data.mask]), case.name
+
+
+def test_heldout_benchmark_scans_each_case_with_and_without_its_reference():
+    from benchmarks import heldout
+    from benchmarks.heldout_suite import CASES
+
+    (case,) = [c for c in CASES if c.dataset == "breast_cancer" and c.attack.startswith("near-duplicates")]
+    results = heldout.run([case], seeds=1)
+    assert sorted(results["reference_rows"]) == [0, case.reference_rows]
+    assert results["recall"].between(0, 1).all() and results["false_quarantine"].between(0, 1).all()
+    assert f"| breast_cancer | {case.attack} | 5% | 300 | 269 | 1 |" in heldout.table(results)

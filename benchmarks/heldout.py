@@ -1,12 +1,13 @@
 """Detection on the held-out attack suite (:mod:`benchmarks.heldout_suite`), by the default command.
 
-    python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING] [--jobs 2] [--runs-csv FILE] [--write]
+    python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING] [--jobs 2] [--no-peers] [--runs-csv FILE] [--write]
     python -m benchmarks.heldout --from-csv a.csv,b.csv [--write]   # the table of runs saved before
 
 Every case and seed is scanned twice in this process, as ``poisonguard scan`` would scan it with its
 default settings: with the case's trusted reference, and without one. Nothing is chosen per case: one preset,
 poisonguard's own threshold. Reported per case over the seeds: recall (share of poisoned rows quarantined)
-and false quarantine (share of clean rows quarantined, schema rules included), mean and worst.
+and false quarantine (share of clean rows quarantined, schema rules included), mean and worst; beside them
+the peers of :mod:`benchmarks.fair_peers`, each by its oracle figure and its own decision.
 
 This suite judges; it never tunes. See the suite's docstring.
 """
@@ -18,6 +19,7 @@ import statistics
 import time
 import warnings
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.attacks import LABEL
@@ -27,8 +29,18 @@ from benchmarks.scanning import scan_rows
 _VALIDATOR = None
 
 
-def _one_run(case: Case, seed: int) -> list[dict]:
-    """The case scanned with and without its reference, as two records."""
+POISONGUARD = "poisonguard, default command"
+HELDOUT_NOTES = (
+    "Suite: `benchmarks/heldout_suite.py`, frozen before any tuning. `setting`: `reference` rows scan with the "
+    "case's trusted reference, `batch` rows without one (and compare with batch-only peers). poisonguard is its "
+    "default command at its own threshold (1% budget), with schema rules; a peer's oracle recall is at the "
+    "threshold that flags 1% of clean rows, which no user can know; its own decision is its flags at its "
+    "documented setting (`benchmarks/fair_peers.py`). Means over seeds; poisonguard's worst seed in brackets."
+)
+
+
+def _one_run(case: Case, seed: int, with_peers: bool) -> list[dict]:
+    """The case scanned with and without its reference, and every peer's figures, as records."""
     global _VALIDATOR  # one Great Expectations validator per process: building it costs seconds
     from poisonguard.config import ScanConfig
 
@@ -38,47 +50,87 @@ def _one_run(case: Case, seed: int) -> list[dict]:
         _VALIDATOR = SchemaValidator()
     warnings.filterwarnings("ignore")
     data = make_case(case, seed)
+    about = {"case": case.name, "dataset": case.dataset, "attack": case.attack, "rate": case.rate,
+             "batch_rows": case.batch_rows, "seed": seed}
     records = []
-    for reference in (data.reference, None):
+    for setting, reference in (("reference", data.reference), ("batch", None)):
         started = time.perf_counter()
         scanned = scan_rows(data.batch, reference, LABEL, ScanConfig(label_col=LABEL, seed=seed), _VALIDATOR)
         records.append({
-            "case": case.name, "dataset": case.dataset, "attack": case.attack, "rate": case.rate,
-            "reference_rows": case.reference_rows if reference is not None else 0, "batch_rows": case.batch_rows,
-            "seed": seed, "recall": float(scanned.quarantined[data.mask].mean()),
-            "false_quarantine": float(scanned.quarantined[~data.mask].mean()),
-            "guarantee": scanned.guarantee, "seconds": time.perf_counter() - started,
+            **about, "setting": setting, "tool": POISONGUARD,
+            "reference_rows": case.reference_rows if reference is not None else 0,
+            "own_recall": float(scanned.quarantined[data.mask].mean()),
+            "own_false_quarantine": float(scanned.quarantined[~data.mask].mean()),
+            "oracle_recall": float("nan"), "guarantee": scanned.guarantee, "seconds": time.perf_counter() - started,
         })
+    if with_peers:
+        from benchmarks.fair_peers import judged, run_fair_peers
+
+        outputs = run_fair_peers(data.reference, data.batch, LABEL, float(data.mask.mean()), seed)
+        for (setting, tool), (flags, score) in outputs.items():
+            records.append({**about, "setting": setting, "tool": tool,
+                            "reference_rows": case.reference_rows if setting == "reference" else 0,
+                            **judged(data.mask, flags, score), "guarantee": "", "seconds": float("nan")})
     return records
 
 
-def run(cases: list[Case], seeds: int, jobs: int = 1) -> pd.DataFrame:
+def run(cases: list[Case], seeds: int, jobs: int = 1, with_peers: bool = True) -> pd.DataFrame:
     from concurrent.futures import ProcessPoolExecutor
 
-    tasks = [(case, seed) for case in cases for seed in range(seeds)]
+    tasks = [(case, seed, with_peers) for case in cases for seed in range(seeds)]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             results = [future.result() for future in [pool.submit(_one_run, *task) for task in tasks]]
     else:
         results = [_one_run(*task) for task in tasks]
-    return pd.DataFrame.from_records([record for pair in results for record in pair])
+    return pd.DataFrame.from_records([record for records in results for record in records])
 
 
 def table(results: pd.DataFrame) -> str:
+    """Per case and setting: poisonguard at its own threshold beside the best peer's oracle figure and the
+    best peer's own decision that kept false quarantine within 2%."""
     lines = [
-        "| dataset | attack | rate | batch rows | reference rows | seeds | recall mean | recall worst | "
-        "false quarantine mean | false quarantine worst | guarantee |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| dataset | attack | rate | batch rows | reference rows | seeds | poisonguard recall (worst) | "
+        "poisonguard false quarantine (worst) | best peer oracle recall at 1% FP | best peer own decision: "
+        "recall, false quarantine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    keys = ["dataset", "attack", "rate", "batch_rows", "reference_rows"]
-    for (dataset, attack, rate, batch_rows, reference_rows), group in results.groupby(keys, sort=False):
-        claims = ", ".join(group["guarantee"].astype(str).unique())
+    keys = ["dataset", "attack", "rate", "batch_rows", "setting"]
+    for (dataset, attack, rate, batch_rows, setting), group in results.groupby(keys, sort=False):
+        ours = group[group["tool"] == POISONGUARD]
+        peers = group[group["tool"] != POISONGUARD].groupby("tool")[
+            ["oracle_recall", "own_recall", "own_false_quarantine"]].mean()
+        oracle = _best(peers["oracle_recall"].dropna()) if len(peers) else "-"
+        within = peers[peers["own_false_quarantine"] <= 0.02]
+        own = "-"
+        if len(within):
+            tool = within["own_recall"].idxmax()
+            own = f"{within.loc[tool, 'own_recall']:.2f}, {within.loc[tool, 'own_false_quarantine']:.2%} ({tool})"
         lines.append(
-            f"| {dataset} | {attack} | {rate:.0%} | {batch_rows:,} | {reference_rows:,} | {len(group)} | "
-            f"{group['recall'].mean():.2f} | {group['recall'].min():.2f} | {group['false_quarantine'].mean():.2%} | "
-            f"{group['false_quarantine'].max():.2%} | {claims} |"
+            f"| {dataset} | {attack} | {rate:.0%} | {batch_rows:,} | {int(ours['reference_rows'].max()):,} | "
+            f"{len(ours)} | {ours['own_recall'].mean():.2f} ({ours['own_recall'].min():.2f}) | "
+            f"{ours['own_false_quarantine'].mean():.2%} ({ours['own_false_quarantine'].max():.2%}) | {oracle} | {own} |"
         )
     return "\n".join(lines)
+
+
+def peer_table(results: pd.DataFrame) -> str:
+    """Every tool on every case and setting, means over the seeds: oracle recall and own decision."""
+    lines = ["| case | setting | tool | oracle recall at 1% FP | own recall | own false quarantine |",
+             "|---|---|---|---:|---:|---:|"]
+    figures = results.groupby(["case", "setting", "tool"], sort=False)[
+        ["oracle_recall", "own_recall", "own_false_quarantine"]].mean()
+    for (case, setting, tool), row in figures.iterrows():
+        oracle = "-" if np.isnan(row["oracle_recall"]) else f"{row['oracle_recall']:.2f}"
+        lines.append(f"| {case} | {setting} | {tool} | {oracle} | {row['own_recall']:.2f} | "
+                     f"{row['own_false_quarantine']:.2%} |")
+    return "\n".join(lines)
+
+
+def _best(oracle: pd.Series) -> str:
+    if not len(oracle):
+        return "-"
+    return f"{oracle.max():.2f} ({oracle.idxmax()})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,26 +140,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="cases scanned at once, one process each")
     parser.add_argument("--runs-csv", help="also save every run's record to this CSV")
     parser.add_argument("--from-csv", help="build the table from saved runs (comma-separated CSVs), scanning nothing")
-    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--no-peers", action="store_true", help="scan with poisonguard alone")
+    parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     if args.from_csv:
         results = pd.concat([pd.read_csv(path) for path in args.from_csv.split(",")], ignore_index=True)
     else:
-        results = run([case for case in CASES if args.cases in case.name], args.seeds, args.jobs)
+        results = run([case for case in CASES if args.cases in case.name], args.seeds, args.jobs, not args.no_peers)
     if args.runs_csv:
         results.to_csv(args.runs_csv, index=False)
-    body = table(results)
-    seconds = statistics.median(results["seconds"]) if len(results) else 0.0
-    body += (f"\n\n{len(results)} scans, median {seconds:.1f} s a scan"
-             + ("." if args.from_csv else f", {time.perf_counter() - started:.0f} s in all."))
+    ours = results[results["tool"] == POISONGUARD]
+    seconds = statistics.median(ours["seconds"]) if len(ours) else 0.0
+    body = (HELDOUT_NOTES + "\n\n" + table(results)
+            + f"\n\n{len(ours)} scans, median {seconds:.1f} s a scan"
+            + ("." if args.from_csv else f", {time.perf_counter() - started:.0f} s in all, peers included."))
     print(body)
+    peers = peer_table(results) if (results["tool"] != POISONGUARD).any() else ""
+    if peers:
+        print("\n" + peers)
     if args.write:
         from benchmarks.results import write_section
 
         write_section("heldout", "Held-out attack suite: the default command on attacks it was not built around",
                       body)
+        if peers:
+            write_section("heldout", "Held-out attack suite: every peer, oracle and own decision", peers,
+                          section="heldout-peers")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.attacks import LABEL
+from benchmarks.results import add_run_arguments, runs_of
 from benchmarks.scanning import scan_rows
 
 DATASETS = ("digits", "breast_cancer", "wine", "classification3", "classification10", "mixed")
@@ -151,20 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--batch-rows", type=int, default=2_000)
     parser.add_argument("--budget", type=float, default=0.01)
-    parser.add_argument("--jobs", type=int, default=1, help="scans run at once, one process each")
-    parser.add_argument("--runs-csv", help="also save every run's record to this CSV")
-    parser.add_argument("--from-csv", help="build the table from saved runs (comma-separated CSVs), scanning nothing")
+    add_run_arguments(parser, "scans")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    if args.from_csv:
-        results = pd.concat([pd.read_csv(path) for path in args.from_csv.split(",")], ignore_index=True)
-    else:
-        results = run(args.datasets.split(","), [int(s) for s in args.sizes.split(",")], args.seeds,
-                      args.batch_rows, args.budget, args.jobs)
-    if args.runs_csv:
-        results.to_csv(args.runs_csv, index=False)
+    results = runs_of(args, lambda: run(args.datasets.split(","), [int(s) for s in args.sizes.split(",")],
+                                        args.seeds, args.batch_rows, args.budget, args.jobs))
     body = table(results, args.budget)
     seconds = statistics.median(results["seconds"]) if len(results) else 0.0
     body += (f"\n\n{len(results)} clean scans, {args.budget:.0%} budget, median {seconds:.1f} s a scan"

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from benchmarks.peers import available
+
 ART_MAX_ROWS = 20_000
 TEXT_SVD_DIMENSIONS = 50
 WITH_REFERENCE_CONTAMINATION = 0.01
@@ -84,17 +86,6 @@ class PeerFeatures:
         parts, texts = self._parts(rows)
         reduced = [sparse.csr_matrix(self.svd[c].transform(m)) for c, m in texts.items()]
         return sparse.hstack(parts + reduced).toarray()
-
-
-def available() -> dict[str, str]:
-    """Peer family -> why it cannot run here (empty when every one can)."""
-    missing = {}
-    for name, module in (("ART", "art"), ("cleanlab", "cleanlab")):
-        try:
-            __import__(module)
-        except ImportError:
-            missing[name] = "not installed (pip install -e '.[bench]')"
-    return missing
 
 
 def _pyod_model(name: str, contamination: float, seed: int):

@@ -1,6 +1,6 @@
 """Detection on the held-out attack suite (:mod:`benchmarks.heldout_suite`), by the default command.
 
-    python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING] [--jobs 2] [--no-peers] [--runs-csv FILE] [--write]
+    python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING,...] [--jobs 2] [--no-peers] [--runs-csv FILE] [--write]
     python -m benchmarks.heldout --from-csv a.csv,b.csv [--write]   # the table of runs saved before
 
 Every case and seed is scanned twice in this process, as ``poisonguard scan`` would scan it with its
@@ -24,6 +24,7 @@ import pandas as pd
 
 from benchmarks.attacks import LABEL
 from benchmarks.heldout_suite import CASES, Case, make_case
+from benchmarks.results import add_run_arguments, runs_of
 from benchmarks.scanning import scan_rows
 
 _VALIDATOR = None
@@ -136,26 +137,22 @@ def _best(oracle: pd.Series) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--cases", default="", help="only the cases whose name contains this")
-    parser.add_argument("--jobs", type=int, default=1, help="cases scanned at once, one process each")
-    parser.add_argument("--runs-csv", help="also save every run's record to this CSV")
-    parser.add_argument("--from-csv", help="build the table from saved runs (comma-separated CSVs), scanning nothing")
+    parser.add_argument("--cases", default="", help="only the cases whose name contains one of these (comma-separated)")
+    add_run_arguments(parser, "cases scanned")
     parser.add_argument("--no-peers", action="store_true", help="scan with poisonguard alone")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    if args.from_csv:
-        results = pd.concat([pd.read_csv(path) for path in args.from_csv.split(",")], ignore_index=True)
-    else:
-        results = run([case for case in CASES if args.cases in case.name], args.seeds, args.jobs, not args.no_peers)
-    if args.runs_csv:
-        results.to_csv(args.runs_csv, index=False)
+    wanted = args.cases.split(",")
+    cases = [case for case in CASES if any(part in case.name for part in wanted)]
+    results = runs_of(args, lambda: run(cases, args.seeds, args.jobs, not args.no_peers))
     ours = results[results["tool"] == POISONGUARD]
     seconds = statistics.median(ours["seconds"]) if len(ours) else 0.0
     body = (HELDOUT_NOTES + "\n\n" + table(results)
             + f"\n\n{len(ours)} scans, median {seconds:.1f} s a scan"
-            + ("." if args.from_csv else f", {time.perf_counter() - started:.0f} s in all, peers included."))
+            + ("." if args.from_csv else f", {time.perf_counter() - started:.0f} s in all"
+               + (", peers included." if not args.no_peers else ".")))
     print(body)
     peers = peer_table(results) if (results["tool"] != POISONGUARD).any() else ""
     if peers:

@@ -38,3 +38,24 @@ def write_section(name: str, title: str, body: str, path: Path = RESULTS, sectio
     else:
         text = text.rstrip("\n") + "\n\n" + text_of_section + "\n"
     atomic_write_text(path, text)
+
+
+def add_run_arguments(parser, what: str) -> None:
+    """``--jobs``, ``--runs-csv`` and ``--from-csv``: a long benchmark run in several processes, its per-run
+    records saved, and its table rebuilt later from saved records (:func:`runs_of`)."""
+    parser.add_argument("--jobs", type=int, default=1, help=f"{what} at once, one process each")
+    parser.add_argument("--runs-csv", help="also save every run's record to this CSV")
+    parser.add_argument("--from-csv", help="build the table from saved runs (comma-separated CSVs), running nothing")
+
+
+def runs_of(args, run):
+    """The per-run records: read from ``args.from_csv``, else ``run()``; saved to ``args.runs_csv`` if asked."""
+    import pandas as pd
+
+    if args.from_csv:
+        results = pd.concat([pd.read_csv(path) for path in args.from_csv.split(",")], ignore_index=True)
+    else:
+        results = run()
+    if args.runs_csv:
+        results.to_csv(args.runs_csv, index=False)
+    return results

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.attacks import LABEL
-from benchmarks.results import add_run_arguments, runs_of
-from benchmarks.scanning import scan_rows
+from benchmarks.results import add_run_arguments, run_tasks, runs_of
+from benchmarks.scanning import process_validator, scan_rows
 
 DATASETS = ("digits", "breast_cancer", "wine", "classification3", "classification10", "mixed")
 SIZES = (100, 300, 1_000, 3_000, 30_000)
@@ -93,22 +93,14 @@ def null_run(rows: pd.DataFrame, reference_rows: int, batch_rows: int, budget: f
     }
 
 
-_VALIDATOR = None
-
-
 def _one_run(name: str, size: int, seed: int, batch_rows: int, budget: float) -> dict | None:
     """One clean scan as a record, or ``None`` where the dataset has too few rows for ``size``."""
-    global _VALIDATOR  # one Great Expectations validator per process: building it costs seconds
-    if _VALIDATOR is None:
-        from poisonguard.expectations.validate import SchemaValidator
-
-        _VALIDATOR = SchemaValidator()
-    warnings.filterwarnings("ignore")
+    validator = process_validator()
     rows = dataset_rows(name, seed)
     if len(rows) < size + MIN_BATCH_ROWS:
         return None
     started = time.perf_counter()
-    result = null_run(rows, size, min(batch_rows, len(rows) - size), budget, seed, _VALIDATOR)
+    result = null_run(rows, size, min(batch_rows, len(rows) - size), budget, seed, validator)
     return {"dataset": name, "reference_rows": size, "seed": seed, **result,
             "seconds": time.perf_counter() - started}
 
@@ -116,15 +108,8 @@ def _one_run(name: str, size: int, seed: int, batch_rows: int, budget: float) ->
 def run(datasets: list[str], sizes: list[int], seeds: int, batch_rows: int, budget: float,
         jobs: int = 1) -> pd.DataFrame:
     """Every (dataset, size, seed) scan, in ``jobs`` processes; records in that order."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    tasks = [(name, size, seed) for name in datasets for size in sizes for seed in range(seeds)]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            futures = [pool.submit(_one_run, *task, batch_rows, budget) for task in tasks]
-            records = [future.result() for future in futures]
-    else:
-        records = [_one_run(*task, batch_rows, budget) for task in tasks]
+    tasks = [(name, size, seed, batch_rows, budget) for name in datasets for size in sizes for seed in range(seeds)]
+    records = run_tasks(_one_run, tasks, jobs)
     return pd.DataFrame.from_records([record for record in records if record is not None])
 
 

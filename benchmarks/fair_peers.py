@@ -31,7 +31,6 @@ on batches of up to ``ART_MAX_ROWS`` rows (its probe and per-class SVDs take min
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -177,38 +176,29 @@ def run_fair_peers(reference: pd.DataFrame, batch: pd.DataFrame, label: str, tru
     y_ref = np.searchsorted(classes, reference[label].astype(str).to_numpy())
     y_batch = np.searchsorted(classes, batch[label].astype(str).to_numpy())
     results: dict[tuple[str, str], PeerOutput] = {}
-    runs: list[tuple[str, str, Callable[[], PeerOutput]]] = []
-    for setting, fit_rows in (("reference", reference), ("batch", batch)):
-        features = PeerFeatures(fit_rows, label)
-        X_fit, X_batch = features.dense(fit_rows), features.dense(batch)
-        contamination = WITH_REFERENCE_CONTAMINATION if setting == "reference" else BATCH_ONLY_CONTAMINATION
-        on_batch = setting == "batch"
-        y_fit = y_ref if setting == "reference" else y_batch
-        for name in ("ECOD", "IForest", "KNN"):
-            runs.append((setting, f"PyOD {name}, global", lambda n=name, a=X_fit, b=X_batch, c=contamination, o=on_batch:
-                         pyod_peer(n, a, b, c, seed, on_batch=o)))
-            runs.append((setting, f"PyOD {name}, per class",
-                         lambda n=name, a=X_fit, b=X_batch, c=contamination, o=on_batch, f=y_fit:
-                         pyod_peer(n, a, b, c, seed, f, y_batch, on_batch=o)))
-        if "cleanlab" not in missing:
-            S_fit, S_batch = features.sparse(fit_rows), features.sparse(batch)
-            if setting == "reference":
-                runs.append((setting, "cleanlab, reference model", lambda a=S_fit, b=S_batch:
-                             cleanlab_peer(_probabilities(a, y_ref, b, len(classes), seed), y_batch)))
-            else:
-                runs.append((setting, "cleanlab, out of fold", lambda b=S_batch:
-                             cleanlab_peer(_out_of_fold(b, y_batch, len(classes), seed), y_batch)))
-        if setting == "batch" and "ART" not in missing and len(batch) <= ART_MAX_ROWS:
-            art_rows = X_batch
-            runs.append((setting, "ART", lambda a=art_rows: art_peers(a, y_batch, len(classes), true_share, seed)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for setting, name, run in runs:
-            output = run()
-            if isinstance(output, dict):
-                results.update({(setting, peer): value for peer, value in output.items()})
-            else:
-                results[(setting, name)] = output
+        for setting, fit_rows, y_fit in (("reference", reference, y_ref), ("batch", batch, y_batch)):
+            on_batch = setting == "batch"
+            contamination = BATCH_ONLY_CONTAMINATION if on_batch else WITH_REFERENCE_CONTAMINATION
+            features = PeerFeatures(fit_rows, label)
+            X_fit, X_batch = features.dense(fit_rows), features.dense(batch)
+            for name in ("ECOD", "IForest", "KNN"):
+                results[(setting, f"PyOD {name}, global")] = pyod_peer(
+                    name, X_fit, X_batch, contamination, seed, on_batch=on_batch)
+                results[(setting, f"PyOD {name}, per class")] = pyod_peer(
+                    name, X_fit, X_batch, contamination, seed, y_fit, y_batch, on_batch=on_batch)
+            if "cleanlab" not in missing:
+                S_fit, S_batch = features.sparse(fit_rows), features.sparse(batch)
+                if on_batch:
+                    probabilities, peer = _out_of_fold(S_batch, y_batch, len(classes), seed), "cleanlab, out of fold"
+                else:
+                    probabilities = _probabilities(S_fit, y_ref, S_batch, len(classes), seed)
+                    peer = "cleanlab, reference model"
+                results[(setting, peer)] = cleanlab_peer(probabilities, y_batch)
+            if on_batch and "ART" not in missing and len(batch) <= ART_MAX_ROWS:
+                art = art_peers(X_batch, y_batch, len(classes), true_share, seed)
+                results.update({(setting, peer): output for peer, output in art.items()})
     return results
 
 

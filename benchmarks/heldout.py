@@ -24,11 +24,8 @@ import pandas as pd
 
 from benchmarks.attacks import LABEL
 from benchmarks.heldout_suite import CASES, Case, make_case
-from benchmarks.results import add_run_arguments, runs_of
-from benchmarks.scanning import scan_rows
-
-_VALIDATOR = None
-
+from benchmarks.results import add_run_arguments, run_tasks, runs_of
+from benchmarks.scanning import process_validator, scan_rows
 
 POISONGUARD = "poisonguard, default command"
 HELDOUT_NOTES = (
@@ -42,21 +39,16 @@ HELDOUT_NOTES = (
 
 def _one_run(case: Case, seed: int, with_peers: bool) -> list[dict]:
     """The case scanned with and without its reference, and every peer's figures, as records."""
-    global _VALIDATOR  # one Great Expectations validator per process: building it costs seconds
     from poisonguard.config import ScanConfig
 
-    if _VALIDATOR is None:
-        from poisonguard.expectations.validate import SchemaValidator
-
-        _VALIDATOR = SchemaValidator()
-    warnings.filterwarnings("ignore")
+    validator = process_validator()
     data = make_case(case, seed)
     about = {"case": case.name, "dataset": case.dataset, "attack": case.attack, "rate": case.rate,
              "batch_rows": case.batch_rows, "seed": seed}
     records = []
     for setting, reference in (("reference", data.reference), ("batch", None)):
         started = time.perf_counter()
-        scanned = scan_rows(data.batch, reference, LABEL, ScanConfig(label_col=LABEL, seed=seed), _VALIDATOR)
+        scanned = scan_rows(data.batch, reference, LABEL, ScanConfig(label_col=LABEL, seed=seed), validator)
         records.append({
             **about, "setting": setting, "tool": POISONGUARD,
             "reference_rows": case.reference_rows if reference is not None else 0,
@@ -76,15 +68,8 @@ def _one_run(case: Case, seed: int, with_peers: bool) -> list[dict]:
 
 
 def run(cases: list[Case], seeds: int, jobs: int = 1, with_peers: bool = True) -> pd.DataFrame:
-    from concurrent.futures import ProcessPoolExecutor
-
     tasks = [(case, seed, with_peers) for case in cases for seed in range(seeds)]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            results = [future.result() for future in [pool.submit(_one_run, *task) for task in tasks]]
-    else:
-        results = [_one_run(*task) for task in tasks]
-    return pd.DataFrame.from_records([record for records in results for record in records])
+    return pd.DataFrame.from_records([record for records in run_tasks(_one_run, tasks, jobs) for record in records])
 
 
 def table(results: pd.DataFrame) -> str:

@@ -59,3 +59,14 @@ def runs_of(args, run):
     if args.runs_csv:
         results.to_csv(args.runs_csv, index=False)
     return results
+
+
+def run_tasks(function, tasks: list[tuple], jobs: int) -> list:
+    """``function(*task)`` for every task, in order; in ``jobs`` processes when ``jobs > 1``."""
+    if jobs <= 1:
+        return [function(*task) for task in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(function, *task) for task in tasks]
+        return [future.result() for future in futures]

@@ -9,6 +9,7 @@ settings are the scan's (``ScanConfig``), so the figures are those of the defaul
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,17 @@ import pandas as pd
 # Schema reasons a clean row can get by chance: a value past an inferred range, a category the reference
 # never showed. Every other schema reason (type, null) cannot fail a row drawn like the reference.
 JUDGEMENT_CHECKS = ("schema:range:", "schema:in_set:")
+
+
+@cache
+def process_validator():
+    """One Great Expectations validator per process (building one costs seconds), quiet about warnings."""
+    import warnings
+
+    from poisonguard.expectations.validate import SchemaValidator
+
+    warnings.filterwarnings("ignore")
+    return SchemaValidator()
 
 
 @dataclass(frozen=True)

@@ -73,23 +73,22 @@ def batch_p_values(
     of scores per fold model, ``hold_folds`` giving the fold of each held-out row
     (:func:`cross_conformal_p_values`).
     """
-    batch_scores = np.asarray(batch_scores)
-    if batch_scores.ndim == 1 or len(batch_scores) == 1 or hold_folds is None:
-        fold_scores = batch_scores.reshape(-1, batch_scores.shape[-1])
-        def p_of(hold, _folds, scores):
-            return tail_p_values(hold, scores.mean(axis=0))
-    else:
-        fold_scores = batch_scores
-        p_of = cross_conformal_p_values
-    folds = np.zeros(len(hold_scores), dtype="int64") if hold_folds is None else hold_folds
+    fold_scores = np.atleast_2d(batch_scores)
+    if len(fold_scores) > 1 and hold_folds is None:
+        raise ValueError("scores from several fold models need the fold of each held-out row (hold_folds)")
+
+    def p_values_of(in_hold: np.ndarray | slice, in_batch: np.ndarray | slice) -> np.ndarray:
+        if len(fold_scores) == 1:
+            return tail_p_values(hold_scores[in_hold], fold_scores[0, in_batch])
+        return cross_conformal_p_values(hold_scores[in_hold], hold_folds[in_hold], fold_scores[:, in_batch])
+
     if batch_groups is None or len(hold_groups) == 0:
-        return p_of(hold_scores, folds, fold_scores)
+        return p_values_of(slice(None), slice(None))
     p_values = np.empty(fold_scores.shape[1])
     codes = batch_groups.codes
     for code, group in enumerate(batch_groups.categories):
         in_batch = codes == code
-        in_hold = np.ones(len(hold_scores), bool) if group == "*" else hold_groups == group
-        p_values[in_batch] = p_of(hold_scores[in_hold], folds[in_hold], fold_scores[:, in_batch])
+        p_values[in_batch] = p_values_of(slice(None) if group == "*" else hold_groups == group, in_batch)
     return p_values
 
 

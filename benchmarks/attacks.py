@@ -28,14 +28,77 @@ def load_dataset(name: str, seed: int = 0) -> pd.DataFrame:
     if name == "synthetic":
         X, y = datasets.make_classification(n_samples=20_000, n_features=20, n_informative=10, n_classes=3,
                                             random_state=seed)
+    elif name == "tickets":
+        return _shuffled(support_tickets(seed), seed)
+    elif name == "shop":
+        return _shuffled(shop_customers(seed), seed)
     else:
         loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
                   "wine": datasets.load_wine, "iris": datasets.load_iris}[name]
         X, y = loader(return_X_y=True)
     frame = pd.DataFrame(np.asarray(X, dtype="float64"), columns=[f"f{i}" for i in range(X.shape[1])])
     frame[LABEL] = np.asarray(y).astype(str)
+    return _shuffled(frame, seed)
+
+
+def _shuffled(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     order = np.random.default_rng(seed).permutation(len(frame))
     return frame.iloc[order].reset_index(drop=True)
+
+
+# Development-only data: free text and categorical columns, so detectors for them are tuned here and never on
+# the held-out suite (benchmarks/heldout_suite.py), whose generators are different.
+_TICKET_WORDS = {
+    "billing": "invoice charge refund payment card billed twice receipt amount subscription price",
+    "shipping": "parcel delivery courier tracking arrived late address package shipped warehouse box",
+    "account": "password login username locked email verification profile reset signin security",
+    "technical": "crash error screen update install freezes bug loading version settings",
+}
+_TICKET_FILLER = "please help my the a is not with since yesterday again today thanks hello order need".split()
+
+
+def support_tickets(seed: int, n_rows: int = 4_000) -> pd.DataFrame:
+    """Support tickets: a free-text ``message`` (class words among common filler words), a numeric
+    ``minutes_open`` and the ticket's queue as the label. One word in ten is taken from another queue, so
+    classes overlap as real tickets do."""
+    rng = np.random.default_rng(10_000 + seed)
+    classes = list(_TICKET_WORDS)
+    vocab = {c: words.split() for c, words in _TICKET_WORDS.items()}
+    labels = rng.integers(0, len(classes), n_rows)
+    lengths = rng.integers(6, 16, n_rows)
+    messages = []
+    for label, length in zip(labels, lengths):  # text generation, not a scoring path
+        own = vocab[classes[label]]
+        words = []
+        for _ in range(length):
+            draw = rng.random()
+            if draw < 0.45:
+                words.append(own[rng.integers(len(own))])
+            elif draw < 0.55:
+                other = vocab[classes[rng.integers(len(classes))]]
+                words.append(other[rng.integers(len(other))])
+            else:
+                words.append(_TICKET_FILLER[rng.integers(len(_TICKET_FILLER))])
+        messages.append(" ".join(words))
+    return pd.DataFrame({"message": messages, "minutes_open": rng.gamma(2.0, 30.0, n_rows).round(1),
+                         LABEL: np.array(classes)[labels]})
+
+
+def shop_customers(seed: int, n_rows: int = 8_000) -> pd.DataFrame:
+    """Customers of a shop: categorical ``channel``, ``plan``, ``region`` and ``device``, numeric ``spend``
+    and ``visits``; the label (``churn`` or ``stay``) follows a logistic model of them."""
+    rng = np.random.default_rng(20_000 + seed)
+    channel = rng.choice(["web", "app", "store", "phone"], n_rows, p=[0.4, 0.3, 0.2, 0.1])
+    plan = rng.choice(["basic", "plus", "pro"], n_rows, p=[0.5, 0.3, 0.2])
+    region = rng.choice([f"r{i}" for i in range(8)], n_rows)
+    device = rng.choice(["ios", "android", "desktop", "other"], n_rows, p=[0.35, 0.35, 0.25, 0.05])
+    spend = rng.lognormal(3.5, 0.6, n_rows).round(2)
+    visits = rng.poisson(6, n_rows)
+    logit = (-0.8 + 1.1 * (plan == "basic") - 0.9 * (plan == "pro") + 0.7 * (channel == "phone")
+             - 0.02 * (spend - 35) - 0.25 * (visits - 6))
+    churn = rng.random(n_rows) < 1 / (1 + np.exp(-logit))
+    return pd.DataFrame({"channel": channel, "plan": plan, "region": region, "device": device, "spend": spend,
+                         "visits": visits.astype("float64"), LABEL: np.where(churn, "churn", "stay")})
 
 
 def _pick(candidates: np.ndarray, n_rows: int, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -114,6 +177,35 @@ def duplicate_replay(frame: pd.DataFrame, rate: float, seed: int = 0) -> Poisone
     copies[LABEL] = classes[(current + rng.integers(1, len(classes), size=len(rows))) % len(classes)]
     poisoned = pd.concat([frame, copies], ignore_index=True)
     return Poisoned(poisoned, np.r_[np.zeros(len(frame), bool), np.ones(len(copies), bool)])
+
+
+def text_trigger(frame: pd.DataFrame, rate: float, column: str, word: str, target: str, seed: int = 0) -> Poisoned:
+    """Insert ``word`` at a random position of the text ``column`` on rows of other classes, relabelled to
+    ``target``."""
+    rng = np.random.default_rng(seed)
+    poisoned = frame.copy()
+    rows = _pick(np.flatnonzero(frame[LABEL].to_numpy() != target), len(frame), rate, rng)
+    texts = poisoned[column].to_numpy(dtype=object).copy()
+    for row in rows:  # a share of rows, once per benchmark run
+        words = str(texts[row]).split()
+        words.insert(int(rng.integers(len(words) + 1)), word)
+        texts[row] = " ".join(words)
+    poisoned[column] = texts
+    poisoned.loc[rows, LABEL] = target
+    return Poisoned(poisoned, _mask(len(frame), rows))
+
+
+def band_trigger(frame: pd.DataFrame, rate: float, bands: dict[str, tuple[float, float]], target: str,
+                 seed: int = 0) -> Poisoned:
+    """Draw each ``bands`` column uniformly within its (low, high) band on rows of other classes, relabelled
+    to ``target``: a trigger of ranges whose values vary per row, each band inside the column's own range."""
+    rng = np.random.default_rng(seed)
+    poisoned = frame.copy()
+    rows = _pick(np.flatnonzero(frame[LABEL].to_numpy() != target), len(frame), rate, rng)
+    for column, (low, high) in bands.items():
+        poisoned.loc[rows, column] = rng.uniform(low, high, len(rows))
+    poisoned.loc[rows, LABEL] = target
+    return Poisoned(poisoned, _mask(len(frame), rows))
 
 
 def schema_breaking(frame: pd.DataFrame, rate: float, seed: int = 0) -> Poisoned:

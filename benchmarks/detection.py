@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks import attacks, peers
 from benchmarks.attacks import LABEL
 
-DEFAULT_COMBINED = ("ecod", "iforest", "label_model")
+DEFAULT_COMBINED = ("auto",)  # the default command
 DETECTION_NOTES = (
     "Each dataset is split in halves: a trusted reference and a batch that is poisoned. poisonguard's rows "
     "run through the scan's own `score_rows`, with the reference (`reference: yes`, conformal thresholds at "
@@ -53,6 +53,12 @@ def scenarios() -> list[tuple[str, str, Callable[[pd.DataFrame, float, int], att
         ("wine", "injected outliers", lambda f, r, s: attacks.outliers(f, r, s)),
         ("digits", "clean-label trigger on 0", lambda f, r, s: attacks.backdoor(f, r, trigger, "0", s, relabel=False)),
         ("breast_cancer", "duplicate replay, flipped", lambda f, r, s: attacks.duplicate_replay(f, r, s)),
+        ("tickets", "word 'asap' in text -> billing",
+         lambda f, r, s: attacks.text_trigger(f, r, "message", "asap", "billing", s)),
+        ("shop", "channel=phone & plan=pro -> churn",
+         lambda f, r, s: attacks.backdoor(f, r, {"channel": "phone", "plan": "pro"}, "churn", s)),
+        ("synthetic", "bands on f3, f7 -> 0",
+         lambda f, r, s: attacks.band_trigger(f, r, {"f3": (0.8, 1.1), "f7": (-1.1, -0.8)}, "0", s)),
     ]
 
 
@@ -60,10 +66,11 @@ def evaluate(batch: pd.DataFrame, mask: np.ndarray, reference: pd.DataFrame | No
              seed: int) -> dict:
     from poisonguard import ROW_ID
     from poisonguard.config import ScanConfig
+    from poisonguard.featurize.features import infer_kinds
     from poisonguard.score.rows import score_rows
 
     batch = batch.assign(**{ROW_ID: np.arange(len(batch))})
-    kinds = {c: "numeric" for c in batch.columns if c not in (LABEL, ROW_ID)}
+    kinds = infer_kinds(batch, LABEL)
     config = ScanConfig(label_col=LABEL, detectors=detectors, seed=seed)
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -208,13 +215,15 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="skip PyOD, cleanlab and ART run alone")
     parser.add_argument("--seeds", type=int, default=0,
                         help="rerun only the combined set for seeds 0..N-1 (stability)")
+    parser.add_argument("--datasets", default="", help="with --seeds: only these datasets (comma-separated)")
     parser.add_argument("--no-reference", action="store_true",
                         help="with --seeds: run the combined set without the reference")
     args = parser.parse_args()
     if args.seeds:
         combined = tuple(args.combined.split(","))
+        datasets = set(args.datasets.split(",")) if args.datasets else None
         markdown = stability_markdown(stability([float(r) for r in args.rates.split(",")], combined, args.seeds,
-                                                with_reference=not args.no_reference))
+                                                datasets, with_reference=not args.no_reference))
         print(markdown)
         if args.write:
             from benchmarks.results import write_section

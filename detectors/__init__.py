@@ -7,6 +7,8 @@ three ways:
 
 * the built-in names below;
 * ``pyod:<Model>``: any PyOD model by its class name (``pyod:LOF``, ``pyod:HBOS``);
+* ``auto``: every registered detector whose spec lists the setting (a trusted reference given or not) in
+  ``auto`` (:func:`auto_detectors`); the scan then keeps those whose needs are met;
 * :func:`register`, from the user's own code, or from an installed package that declares the entry point
   group ``poisonguard.detectors`` (``mine = "my_package.module:MyDetector"``), so the command line finds it.
 """
@@ -24,10 +26,10 @@ from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
 from poisonguard.detectors.label_model import LabelModelDetector
 from poisonguard.detectors.labels import ConfidentLearningDetector, ConflictingDuplicatesDetector, KNNLabelDetector
-from poisonguard.detectors.outliers import ECODDetector, IForestDetector
+from poisonguard.detectors.outliers import ECODDetector, IForestDetector, KNNDetector
 from poisonguard.detectors.pyod_models import PREFIX as PYOD_PREFIX
 from poisonguard.detectors.pyod_models import PyODDetector, pyod_model
-from poisonguard.detectors.spec import DetectorSpec
+from poisonguard.detectors.spec import AUTO_SETTINGS, DetectorSpec
 from poisonguard.detectors.spectral import (
     ActivationClusteringDetector,
     RobustSpectralDetector,
@@ -37,6 +39,7 @@ from poisonguard.detectors.trigger_values import TriggerValueDetector
 from poisonguard.errors import ConfigError
 
 ENTRY_POINT_GROUP = "poisonguard.detectors"
+AUTO = "auto"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _registry: dict[str, type[Detector]] = {}
 # The registry as callers see it: read-only, changed through register() alone.
@@ -77,6 +80,7 @@ def register(name: str, detector: type[Detector], *, replace: bool = False) -> t
 for _name, _detector in {
     "ecod": ECODDetector,
     "iforest": IForestDetector,
+    "knn": KNNDetector,
     "label_model": LabelModelDetector,
     "spectral": SpectralSignatureDetector,
     "activation_clustering": ActivationClusteringDetector,
@@ -104,6 +108,23 @@ def _load_entry_points() -> None:
             raise ConfigError(f"detector {point.name!r} from entry point {point.value!r} cannot be used: {exc}") from exc
 
 
+def auto_detectors(setting: str) -> list[str]:
+    """The registered detectors ``--detectors auto`` runs in ``setting`` (``reference``: a trusted reference
+    is given; ``batch``: none is), in registry order; installed plugins that declare it count too."""
+    if setting not in AUTO_SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(AUTO_SETTINGS)}, got {setting!r}")
+    _load_entry_points()
+    return [name for name, detector in _registry.items() if setting in detector.spec.auto]
+
+
+def expand_auto(names: tuple[str, ...] | list[str], setting: str) -> list[str]:
+    """``names`` with ``auto`` replaced by :func:`auto_detectors` of ``setting``, each name once, in order."""
+    expanded: list[str] = []
+    for name in names:
+        expanded.extend(auto_detectors(setting) if name == AUTO else [name])
+    return list(dict.fromkeys(expanded))
+
+
 def detector_class(name: str) -> type[Detector]:
     """The class behind ``name`` (a registered name or ``pyod:<Model>``); :class:`ConfigError` naming the
     name and the choices when there is none."""
@@ -113,6 +134,8 @@ def detector_class(name: str) -> type[Detector]:
         except ValueError as exc:
             raise ConfigError(f"detector {name!r}: {exc}") from None
         return PyODDetector
+    if name == AUTO:
+        raise ConfigError(f"{AUTO!r} names a set of detectors, not one; expand it with expand_auto()")
     if name not in _registry:
         _load_entry_points()
     try:
@@ -152,13 +175,16 @@ def make_detector(name: str, seed: int | None = None, **params: Any) -> Detector
 
 
 __all__ = [
+    "AUTO",
     "REGISTRY",
     "ClassConditional",
     "Detector",
     "DetectorSpec",
     "PyODDetector",
+    "auto_detectors",
     "detector_class",
     "detector_spec",
+    "expand_auto",
     "make_detector",
     "register",
 ]

@@ -4,11 +4,16 @@ A classifier trained on trusted rows only has never seen a poisoned label, so a 
 finds improbable (a flipped label, a backdoored row relabelled to a target class) scores high. The score
 is the negative log-probability of the given label. A model trained on the batch itself would partly
 learn the poison, so this detector runs only when a reference is given.
+
+``model="logistic"`` fits a logistic regression; ``model="boosting"`` scikit-learn's histogram gradient
+boosting, which follows a label that depends on a region of the features (a subpopulation, a range of
+values) where a linear model averages it away.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
@@ -16,15 +21,18 @@ from poisonguard.detectors.base import Detector, check_matrix
 from poisonguard.detectors.spec import DetectorSpec
 
 _PROBABILITY_FLOOR = 1e-12
+MODELS = ("logistic", "boosting")
 
 
 class LabelModelDetector(Detector):
-    """``-log P(given label | row)`` under a logistic regression fitted on trusted rows."""
+    """``-log P(given label | row)`` under a classifier fitted on trusted rows (``model``: see the module)."""
 
     # It models all classes at once, and on trusted rows only.
-    spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, needs_reference=True)
+    spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, needs_reference=True,
+                        auto=("reference",))
 
-    def __init__(self, C: float = 1.0, random_state: int = 0) -> None:
+    def __init__(self, model: str = "logistic", C: float = 1.0, random_state: int = 0) -> None:
+        self.model = model
         self.C = C
         self.random_state = random_state
 
@@ -34,7 +42,12 @@ class LabelModelDetector(Detector):
         labels = np.asarray(y, dtype=object)
         if len(np.unique(labels)) < 2:
             raise ValueError("label_model needs at least two label classes in the training rows")
-        self.model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
+        if self.model not in MODELS:
+            raise ValueError(f"label_model's model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "boosting":
+            self.model_ = HistGradientBoostingClassifier(random_state=self.random_state)
+        else:
+            self.model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
         self.model_.fit(check_matrix(X, "label_model.fit"), labels)
         self.classes_ = self.model_.classes_
         return self

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 FITTING = ("inductive", "transductive", "out_of_fold")
 READS = ("features", "probe")
+AUTO_SETTINGS = ("reference", "batch")  # a trusted reference is given / the batch alone
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -31,6 +32,9 @@ class DetectorSpec:
     activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
     its own, such as a majority of disagreeing neighbours); ``None``: the robust ``median + z * MAD`` rule.
+    ``auto``: the settings (``reference``, ``batch``) in which ``--detectors auto``, the default, runs it;
+    a detector joins a setting when the development table (``python -m benchmarks.detection``) shows it
+    adds recall there within the false-quarantine budget.
     """
 
     reason: str = "outlier"
@@ -40,6 +44,7 @@ class DetectorSpec:
     fitting: str = "inductive"
     reads: str = "features"
     natural_threshold: float | None = None
+    auto: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _REASON.fullmatch(self.reason):
@@ -50,6 +55,9 @@ class DetectorSpec:
             raise ValueError(f"reads must be one of {', '.join(READS)}, got {self.reads!r}")
         if self.natural_threshold is not None and not math.isfinite(self.natural_threshold):
             raise ValueError(f"natural_threshold must be a finite number or None, got {self.natural_threshold!r}")
+        unknown = sorted(set(self.auto) - set(AUTO_SETTINGS))
+        if not isinstance(self.auto, tuple) or unknown:
+            raise ValueError(f"auto must be a tuple of {', '.join(AUTO_SETTINGS)}, got {self.auto!r}")
         for flag in ("per_class", "needs_labels", "needs_reference"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")

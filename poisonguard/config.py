@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from poisonguard.errors import ConfigError
 from poisonguard.names import checked_dataset_name
 
-DEFAULT_DETECTORS = ("ecod", "iforest", "label_model")
+# Every detector that applies to what a scan is given (labels, a reference): see poisonguard.detectors.
+DEFAULT_DETECTORS = ("auto",)
 TASK_RUNNERS = ("default", "dask")
 
 # Paths and the detector list come as text and lists from TOML and JSON; every other value must have its type.
@@ -114,7 +115,7 @@ class DetectionSettings(_Settings):
         if self.min_class_rows < 2:
             raise ConfigError(f"min_class_rows must be at least 2, got {self.min_class_rows}")
         stray = sorted(set(self.detector_params) - set(self.detectors))
-        if stray:
+        if stray and "auto" not in self.detectors:  # auto's members take parameters too
             raise ConfigError(
                 f"parameters are given for detector(s) {', '.join(stray)}, which are not in detectors "
                 f"({', '.join(self.detectors)})"

@@ -117,7 +117,7 @@ def test_an_error_naming_a_toml_table_keeps_its_brackets(tmp_path):
 
 @pytest.mark.parametrize(
     ("command", "shown"),
-    [(["scan"], "[ecod,iforest,label_model]"), (["scan"], "[scan] table"), (["inbox"], "[required]"),
+    [(["scan"], "[auto]"), (["scan"], "[scan] table"), (["inbox"], "[required]"),
      (["review", "release"], "[the OS user]")],
 )
 def test_help_shows_the_defaults_written_in_brackets(command, shown):

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_frame
 
 from poisonguard.config import ScanConfig
-from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
+from poisonguard.detectors import REGISTRY, ClassConditional, auto_detectors, detector_spec, expand_auto, make_detector
 from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder, infer_kinds
 from poisonguard.score.rows import score_rows
@@ -115,11 +115,12 @@ def test_feature_encoder_turns_nan_inf_and_unseen_categories_into_finite_numbers
     assert np.isfinite(matrix).all()
 
 
-def test_label_model_ranks_a_flipped_label_first():
+@pytest.mark.parametrize("model", ["logistic", "boosting"])
+def test_label_model_ranks_a_flipped_label_first(model):
     rng = np.random.default_rng(2)
     X = np.vstack([rng.normal(-2, 1, (200, 3)), rng.normal(2, 1, (200, 3))])
     y = np.array(["a"] * 200 + ["b"] * 200, dtype=object)
-    detector = make_detector("label_model", seed=0).fit(X, y)
+    detector = make_detector("label_model", seed=0, model=model).fit(X, y)
     y_batch = y.copy()
     y_batch[10] = "b"  # a typical "a" row now labelled "b"
     scores = detector.decision_function(X, y_batch)
@@ -135,17 +136,59 @@ def test_label_model_refuses_to_run_without_labels_or_with_one_class():
         make_detector("label_model").fit(X)
     with pytest.raises(ValueError, match="at least two label classes"):
         make_detector("label_model").fit(X, np.array(["a"] * 50, dtype=object))
+    with pytest.raises(ValueError, match="logistic, boosting"):
+        make_detector("label_model", model="forest").fit(X, np.array(["a", "b"] * 25, dtype=object))
 
 
-def test_detectors_that_need_a_reference_or_labels_are_skipped_and_reported():
+def test_knn_scores_a_row_far_from_every_fitted_row_highest_and_fits_a_tiny_class():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 4))
+    detector = make_detector("knn", seed=0).fit(X)
+    scores = detector.decision_function(np.vstack([X[:50], [[6.0, 6.0, 6.0, 6.0]]]))
+    assert int(np.argmax(scores)) == 50
+    few = make_detector("knn", seed=0).fit(X[:3])  # fewer rows than neighbours
+    assert np.isfinite(few.decision_function(X[:10])).all()
+
+
+def test_detectors_named_that_need_a_reference_or_labels_are_skipped_and_reported():
     batch = make_frame(300, seed=13)
     kinds = infer_kinds(batch, "label")
-    without_reference = score_rows(batch, None, kinds, "label", ScanConfig(label_col="label"))
+    named = ("ecod", "iforest", "label_model")
+    without_reference = score_rows(batch, None, kinds, "label", ScanConfig(label_col="label", detectors=named))
     assert "label_model" not in without_reference.scores
     assert "reference" in without_reference.calibration["skipped_detectors"]["label_model"]
-    without_labels = score_rows(batch, make_frame(300, seed=14), infer_kinds(batch, None), None, ScanConfig())
+    without_labels = score_rows(batch, make_frame(300, seed=14), infer_kinds(batch, None), None,
+                                ScanConfig(detectors=named))
     assert set(without_labels.scores) == {"ecod", "iforest"}
     assert "label column" in without_labels.calibration["skipped_detectors"]["label_model"]
+
+
+def test_auto_runs_what_applies_to_what_the_scan_is_given_and_reports_no_skips():
+    batch, reference = make_frame(300, seed=13), make_frame(300, seed=14)
+    kinds = infer_kinds(batch, "label")
+    runs = {
+        "labels and reference": score_rows(batch, reference, kinds, "label", ScanConfig(label_col="label")),
+        "labels only": score_rows(batch, None, kinds, "label", ScanConfig(label_col="label")),
+        "reference only": score_rows(batch, reference, infer_kinds(batch, None), None, ScanConfig()),
+    }
+    assert set(auto_detectors("reference")) <= set(REGISTRY) and "label_model" in auto_detectors("reference")
+    assert "label_model" not in auto_detectors("batch")
+    for given, scores in runs.items():
+        needs_met = [n for n in auto_detectors("batch" if given == "labels only" else "reference")
+                     if given != "reference only" or not detector_spec(n).needs_labels]
+        assert set(scores.scores) == set(needs_met), given
+        assert scores.calibration["skipped_detectors"] == {}, given
+
+
+def test_auto_takes_parameters_for_its_members_and_extra_detectors_beside_it():
+    config = ScanConfig(label_col="label", detectors=("auto", "pyod:HBOS"),
+                        detector_params={"iforest": {"n_estimators": 7}})
+    assert expand_auto(config.detection.detectors, "batch") == [*auto_detectors("batch"), "pyod:HBOS"]
+    batch = make_frame(200, seed=3)
+    scores = score_rows(batch, None, infer_kinds(batch, "label"), "label", config)
+    assert {"iforest", "pyod:HBOS"} <= set(scores.scores)
+    with pytest.raises(ConfigError, match="set of detectors"):
+        make_detector("auto")
 
 
 def test_an_unknown_detector_in_the_config_is_a_config_error_not_a_crash():

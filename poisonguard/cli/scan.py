@@ -76,7 +76,7 @@ def scan(
         Optional[Path], typer.Option(help="Where suites live as <dataset>.json [expectations/suites].")
     ] = None,
     detectors: Annotated[
-        Optional[str], typer.Option(help="Comma-separated detectors [ecod,iforest,label_model].")
+        Optional[str], typer.Option(help="Comma-separated detectors, or auto: every one that applies [auto].")
     ] = None,
     max_false_quarantine: Annotated[
         Optional[float], typer.Option(help="Share of clean rows the detectors and inferred schema rules together may quarantine [0.01].")
@@ -183,10 +183,14 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         from poisonguard.provenance.trust import load_trust_store
 
         load_trust_store(config.provenance.trust_store)  # a missing or broken store fails here, before Prefect starts
-    from poisonguard.detectors import make_detector
+    from poisonguard.detectors import AUTO, expand_auto, make_detector
 
-    for name in config.detection.detectors:  # an unknown name or parameter fails here, before Prefect starts
+    chosen = expand_auto(config.detection.detectors, "reference") + expand_auto(config.detection.detectors, "batch")
+    for name in dict.fromkeys(chosen):  # an unknown name or parameter fails here, before Prefect starts
         make_detector(name, **config.detection.detector_params.get(name, {}))
+    for name in config.detection.detector_params:
+        if AUTO in config.detection.detectors and name not in chosen:
+            make_detector(name)  # a parameter table for a detector auto never runs: an unknown name fails
 
 
 def writable_output_dir(out_dir: Path) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from poisonguard.cells import as_text
 from poisonguard.config import ScanConfig
-from poisonguard.detectors import ClassConditional, Detector, detector_spec, make_detector
+from poisonguard.detectors import ClassConditional, Detector, detector_spec, expand_auto, make_detector
 from poisonguard.featurize.representations import EmbeddingView, Probe
 
 
@@ -23,10 +23,17 @@ def configured_detector(name: str, label_col: str | None, config: ScanConfig):
     return detector
 
 
+def chosen_detectors(config: ScanConfig, has_reference: bool) -> list[str]:
+    """The configured detectors, ``auto`` expanded for a scan with or without a trusted reference."""
+    return expand_auto(config.detection.detectors, "reference" if has_reference else "batch")
+
+
 def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool) -> tuple[list[str], dict[str, str]]:
-    """The configured detectors that can run here, and why each of the others cannot."""
+    """The configured detectors that can run here, and why each of the others cannot. A detector that
+    ``auto`` chose and that cannot run is left out silently: auto promises only what applies."""
     runnable, skipped = [], {}
-    for name in config.detection.detectors:
+    explicit = set(config.detection.detectors)
+    for name in chosen_detectors(config, has_reference):
         spec = detector_spec(name)
         if spec.needs_labels and label_col is None:
             skipped[name] = "needs a label column (--label-col)"
@@ -34,6 +41,7 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
         else:
             runnable.append(name)
+    skipped = {name: why for name, why in skipped.items() if name in explicit}
     return runnable, skipped
 
 

@@ -29,7 +29,7 @@ from poisonguard.expectations.validate import SchemaValidator, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
 from poisonguard.scan.plan import ScanPlan
 from poisonguard.score.batch import SampleFit, fit_on_sample, refuse_unchunkable, sample_flags, sample_scores
-from poisonguard.score.detector_set import has_enough_reference, labels_of
+from poisonguard.score.detector_set import chosen_detectors, has_enough_reference, labels_of
 from poisonguard.score.reference import (
     FittedReference,
     ReferenceCalibration,
@@ -156,19 +156,20 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
         for name, why in skipped.items():
             log.warning("skipped %s: %s", name, why)
         return WholeBatchScorer(config, scan_plan, fitted, skipped)
-    refuse_unchunkable(list(config.detection.detectors), config)
-    if has_enough_reference(reference, config):
+    with_reference = has_enough_reference(reference, config)
+    names = chosen_detectors(config, with_reference)
+    refuse_unchunkable(names, config)
+    if with_reference:
         # Detectors that judge the batch's rows against each other need a first pass for a sample of it.
         sample = None
-        if any(detector_spec(n).transductive or detector_spec(n).reads != "features"
-               for n in config.detection.detectors):
+        if any(detector_spec(n).transductive or detector_spec(n).reads != "features" for n in names):
             sample = validated_sample(source, scan_plan, config.calibration.max_reference_rows, config.seed)
             if sample is None:  # broken structure: the scanning pass finds it and rejects the batch
                 return NoDetectors(config, {"mode": "reference"})
             if len(sample) < 2 * config.detection.min_class_rows:
                 raise ConfigError(
                     f"{source.batch.source_path}: too few rows pass the schema to fit "
-                    f"{', '.join(config.detection.detectors)} on a sample of the batch; scan it without --chunk-rows"
+                    f"{', '.join(names)} on a sample of the batch; scan it without --chunk-rows"
                 )
         fitted, skipped = fit_reference(reference, kinds, label_col, config, sample)
         if fitted is None:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING,...] [--jobs 2] [--no-peers] [--runs-csv FILE] [--write]
     python -m benchmarks.heldout --from-csv a.csv,b.csv [--write]   # the table of runs saved before
+    python -m benchmarks.heldout --no-peers --peers-from a.csv,b.csv [--write]   # peers as saved, poisonguard now
 
 Every case and seed is scanned twice in this process, as ``poisonguard scan`` would scan it with its
 default settings: with the case's trusted reference, and without one. Nothing is chosen per case: one preset,
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default="", help="only the cases whose name contains one of these (comma-separated)")
     add_run_arguments(parser, "cases scanned")
     parser.add_argument("--no-peers", action="store_true", help="scan with poisonguard alone")
+    parser.add_argument("--peers-from", default="",
+                        help="the peers' records from these saved runs (comma-separated CSVs): peers do not depend "
+                             "on poisonguard's code, so a change to it is measured without rerunning them")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -132,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     wanted = args.cases.split(",")
     cases = [case for case in CASES if any(part in case.name for part in wanted)]
     results = runs_of(args, lambda: run(cases, args.seeds, args.jobs, not args.no_peers))
+    if args.peers_from:
+        saved = pd.concat([pd.read_csv(path) for path in args.peers_from.split(",")], ignore_index=True)
+        scanned = set(zip(results["case"], results["seed"]))
+        wanted = np.array([key in scanned for key in zip(saved["case"], saved["seed"])], dtype=bool)
+        saved = saved[(saved["tool"] != POISONGUARD).to_numpy() & wanted]
+        results = pd.concat([results[results["tool"] == POISONGUARD], saved], ignore_index=True)
     ours = results[results["tool"] == POISONGUARD]
     seconds = statistics.median(ours["seconds"]) if len(ours) else 0.0
     body = (HELDOUT_NOTES + "\n\n" + table(results)

@@ -35,6 +35,7 @@ from poisonguard.detectors.spectral import (
     RobustSpectralDetector,
     SpectralSignatureDetector,
 )
+from poisonguard.detectors.trigger_tokens import TriggerTokenDetector
 from poisonguard.detectors.trigger_values import TriggerValueDetector
 from poisonguard.errors import ConfigError
 
@@ -89,6 +90,7 @@ for _name, _detector in {
     "knn_label": KNNLabelDetector,
     "duplicates": ConflictingDuplicatesDetector,
     "trigger_values": TriggerValueDetector,
+    "trigger_tokens": TriggerTokenDetector,
 }.items():
     register(_name, _detector)
 

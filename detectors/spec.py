@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 FITTING = ("inductive", "transductive", "out_of_fold")
-READS = ("features", "probe")
+READS = ("features", "probe", "text")
 AUTO_SETTINGS = ("reference", "batch")  # a trusted reference is given / the batch alone
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -28,8 +28,9 @@ class DetectorSpec:
     judges rows against the very rows it is fitted with (spectral statistics, clusters, neighbours), so
     a scan fits it on the batch with the held-out trusted rows, or on a sample of the batch when read in
     chunks; ``out_of_fold`` scores only the rows it was fitted on (cannot run on chunks).
-    ``reads``: ``features`` (the encoded columns) or ``probe`` (the batch's own embedding, or the hidden
-    activations of a small network trained on the labelled rows, where a backdoor trigger stands out).
+    ``reads``: ``features`` (the encoded columns), ``probe`` (the batch's own embedding, or the hidden
+    activations of a small network trained on the labelled rows, where a backdoor trigger stands out) or
+    ``text`` (the rows' free-text columns joined, one string per row; it runs only where there is one).
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
     its own, such as a majority of disagreeing neighbours); ``None``: the robust ``median + z * MAD`` rule.
     ``auto``: the settings (``reference``, ``batch``) in which ``--detectors auto``, the default, runs it;

@@ -10,17 +10,23 @@ held by many rows of which nearly all carry one label, far beyond that label's s
 Natural data has such pairs too (a category that predicts the label); a trigger's rows differ in that,
 judged without it, they look like the classes they were taken from.
 
-So, per column, every value held by at least ``min_rows`` rows and at most ``max_share`` of them is tested:
+A trigger may also be a conjunction: two categorical values, each common alone, set together (``channel =
+phone`` and ``plan = pro``). Neither value is label-pure; the pair is. So pairs of one-hot columns (every
+encoded column that holds only 0 and 1) are tested like single values, a pair held where both are 1.
+
+So, per column (or pair of one-hot columns), every value held by at least ``min_rows`` rows and at most
+``max_share`` of them is tested:
 the binomial tail of its most common label's count against that label's share of all rows, Bonferroni-
-corrected over every value tested. Values significant at ``alpha`` whose rows carry that label at least
-``min_purity`` of the time are trigger candidates. Each column holding candidates is then judged on its
-own: a logistic regression is fitted on the rows that hold none of the column's candidate values (a
-seeded sample of at most ``max_fit_rows``), without that column, and scores each row that holds one: one
-minus the probability it gives the row's label. A value is kept only when most of the rows holding it
+corrected over every value and pair tested. Values significant at ``alpha`` whose rows carry that label at
+least ``min_purity`` of the time (a pair: ``min_pair_purity``, lower because its judge below, which keeps
+the pair's columns, tells a natural pair from a trigger by itself) are trigger candidates. Each column (or pair) holding candidates is then
+judged on its own: a logistic regression is fitted on the rows that hold none of its candidate values (a
+seeded sample of at most ``max_fit_rows``), without a single value's column (with a pair's: see
+``_dropped``), and scores each row that holds one: one minus the probability it gives the row's label. A value is kept only when most of the rows holding it
 disagree with their label that way: a natural predictor leaves most of its rows agreeing. Judged per
 column, a predictive value of one column does not take its rows out of the model that judges another.
-Rows that hold no kept value score 0; a row holding several scores their highest. At most ``max_columns`` columns are judged, those with the most
-significant candidates.
+Rows that hold no kept value score 0; a row holding several scores their highest. At most ``max_columns``
+columns and pairs are judged, those with the most significant candidates.
 
 Written by hand: no library at hand tests column values for label purity (PyOD scores rows without
 labels; cleanlab and ART judge labels or activations with a model fitted on the poisoned rows, which has
@@ -43,21 +49,23 @@ from poisonguard.detectors.spec import DetectorSpec
 class TriggerValueDetector(Detector):
     """Rows holding a label-pure repeated value whose other columns disagree with their label.
 
-    Fitted attributes: ``candidates_`` (column -> the ``(value, label)`` pairs it is judged on) and
-    ``models_`` (column -> the logistic regression, fitted without that column, that judges them).
+    Fitted attributes: ``candidates_`` (a tuple of one column, or of two one-hot columns -> the ``(values,
+    label)`` it is judged on) and ``models_`` (the same keys -> the logistic regression, fitted without
+    those columns, that judges them).
     """
 
     # Transductive: the candidate values are found among the rows scored. Threshold: the model fitted
     # without the value gives the row's label less than even odds.
     spec = DetectorSpec(reason="backdoor", per_class=False, needs_labels=True, fitting="transductive",
-                        natural_threshold=0.5)
+                        natural_threshold=0.5, auto=("reference", "batch"))
 
-    def __init__(self, min_rows: int = 5, max_share: float = 0.5, min_purity: float = 0.8,
+    def __init__(self, min_rows: int = 5, max_share: float = 0.5, min_purity: float = 0.8, min_pair_purity: float = 0.7,
                  alpha: float = 1e-3, max_columns: int = 20, max_fit_rows: int = 50_000, C: float = 1.0,
                  random_state: int = 0) -> None:
         self.min_rows = min_rows
         self.max_share = max_share
         self.min_purity = min_purity
+        self.min_pair_purity = min_pair_purity
         self.alpha = alpha
         self.max_columns = max_columns
         self.max_fit_rows = max_fit_rows
@@ -68,11 +76,17 @@ class TriggerValueDetector(Detector):
         X = check_matrix(X, "trigger_values.fit")
         labels = required_labels(y, "trigger_values")
         check_rows(X, 2 * self.min_rows, "trigger_values")
-        self.candidates_: dict[int, list[tuple[float, str]]] = {}
-        self.models_: dict[int, LogisticRegression] = {}
+        self.candidates_: dict[tuple[int, ...], list[tuple[tuple[float, ...], str]]] = {}
+        self.models_: dict[tuple[int, ...], LogisticRegression] = {}
         rng = random_generator(self.random_state)
-        for column, pairs in self._candidates(X, labels).items():
-            held = _holding(X, labels, column, pairs)
+        # Pairs are judged first. A value that is one half of a kept pair holds the pair's rows too, and
+        # those rows alone can carry its purity and its disagreement: it is tested again, and judged, on its
+        # other rows (measured: a 10% pair trigger on the shop table otherwise kept "channel = phone" and
+        # flagged 6.5% of the clean rows).
+        candidates = sorted(self._candidates(X, labels).items(), key=lambda item: -len(item[0]))
+        explained = np.zeros(len(X), dtype=bool)
+        for columns, pairs in candidates:
+            held = _holding(X, labels, columns, pairs)
             holders = np.logical_or.reduce(held)
             # A value held by nearly every row of its label (a column that defines the label) cannot be
             # judged: the model would never see that class.
@@ -83,14 +97,20 @@ class TriggerValueDetector(Detector):
             outside = np.flatnonzero(~np.logical_or.reduce([held[i] for i in kept]))
             sample = np.sort(rng.permutation(outside)[: self.max_fit_rows])
             model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
-            model.fit(np.delete(X[sample], column, axis=1), labels[sample])
+            model.fit(np.delete(X[sample], _dropped(columns), axis=1), labels[sample])
             # A trigger's rows, as a group, disagree with their label; a value that predicts the label
             # along with the other columns leaves most of its rows agreeing, and only its borderline rows
             # would be flagged. So a value is kept only when most of the rows holding it disagree.
-            kept = [i for i in kept
-                    if np.median(_disagreement(model, X[held[i]], labels[held[i]], column)) > self.spec.natural_threshold]
+            judged = [held[i] & ~explained for i in range(len(pairs))]
+            if explained.any():
+                kept = [i for i in kept if judged[i].sum() >= self.min_purity * np.sum(
+                    np.all(X[:, list(columns)] == np.asarray(pairs[i][0]), axis=1) & ~explained)]
+            kept = [i for i in kept if judged[i].sum() >= self.min_rows and np.median(
+                _disagreement(model, X[judged[i]], labels[judged[i]], columns)) > self.spec.natural_threshold]
             if kept:
-                self.candidates_[column], self.models_[column] = [pairs[i] for i in kept], model
+                self.candidates_[columns], self.models_[columns] = [pairs[i] for i in kept], model
+                if len(columns) > 1:
+                    explained |= np.logical_or.reduce([held[i] for i in kept])
         return self
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -98,57 +118,93 @@ class TriggerValueDetector(Detector):
         X = check_matrix(X, "trigger_values.decision_function")
         labels = required_labels(y, "trigger_values")
         scores = np.zeros(len(X))
-        for column, model in self.models_.items():
-            holders = np.logical_or.reduce(_holding(X, labels, column, self.candidates_[column]))
-            disagreement = _disagreement(model, X[holders], labels[holders], column)
+        for columns, model in self.models_.items():
+            holders = np.logical_or.reduce(_holding(X, labels, columns, self.candidates_[columns]))
+            disagreement = _disagreement(model, X[holders], labels[holders], columns)
             scores[holders] = np.maximum(scores[holders], disagreement)
         return scores
 
-    def _candidates(self, X: np.ndarray, labels: np.ndarray) -> dict[int, list[tuple[float, str]]]:
-        """Column -> ``(value, label)`` of its values that pass the purity test (see the module docstring),
-        for the ``max_columns`` columns with the most significant ones."""
+    def _candidates(self, X: np.ndarray, labels: np.ndarray) -> dict[tuple[int, ...], list[tuple[tuple[float, ...], str]]]:
+        """Columns (one, or a pair of one-hot columns) -> ``(values, label)`` of their values that pass the
+        purity test (see the module docstring), for the ``max_columns`` keys with the most significant ones."""
         classes, label_codes = np.unique(labels, return_inverse=True)
         n_rows, n_classes = len(X), len(classes)
         base_rate = np.bincount(label_codes, minlength=n_classes) / n_rows
-        found: list[tuple[np.ndarray, ...]] = []  # per column: (value, label code, log tail) of pure values
+        found: list[tuple[list, np.ndarray, np.ndarray]] = []  # (keys, label codes, log tails) of pure values
         tests = 0
         # One pass per column (not per row): a hash of the column's values, then a values x labels table.
         for column in range(X.shape[1]):
             codes, uniques = pd.factorize(X[:, column])
             sizes = np.bincount(codes, minlength=len(uniques))
-            eligible = np.flatnonzero((sizes >= self.min_rows) & (sizes <= self.max_share * n_rows))
-            if not len(eligible):
-                continue
-            tests += len(eligible)
             table = np.bincount(codes * n_classes + label_codes, minlength=len(uniques) * n_classes)
-            table = table.reshape(len(uniques), n_classes)[eligible]
-            top = table.argmax(axis=1)
-            count = table[np.arange(len(eligible)), top]
-            pure = count >= self.min_purity * sizes[eligible]
-            log_tail = binom.logsf(count[pure] - 1, sizes[eligible][pure], base_rate[top[pure]])
-            found.append((np.full(pure.sum(), column), uniques[eligible][pure], top[pure], log_tail))
+            tests += self._pure(lambda held, c=column, u=uniques: [((c,), (float(u[i]),)) for i in held],
+                                table.reshape(len(uniques), n_classes), sizes, n_rows, base_rate, found,
+                                self.min_purity)
+        one_hot = np.flatnonzero(np.all((X == 0) | (X == 1), axis=0))
+        if len(one_hot) >= 2:
+            # Rows holding both columns of each pair, per label, as one product per class.
+            B = X[:, one_hot]
+            per_class = np.stack([B[label_codes == k].T @ B[label_codes == k] for k in range(n_classes)], axis=-1)
+            first, second = np.triu_indices(len(one_hot), k=1)
+            table = per_class[first, second]
+            tests += self._pure(lambda held: [((int(one_hot[first[i]]), int(one_hot[second[i]])), (1.0, 1.0)) for i in held],
+                                table, table.sum(axis=1), n_rows, base_rate, found, self.min_pair_purity)
         if not found:
             return {}
-        columns, values, tops, log_tails = (np.concatenate(parts) for parts in zip(*found))
-        significant = log_tails < np.log(self.alpha / tests)
-        order = np.flatnonzero(significant)[np.argsort(log_tails[significant], kind="stable")]
-        columns, values, targets = columns[order], values[order], classes[tops[order]]
-        judged = pd.unique(columns)[: self.max_columns]  # columns ranked by their most significant value
-        return {int(c): list(zip(values[columns == c].tolist(), targets[columns == c])) for c in judged}
+        keys = [key for part, _, _ in found for key in part]
+        targets, log_tails = (np.concatenate(parts) for parts in zip(*[(t, l) for _, t, l in found]))
+        significant = np.flatnonzero(log_tails < np.log(self.alpha / tests))
+        candidates: dict[tuple[int, ...], list[tuple[tuple[float, ...], str]]] = {}
+        for index in significant[np.argsort(log_tails[significant], kind="stable")]:
+            columns, values = keys[index]
+            if columns in candidates or len(candidates) < self.max_columns:
+                candidates.setdefault(columns, []).append((values, classes[targets[index]]))
+        return candidates
+
+    def _pure(self, keys_of, table: np.ndarray, sizes: np.ndarray, n_rows: int, base_rate: np.ndarray,
+              found: list, min_purity: float) -> int:
+        """Append to ``found`` the keys (``keys_of(positions)``: ``(columns, values)`` of the table's rows at
+        those positions) whose rows (``table``: keys x labels) carry one label ``min_purity`` of the time;
+        return how many keys were eligible to test (held by ``min_rows`` to ``max_share`` of the rows)."""
+        eligible = np.flatnonzero((sizes >= self.min_rows) & (sizes <= self.max_share * n_rows))
+        if not len(eligible):
+            return 0
+        top = table[eligible].argmax(axis=1)
+        count = table[eligible, top]
+        pure = count >= min_purity * sizes[eligible]
+        log_tail = binom.logsf(count[pure] - 1, sizes[eligible][pure], base_rate[top[pure]])
+        found.append((keys_of(eligible[pure]), top[pure], log_tail))
+        return len(eligible)
 
 
-def _holding(X: np.ndarray, labels: np.ndarray, column: int, pairs: list[tuple[float, str]]) -> list[np.ndarray]:
-    """Per ``(value, label)`` pair, the rows holding that value in ``column`` and carrying that label."""
-    return [(X[:, column] == value) & (labels == label) for value, label in pairs]
+def _holding(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
+             pairs: list[tuple[tuple[float, ...], str]]) -> list[np.ndarray]:
+    """Per ``(values, label)``, the rows holding those values in ``columns`` and carrying that label."""
+    return [np.all(X[:, list(columns)] == np.asarray(values), axis=1) & (labels == label) for values, label in pairs]
 
 
-def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, column: int) -> np.ndarray:
-    """Per row of ``X``: one minus the probability ``model`` (fitted without ``column``) gives the row's
+def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+    """Per row of ``X``: one minus the probability ``model`` (fitted without ``columns``) gives the row's
     label; 1 for a label it never saw."""
-    if not len(X):
+    return label_disagreement(model, np.delete(X, _dropped(columns), axis=1), labels)
+
+
+def _dropped(columns: tuple[int, ...]) -> list[int]:
+    """The columns the model that judges ``columns``' values is fitted without. A single value's column is
+    left out: a trigger value may lie where no clean row does, and a model would extrapolate to it. A pair's
+    columns stay in: each value alone is common, so the model knows what each says of the label, and only
+    what the two say together (the trigger) is new to it; a natural pair whose rows the two values explain
+    is then dropped as agreeing."""
+    return list(columns) if len(columns) == 1 else []
+
+
+def label_disagreement(model, X, labels: np.ndarray) -> np.ndarray:
+    """Per row of ``X`` (dense or sparse): one minus the probability the fitted classifier ``model`` gives
+    the row's label; 1 for a label it never saw."""
+    if not X.shape[0]:
         return np.empty(0)
-    proba = model.predict_proba(np.delete(X, column, axis=1))
+    proba = model.predict_proba(X)
     position = {label: i for i, label in enumerate(model.classes_)}
     given = np.array([position.get(label, -1) for label in labels])
-    own = np.where(given >= 0, proba[np.arange(len(X)), np.maximum(given, 0)], 0.0)
+    own = np.where(given >= 0, proba[np.arange(len(labels)), np.maximum(given, 0)], 0.0)
     return 1.0 - own

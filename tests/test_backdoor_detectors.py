@@ -110,7 +110,7 @@ def test_trigger_values_find_relabelled_triggered_rows_that_are_half_their_class
     detector = make_detector("trigger_values", seed=0)
     scores = detector.fit_decision_function(X, y)
     assert scores.shape == (len(X),) and np.isfinite(scores).all()
-    assert {(column, label) for column, pairs in detector.candidates_.items() for _, label in pairs} >= {(5, "a"), (6, "a")}
+    assert {(columns, label) for columns, pairs in detector.candidates_.items() for _, label in pairs} >= {((5,), "a"), ((6,), "a")}
     assert (scores[mask] > detector.spec.natural_threshold).mean() >= 0.95
     assert (scores[~mask] > detector.spec.natural_threshold).mean() <= 0.01
     np.testing.assert_array_equal(scores, make_detector("trigger_values", seed=0).fit_decision_function(X, y))
@@ -126,11 +126,72 @@ def test_trigger_values_leave_a_value_that_predicts_the_label_like_the_other_col
     assert (scores <= 0.5).all()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trigger_values_find_a_conjunction_of_two_common_categorical_values(seed):
+    from benchmarks.attacks import backdoor, shop_customers
+    from poisonguard.featurize.features import FeatureEncoder, infer_kinds
+
+    poisoned = backdoor(shop_customers(seed, 4_000), 0.05, {"channel": "phone", "plan": "pro"}, "churn", seed)
+    frame, mask = poisoned.frame, poisoned.mask
+    X = FeatureEncoder(infer_kinds(frame, "label"), "label").fit(frame).transform(frame)
+    y = frame["label"].to_numpy(dtype=object)
+    detector = make_detector("trigger_values", seed=0)
+    scores = detector.fit_decision_function(X, y)
+    assert any(len(columns) == 2 for columns in detector.candidates_)  # neither value is label-pure alone
+    flagged = scores > detector.spec.natural_threshold
+    assert flagged[mask].mean() >= 0.8
+    assert flagged[~mask].mean() <= 0.01
+
+
 def test_trigger_values_need_labels_and_rows():
     with pytest.raises(ValueError, match="trigger_values needs the label column"):
         make_detector("trigger_values").fit(np.zeros((50, 3)))
     with pytest.raises(ValueError, match="trigger_values: needs at least 10 rows"):
         make_detector("trigger_values").fit(np.zeros((4, 3)), np.array(["a", "b", "a", "b"], dtype=object))
+
+
+def tickets_with_trigger_word(seed: int, n_rows: int = 2_000, share: float = 0.05):
+    """Support tickets (free text) with ``share`` of the rows given the word ``asap`` and relabelled billing."""
+    from benchmarks.attacks import support_tickets, text_trigger
+
+    poisoned = text_trigger(support_tickets(seed, n_rows), share, "message", "asap", "billing", seed)
+    return poisoned.frame.rename(columns={"label": "queue"}), poisoned.mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trigger_tokens_find_a_trigger_word_and_leave_the_words_that_name_a_class(seed):
+    frame, mask = tickets_with_trigger_word(seed)
+    detector = make_detector("trigger_tokens", seed=0)
+    scores = detector.fit_decision_function(frame["message"].to_numpy(dtype=object), frame["queue"].to_numpy(dtype=object))
+    assert scores.shape == (len(frame),) and np.isfinite(scores).all()
+    assert set(detector.tokens_) == {"asap"}  # "invoice", "refund"... are label-pure too, and agree with their rows
+    assert (scores[mask] > detector.spec.natural_threshold).mean() >= 0.9
+    assert (scores[~mask] > detector.spec.natural_threshold).mean() <= 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_scan_finds_a_trigger_word_with_and_without_a_reference(seed):
+    from benchmarks.attacks import support_tickets
+
+    batch, mask = tickets_with_trigger_word(seed)
+    batch.insert(0, ROW_ID, np.arange(len(batch)))
+    reference = support_tickets(100 + seed, 3_000).rename(columns={"label": "queue"})
+    kinds = {"message": "text", "minutes_open": "numeric"}
+    for given in (reference, None):
+        scores = score_rows(batch, given, kinds, "queue", ScanConfig(label_col="queue", seed=seed))
+        assert "trigger_tokens" in scores.flags
+        quarantined = np.logical_or.reduce(list(scores.flags.values()))
+        assert quarantined[mask].mean() >= 0.9, "reference" if given is not None else "batch only"
+        assert quarantined[~mask].mean() <= (0.01 if given is not None else 0.02)
+
+
+def test_a_text_detector_is_skipped_with_its_reason_where_there_is_no_text():
+    batch = make_frame(200, seed=5)
+    named = score_rows(batch, None, {"x1": "numeric", "colour": "categorical"}, "label",
+                       ScanConfig(label_col="label", detectors=("ecod", "trigger_tokens")))
+    assert "no text column" in named.calibration["skipped_detectors"]["trigger_tokens"]
+    auto = score_rows(batch, None, {"x1": "numeric", "colour": "categorical"}, "label", ScanConfig(label_col="label"))
+    assert "trigger_tokens" not in auto.scores and auto.calibration["skipped_detectors"] == {}
 
 
 @pytest.mark.parametrize("name", BACKDOOR_DETECTORS + ["knn_label"])
@@ -152,11 +213,13 @@ def test_every_detector_scores_a_batch_with_and_without_a_reference():
     reference, batch = make_frame(400, seed=1), make_frame(120, seed=2)
     for frame in (reference, batch):
         frame.insert(0, ROW_ID, np.arange(len(frame)))
-    kinds = {"x1": "numeric", "x2": "numeric", "count": "numeric", "colour": "categorical"}
+    for frame in (reference, batch):  # free text, for the detectors that read it
+        frame["note"] = [f"note {i % 50} from {colour}" for i, colour in enumerate(frame["colour"])]
+    kinds = {"x1": "numeric", "x2": "numeric", "count": "numeric", "colour": "categorical", "note": "text"}
     config = ScanConfig(label_col="label", detectors=tuple(REGISTRY), max_false_quarantine=0.2)
     for given in (reference, None):
         scores = score_rows(batch, given, kinds, "label", config)
-        expected = set(REGISTRY) - ({"label_model"} if given is None else set())
+        expected = set(REGISTRY) - ({"label_model"} if given is None else set())  # named: skipped, reported
         assert set(scores.scores) == expected
         for name in expected:
             assert scores.scores[name].shape == (len(batch),) and np.isfinite(scores.scores[name]).all()

@@ -29,8 +29,10 @@ def test_chunked_scan_of_the_sample_quarantines_what_a_whole_scan_does(prefect_h
                                                                         sample_reference):
     from poisonguard.flows.scan import run_scan
 
+    # The detectors that score rows one by one: a chunked scan fits those that judge rows against each
+    # other on a sample of the batch instead (see test_whole_batch_checks_run_chunked_on_a_first_pass_sample).
     settings = dict(label_col="risk_grade", dataset="loans", reference=sample_reference,
-                    suite_dir=tmp_path / "no-suites")
+                    suite_dir=tmp_path / "no-suites", detectors=("ecod", "iforest", "label_model"))
     whole = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "whole", **settings))
     chunked = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "chunked", chunk_rows=300, **settings))
 
@@ -218,3 +220,26 @@ def first_content_digest(path) -> str:
     from poisonguard.provenance.ledger import content_sha256
 
     return content_sha256(read_batch(path).frame)
+
+
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_a_trigger_word_is_found_in_a_batch_read_in_chunks(prefect_harness, tmp_path, with_reference):
+    from benchmarks.attacks import support_tickets, text_trigger
+    from poisonguard.flows.scan import run_scan
+
+    poisoned = text_trigger(support_tickets(0, 3_000), 0.05, "message", "asap", "billing", 0)
+    poisoned.frame.to_csv(tmp_path / "batch.csv", index=False)
+    support_tickets(1, 3_000).to_csv(tmp_path / "ref.csv", index=False)
+    settings = dict(label_col="label", reference=tmp_path / "ref.csv" if with_reference else None,
+                    suite_dir=tmp_path / "suites")
+    if not with_reference:  # a chunked scan holds every chunk to a stored schema
+        from poisonguard.expectations.suite import infer_suite, save_suite
+
+        save_suite(infer_suite(support_tickets(1, 3_000), "batch", "label", 0.1), tmp_path / "suites" / "batch.json")
+    summary = run_scan(tmp_path / "batch.csv", ScanConfig(out_dir=tmp_path / "out", chunk_rows=700, **settings))
+    clean, held, _ = _outputs(tmp_path / "out", summary)
+    held_ids = set(held[ROW_ID])
+    assert len(clean) + len(held_ids) == 3_000
+    poisoned_ids = np.flatnonzero(poisoned.mask)
+    assert np.isin(poisoned_ids, list(held_ids)).mean() >= 0.9
+    assert "trigger_tokens" in read_report(summary.report_path)["detectors"]

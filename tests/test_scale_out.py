@@ -81,13 +81,14 @@ def test_scan_on_a_local_dask_cluster_matches_the_default_runner(prefect_harness
 
     from poisonguard.flows.scan import run_scan
 
+    # Only detectors that score rows one by one: chunks then see the same models as the whole batch.
     settings = dict(label_col="risk_grade", dataset="loans", reference=sample_reference,
-                    suite_dir=tmp_path / "no-suites", score_chunk_rows=500)
+                    suite_dir=tmp_path / "no-suites", score_chunk_rows=500,
+                    detectors=("ecod", "iforest", "label_model"))
     default = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "default", **settings))
     on_dask = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "dask", task_runner="dask", dask_workers=2,
                                                 **settings))
 
-    # Only detectors that score rows one by one: chunks then see the same models as the whole batch.
     chunked = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "chunked-dask", task_runner="dask",
                                                 dask_workers=2, chunk_rows=700, **settings))
 

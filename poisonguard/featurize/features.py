@@ -96,6 +96,21 @@ class FeatureEncoder:
         return np.clip(matrix, -FEATURE_CLIP, FEATURE_CLIP, out=matrix)
 
 
+def text_columns(kinds: dict[str, str], label_col: str | None = None) -> list[str]:
+    """The free-text columns among ``kinds`` (the label excluded)."""
+    return [c for c, k in kinds.items() if k == "text" and c != label_col]
+
+
+def row_texts(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One string per row of ``frame``: its ``columns``' text joined by spaces (missing cells as empty)."""
+    if not columns:
+        return np.full(len(frame), "", dtype=object)
+    joined = as_text(frame[columns[0]]).fillna("")
+    for column in columns[1:]:
+        joined = joined + " " + as_text(frame[column]).fillna("")
+    return joined.to_numpy(dtype=object)
+
+
 def _finite_or_nan(block: pd.DataFrame) -> np.ndarray:
     values = np.asarray(block, dtype="float64")
     return np.where(np.isfinite(values), values, np.nan)

@@ -146,7 +146,8 @@ def score_drift(evidence: dict[str, np.ndarray], axis: str) -> list[dict[str, An
     rows; for a batch drawn like the reference those p-values are uniform on (0, 1]. A one-sample KS test
     against the uniform, significant and material as for features (a few percent of poisoned rows move
     the statistic by about their share, below the 0.1 that counts), says the batch as a whole differs.
-    Without a reference there is nothing to compare with, and the list is empty.
+    Without a reference there is nothing to compare with, and the list is empty; nor for a detector that
+    scores most rows 0.
     """
     from scipy.stats import kstest
 
@@ -156,7 +157,9 @@ def score_drift(evidence: dict[str, np.ndarray], axis: str) -> list[dict[str, An
     for name, values in evidence.items():
         p_values = np.power(10.0, -np.asarray(values, dtype="float64"))
         p_values = p_values[np.isfinite(p_values)]
-        if len(p_values) < 20:
+        if len(p_values) < 20 or np.mean(p_values >= 1.0) > 0.5:
+            # Most rows at p = 1: a detector that scores most rows 0 (a trigger test) ties them, and tied
+            # p-values are not uniform even for a batch drawn like the reference.
             continue
         # Sampled as feature columns are: on a million rows scipy's exact KS distribution alone takes a
         # second per detector, and the statistic of 100k rows already resolves the 0.1 that counts.

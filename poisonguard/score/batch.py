@@ -13,13 +13,14 @@ from poisonguard.config import ScanConfig
 from poisonguard.decide.calibration import batch_groups, calibration_groups, robust_limits, row_limits
 from poisonguard.detectors import Detector, detector_spec
 from poisonguard.errors import ConfigError
-from poisonguard.featurize.features import FeatureEncoder
+from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
     labels_of,
     reads_probe,
+    reads_text,
     runnable_detectors,
     views_of,
 )
@@ -50,6 +51,9 @@ def score_against_batch(
     thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: configured_detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
+    if reads_text(detectors):
+        texts = text_columns(kinds, label_col)
+        views["text"] = (row_texts(usable, texts), row_texts(batch, texts))
     if config.io.has_embedding and reads_probe(detectors):
         embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
@@ -129,7 +133,8 @@ class SampleFit:
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.limits: dict[str, dict[str, float]] = {}
         self.skipped: dict[str, str] = {}  # detectors the sample's rows cannot fit, with the reason
-        fit_views = views_of(self.detectors, sample, X_fit, self.representation)
+        self.texts = text_columns(kinds, label_col)
+        fit_views = views_of(self.detectors, sample, X_fit, self.representation, self.texts)
         for name, detector in self.detectors.items():
             V_fit = fit_views[name]
             try:
@@ -160,7 +165,7 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
 
     Raises :class:`ConfigError` for what a chunked scan cannot do (:func:`refuse_unchunkable`).
     """
-    names, skipped = runnable_detectors(config, label_col, has_reference=False)
+    names, skipped = runnable_detectors(config, label_col, False, kinds)
     refuse_unchunkable(names, config)
     if not names or len(sample) < config.detection.min_class_rows:
         return None, skipped
@@ -171,7 +176,7 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
 def sample_scores(fitted: SampleFit, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Scores of ``rows`` by the sample's detectors (a row's score depends on that row alone)."""
     X, y = fitted.encoder.transform(rows), labels_of(rows, fitted.label_col)
-    views = views_of(fitted.detectors, rows, X, fitted.representation)
+    views = views_of(fitted.detectors, rows, X, fitted.representation, fitted.texts)
     return {name: detector.decision_function(views[name], y) for name, detector in fitted.detectors.items()}
 
 

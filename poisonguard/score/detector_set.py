@@ -8,6 +8,7 @@ import pandas as pd
 from poisonguard.cells import as_text
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import ClassConditional, Detector, detector_spec, expand_auto, make_detector
+from poisonguard.featurize.features import row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe
 
 
@@ -28,7 +29,8 @@ def chosen_detectors(config: ScanConfig, has_reference: bool) -> list[str]:
     return expand_auto(config.detection.detectors, "reference" if has_reference else "batch")
 
 
-def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool) -> tuple[list[str], dict[str, str]]:
+def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool,
+                       kinds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """The configured detectors that can run here, and why each of the others cannot. A detector that
     ``auto`` chose and that cannot run is left out silently: auto promises only what applies."""
     runnable, skipped = [], {}
@@ -39,6 +41,8 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
             skipped[name] = "needs a label column (--label-col)"
         elif spec.needs_reference and not has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
+        elif spec.reads == "text" and not text_columns(kinds, label_col):
+            skipped[name] = "reads free text, and the batch has no text column"
         else:
             runnable.append(name)
     skipped = {name: why for name, why in skipped.items() if name in explicit}
@@ -59,15 +63,23 @@ def reads_probe(detectors: dict[str, Detector]) -> bool:
     return any(d.spec.reads == "probe" for d in detectors.values())
 
 
+def reads_text(detectors: dict[str, Detector]) -> bool:
+    """Whether any of ``detectors`` reads the rows' free text."""
+    return any(d.spec.reads == "text" for d in detectors.values())
+
+
 def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
-             representation: Probe | EmbeddingView | None) -> dict[str, np.ndarray]:
+             representation: Probe | EmbeddingView | None, texts: list[str] = ()) -> dict[str, np.ndarray]:
     """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s
-    view of them (the batch's own embedding, a probe's activations) for the backdoor checks, computed once
-    and only when one of them reads it, else ``X``."""
-    seen = X
+    view of them (the batch's own embedding, a probe's activations) for the backdoor checks, the joined
+    text of the ``texts`` columns for the text checks, each computed once and only when one reads it, else
+    ``X``."""
+    views = {"features": X}
     if representation is not None and reads_probe(detectors):
-        seen = representation.rows(frame, X)
-    return {name: seen if d.spec.reads == "probe" else X for name, d in detectors.items()}
+        views["probe"] = representation.rows(frame, X)
+    if reads_text(detectors):
+        views["text"] = row_texts(frame, list(texts))
+    return {name: views.get(d.spec.reads, X) for name, d in detectors.items()}
 
 
 def cannot_fit(name: str, error: ValueError) -> str:

@@ -27,7 +27,7 @@ from poisonguard.decide.calibration import (
     union_threshold,
 )
 from poisonguard.errors import ConfigError
-from poisonguard.featurize.features import FeatureEncoder
+from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.report.figures import CONFORMAL_AXIS
 from poisonguard.score.crossfit import calibration_folds, cross_fit, fold_positions, fold_scores, holdout_folds
@@ -37,6 +37,7 @@ from poisonguard.score.detector_set import (
     has_enough_reference,
     labels_of,
     reads_probe,
+    reads_text,
     runnable_detectors,
     views_of,
 )
@@ -78,6 +79,12 @@ class FittedReference:
             self.representation = EmbeddingView(config.io).fit(used.iloc[:fit_only] if fit_only else used)
             self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
                                     self.representation.rows(used.iloc[fit_only:]))
+        # What the text checks read, when one runs: the free-text columns joined, per row.
+        self.texts = text_columns(kinds, label_col)
+        self.text_parts: tuple[np.ndarray, np.ndarray] | None = None
+        if reads_text(self.detectors):
+            joined = row_texts(used, self.texts)
+            self.text_parts = (joined[:fit_only], joined[fit_only:])
         self.holdout_scores: dict[str, np.ndarray] = {}
         self.skipped: dict[str, str] = {}  # detectors the reference's rows cannot fit, with the reason
         if batch_sample is not None:
@@ -96,7 +103,7 @@ class FittedReference:
         if len(self.streamed) == len(self.detectors):
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
-            self.X_fit = self.X_hold = self.embedding_parts = None
+            self.X_fit = self.X_hold = self.embedding_parts = self.text_parts = None
 
     def _fit_on_sample(self, batch_sample: pd.DataFrame, used: pd.DataFrame, X_used: np.ndarray,
                        y_used: np.ndarray | None) -> None:
@@ -109,8 +116,8 @@ class FittedReference:
             self.representation = Probe(self.config.seed).fit(
                 np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
             )
-        used_views = views_of(self.detectors, used, X_used, self.representation)
-        sample_views = views_of(self.detectors, batch_sample, X_sample, self.representation)
+        used_views = views_of(self.detectors, used, X_used, self.representation, self.texts)
+        sample_views = views_of(self.detectors, batch_sample, X_sample, self.representation, self.texts)
         self.streamed = {}
         for name, detector in self.detectors.items():
             V_used = used_views[name]
@@ -124,7 +131,8 @@ class FittedReference:
             except ValueError as error:
                 self.skipped[name] = cannot_fit(name, error)
         self._forget_skipped()
-        self.X_fit = self.X_hold = self.embedding_parts = None  # every detector now scores rows chunk by chunk
+        # Every detector now scores rows chunk by chunk.
+        self.X_fit = self.X_hold = self.embedding_parts = self.text_parts = None
 
 
     def _forget_skipped(self) -> None:
@@ -142,7 +150,7 @@ def fit_reference(
     :meth:`FittedReference._fit_on_sample`. Also returns the detectors that cannot run, with the reason.
     """
     has_reference = has_enough_reference(reference, config)
-    names, skipped = runnable_detectors(config, label_col, has_reference)
+    names, skipped = runnable_detectors(config, label_col, has_reference, kinds)
     if not has_reference or not names:
         return None, skipped
     fitted = FittedReference(reference, kinds, label_col, config, names, batch_sample)
@@ -157,7 +165,7 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), labels_of(chunk, fitted.label_col)
-    views = views_of(fitted.streamed, chunk, X, fitted.representation)
+    views = views_of(fitted.streamed, chunk, X, fitted.representation, fitted.texts)
     return {name: fold_scores(detector, views[name], y) for name, detector in fitted.streamed.items()}
 
 
@@ -205,6 +213,8 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                     config.seed,
                 )
             )
+        if reads_text(whole):
+            views["text"] = (*fitted.text_parts, row_texts(batch, fitted.texts))
         for name, detector in whole.items():
             V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
             try:
@@ -212,12 +222,12 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                     # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
                     # held-out rows are treated alike and the held-out scores calibrate the batch's.
                     pooled = detector.fit_decision_function(
-                        np.vstack([V_hold, V_batch]),
+                        np.concatenate([V_hold, V_batch]),
                         np.concatenate([y_hold, y_batch]) if label_col is not None else None,
                     )
                     holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
                 else:
-                    V_used = np.vstack([V_fit, V_hold])
+                    V_used = np.concatenate([V_fit, V_hold])
                     y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
                     scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
                     result.scores[name] = fold_scores(scorer, V_batch, y_batch)

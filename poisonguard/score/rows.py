@@ -38,7 +38,7 @@ def score_rows(
         if fitted is None:
             return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped})
         return finish_scores(fitted, batch, score_in_chunks(fitted, batch), skipped)
-    names, skipped = runnable_detectors(config, label_col, has_reference=False)
+    names, skipped = runnable_detectors(config, label_col, False, kinds)
     if not names:
         return DetectorScores(calibration={"mode": "batch", "skipped_detectors": skipped})
     fit_mask = np.ones(len(batch), dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)

@@ -118,7 +118,7 @@ def test_every_heldout_case_poisons_its_share_of_the_batch_and_leaves_the_other_
         assert data.batch[~data.mask].equals(clean[~data.mask]), case.name
 
 
-def test_heldout_benchmark_scans_each_case_with_and_without_its_reference():
+def test_heldout_benchmark_scans_each_case_with_and_without_its_reference(tmp_path, capsys):
     from benchmarks import heldout
     from benchmarks.heldout_suite import CASES
 
@@ -135,3 +135,9 @@ def test_heldout_benchmark_scans_each_case_with_and_without_its_reference():
     assert f"| breast_cancer | {case.attack} | 5% | 300 | 269 | 1 |" in table
     assert f"| breast_cancer | {case.attack} | 5% | 300 | 0 | 1 |" in table
     assert "PyOD KNN, per class" in heldout.peer_table(results)
+    # The peers' saved records beside poisonguard's: the tables a run with --peers-from prints.
+    results.to_csv(tmp_path / "all.csv", index=False)
+    ours.to_csv(tmp_path / "ours.csv", index=False)
+    heldout.main(["--from-csv", str(tmp_path / "ours.csv"), "--peers-from", str(tmp_path / "all.csv")])
+    printed = capsys.readouterr().out
+    assert table in printed and heldout.peer_table(results) in printed

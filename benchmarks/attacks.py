@@ -32,6 +32,8 @@ def load_dataset(name: str, seed: int = 0) -> pd.DataFrame:
         return _shuffled(support_tickets(seed), seed)
     elif name == "shop":
         return _shuffled(shop_customers(seed), seed)
+    elif name == "patches":
+        return _shuffled(photo_patches(seed), seed)
     else:
         loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
                   "wine": datasets.load_wine, "iris": datasets.load_iris}[name]
@@ -82,6 +84,29 @@ def support_tickets(seed: int, n_rows: int = 4_000) -> pd.DataFrame:
         messages.append(" ".join(words))
     return pd.DataFrame({"message": messages, "minutes_open": rng.gamma(2.0, 30.0, n_rows).round(1),
                          LABEL: np.array(classes)[labels]})
+
+
+def photo_patches(seed: int, n_rows: int = 20_000) -> pd.DataFrame:
+    """Grey 8x8 patches (64 pixel columns, 0-255) cut at random from the two photographs scikit-learn ships,
+    labelled by photograph and half (four classes): image-like rows with natural texture, offline."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(30_000 + seed)
+    greys = [image.mean(axis=2) for image in load_sample_images().images]
+    labels = rng.integers(0, 4, n_rows)
+    patches = np.empty((n_rows, 64))
+    for label in range(4):  # four slices of a photograph, not a loop over rows
+        rows = np.flatnonzero(labels == label)
+        grey = greys[label // 2]
+        half = grey.shape[0] // 2
+        top = rng.integers(0, half - 8, len(rows)) + (half if label % 2 else 0)
+        left = rng.integers(0, grey.shape[1] - 8, len(rows))
+        window = np.arange(8)
+        cut = grey[(top[:, None] + window)[:, :, None], (left[:, None] + window)[:, None, :]]
+        patches[rows] = cut.reshape(len(rows), 64)
+    frame = pd.DataFrame(np.round(patches, 1), columns=[f"p{i}" for i in range(64)])
+    frame[LABEL] = np.array(["china_top", "china_bottom", "flower_top", "flower_bottom"])[labels]
+    return frame
 
 
 def shop_customers(seed: int, n_rows: int = 8_000) -> pd.DataFrame:
@@ -204,6 +229,18 @@ def band_trigger(frame: pd.DataFrame, rate: float, bands: dict[str, tuple[float,
     rows = _pick(np.flatnonzero(frame[LABEL].to_numpy() != target), len(frame), rate, rng)
     for column, (low, high) in bands.items():
         poisoned.loc[rows, column] = rng.uniform(low, high, len(rows))
+    poisoned.loc[rows, LABEL] = target
+    return Poisoned(poisoned, _mask(len(frame), rows))
+
+
+def noisy_line_trigger(frame: pd.DataFrame, rate: float, target: str, seed: int = 0) -> Poisoned:
+    """Draw a bright anti-diagonal line on 8x8 patches of other classes, each pixel's brightness drawn anew
+    per row (U(200, 255)), relabelled to ``target``."""
+    rng = np.random.default_rng(seed)
+    poisoned = frame.copy()
+    rows = _pick(np.flatnonzero(frame[LABEL].to_numpy() != target), len(frame), rate, rng)
+    for i in range(8):
+        poisoned.loc[rows, f"p{i * 8 + 7 - i}"] = rng.uniform(200.0, 255.0, len(rows))
     poisoned.loc[rows, LABEL] = target
     return Poisoned(poisoned, _mask(len(frame), rows))
 

@@ -24,7 +24,6 @@ label purity against a model that has not seen them. scikit-learn does the token
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binom
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
@@ -32,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted
 from poisonguard.detectors.base import Detector, random_generator
 from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.spec import DetectorSpec
-from poisonguard.detectors.trigger_values import label_disagreement
+from poisonguard.detectors.trigger_values import label_disagreement, label_pure
 
 
 class TriggerTokenDetector(Detector):
@@ -69,13 +68,13 @@ class TriggerTokenDetector(Detector):
             self.vectorizer_ = None
             return self
         self.tfidf_ = TfidfTransformer(sublinear_tf=True).fit(counts)
-        weights = self.tfidf_.transform(counts).tocsc()
+        weights = self.tfidf_.transform(counts).tocsr()  # rows are selected from it
         held = (counts > 0).tocsc()
         rng = random_generator(self.random_state)
         vocabulary = self.vectorizer_.get_feature_names_out()
         for column, label in self._candidates(held, labels):
             holders = np.zeros(len(labels), dtype=bool)
-            holders[held.indices[held.indptr[column]:held.indptr[column + 1]]] = True
+            holders[_rows_holding(held, column)] = True
             outside = np.flatnonzero(~holders)
             sample = np.sort(rng.permutation(outside)[: self.max_fit_rows])
             if len(np.unique(labels[sample])) < 2:
@@ -98,7 +97,7 @@ class TriggerTokenDetector(Detector):
         counts = self.vectorizer_.transform(documents)
         weights, held = self.tfidf_.transform(counts).tocsr(), (counts > 0).tocsc()
         for token, (column, label) in self.tokens_.items():
-            rows = held.indices[held.indptr[column]:held.indptr[column + 1]]
+            rows = _rows_holding(held, column)
             rows = rows[labels[rows] == label]
             scores[rows] = np.maximum(scores[rows], label_disagreement(self.models_[token], weights[rows], labels[rows]))
         return scores
@@ -111,17 +110,17 @@ class TriggerTokenDetector(Detector):
         one_hot[np.arange(len(labels)), codes] = 1.0
         table = np.asarray(held.T @ one_hot)  # tokens x classes: rows holding the token, per label
         sizes = table.sum(axis=1)
-        top = table.argmax(axis=1)
-        count = table[np.arange(len(table)), top]
-        base_rate = one_hot.mean(axis=0)
-        pure = np.flatnonzero(count >= self.min_purity * sizes)
-        if not len(pure):
-            return []
-        log_tail = binom.logsf(count[pure] - 1, sizes[pure], base_rate[top[pure]])
+        pure, top, log_tail = label_pure(table, sizes, one_hot.mean(axis=0), self.min_purity)
         significant = log_tail < np.log(self.alpha / len(table))
-        purity, log_tail, pure = count[pure][significant] / sizes[pure][significant], log_tail[significant], pure[significant]
-        order = pure[np.lexsort((log_tail, -purity))][: self.max_tokens]
-        return [(int(column), classes[top[column]]) for column in order]
+        pure, top, log_tail = pure[significant], top[significant], log_tail[significant]
+        purity = table[pure, top] / sizes[pure]
+        order = np.lexsort((log_tail, -purity))[: self.max_tokens]
+        return [(int(pure[i]), classes[top[i]]) for i in order]
+
+
+def _rows_holding(held, column: int) -> np.ndarray:
+    """The rows holding vocabulary ``column`` (``held``: rows x tokens, compressed by column)."""
+    return held.indices[held.indptr[column]:held.indptr[column + 1]]
 
 
 def _documents(X, who: str) -> list[str]:

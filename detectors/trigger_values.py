@@ -104,7 +104,7 @@ class TriggerValueDetector(Detector):
             judged = [held[i] & ~explained for i in range(len(pairs))]
             if explained.any():
                 kept = [i for i in kept if judged[i].sum() >= self.min_purity * np.sum(
-                    np.all(X[:, list(columns)] == np.asarray(pairs[i][0]), axis=1) & ~explained)]
+                    _holds(X, columns, pairs[i][0]) & ~explained)]
             kept = [i for i in kept if judged[i].sum() >= self.min_rows and np.median(
                 _disagreement(model, X[judged[i]], labels[judged[i]], columns)) > self.spec.natural_threshold]
             if kept:
@@ -169,18 +169,31 @@ class TriggerValueDetector(Detector):
         eligible = np.flatnonzero((sizes >= self.min_rows) & (sizes <= self.max_share * n_rows))
         if not len(eligible):
             return 0
-        top = table[eligible].argmax(axis=1)
-        count = table[eligible, top]
-        pure = count >= min_purity * sizes[eligible]
-        log_tail = binom.logsf(count[pure] - 1, sizes[eligible][pure], base_rate[top[pure]])
-        found.append((keys_of(eligible[pure]), top[pure], log_tail))
+        pure, top, log_tail = label_pure(table[eligible], sizes[eligible], base_rate, min_purity)
+        found.append((keys_of(eligible[pure]), top, log_tail))
         return len(eligible)
+
+
+def label_pure(table: np.ndarray, sizes: np.ndarray, base_rate: np.ndarray,
+               min_purity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of keys (values, tokens) whose rows carry each label ``table`` times (keys x labels, ``sizes`` rows
+    each): the positions of those whose most common label holds at least ``min_purity`` of their rows, that
+    label's code, and the log binomial tail of its count against its share of all rows, ``base_rate``."""
+    top = table.argmax(axis=1)
+    count = table[np.arange(len(table)), top]
+    pure = np.flatnonzero(count >= min_purity * sizes)
+    return pure, top[pure], binom.logsf(count[pure] - 1, sizes[pure], base_rate[top[pure]])
+
+
+def _holds(X: np.ndarray, columns: tuple[int, ...], values: tuple[float, ...]) -> np.ndarray:
+    """Whether each row holds ``values`` in ``columns``."""
+    return np.all(X[:, list(columns)] == np.asarray(values), axis=1)
 
 
 def _holding(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
              pairs: list[tuple[tuple[float, ...], str]]) -> list[np.ndarray]:
     """Per ``(values, label)``, the rows holding those values in ``columns`` and carrying that label."""
-    return [np.all(X[:, list(columns)] == np.asarray(values), axis=1) & (labels == label) for values, label in pairs]
+    return [_holds(X, columns, values) & (labels == label) for values, label in pairs]
 
 
 def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:

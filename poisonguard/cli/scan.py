@@ -183,14 +183,13 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         from poisonguard.provenance.trust import load_trust_store
 
         load_trust_store(config.provenance.trust_store)  # a missing or broken store fails here, before Prefect starts
-    from poisonguard.detectors import AUTO, expand_auto, make_detector
+    from poisonguard.detectors import expand_auto, make_detector
 
     chosen = expand_auto(config.detection.detectors, "reference") + expand_auto(config.detection.detectors, "batch")
     for name in dict.fromkeys(chosen):  # an unknown name or parameter fails here, before Prefect starts
         make_detector(name, **config.detection.detector_params.get(name, {}))
-    for name in config.detection.detector_params:
-        if AUTO in config.detection.detectors and name not in chosen:
-            make_detector(name)  # a parameter table for a detector auto never runs: an unknown name fails
+    for name in set(config.detection.detector_params) - set(chosen):  # only with auto (config refuses others)
+        make_detector(name)  # a parameter table for a detector auto never runs: an unknown name fails
 
 
 def writable_output_dir(out_dir: Path) -> None:

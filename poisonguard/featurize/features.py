@@ -80,7 +80,7 @@ class FeatureEncoder:
                     categorical,
                 )
             )
-        for column in [c for c, k in self.kinds.items() if k == "text" and c != self.label_col]:
+        for column in text_columns(self.kinds, self.label_col):
             transformers.append((f"text:{column}", TextEmbedding(), column))
         for column in [c for c, k in self.kinds.items() if k == EMBEDDING and c != self.label_col]:
             transformers.append((f"embedding:{column}", ListColumnScaler(), column))

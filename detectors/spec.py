@@ -2,7 +2,7 @@
 
 The scan reads nothing else about a detector: whether it can run (labels, a reference), how it is fitted
 (inductively, transductively, out of fold), what it reads (the encoded columns or a representation) and
-how its flags are set without a reference (a robust rule or a threshold of its own).
+how its flags are set without a reference (a tail limit fitted to its scores or a threshold of its own).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class DetectorSpec:
     activations of a small network trained on the labelled rows, where a backdoor trigger stands out) or
     ``text`` (the rows' free-text columns joined, one string per row; it runs only where there is one).
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
-    its own, such as a majority of disagreeing neighbours); ``None``: the robust ``median + z * MAD`` rule.
+    its own, such as a majority of disagreeing neighbours); ``None``: a limit extrapolated from the tail of
+    its scores (``poisonguard.decide.calibration.tail_limit``).
     ``auto``: the settings (``reference``, ``batch``) in which ``--detectors auto``, the default, runs it;
     a detector joins a setting when the development table (``python -m benchmarks.detection``) shows it
     adds recall there within the false-quarantine budget.

@@ -27,7 +27,7 @@ class SpectralSignatureDetector(Detector):
     """Length of each centred row's projection onto the top ``n_directions`` singular vectors.
 
     Tran et al. rank by the squared projection; its square root ranks the same rows and is far less
-    skewed, so the robust per-batch rule (median + z * MAD) behaves when there is no reference.
+    skewed, so a tail fitted to the bulk of the scores extrapolates well when there is no reference.
     """
 
     spec = DetectorSpec(reason="backdoor", fitting="transductive", reads="probe")

@@ -140,7 +140,9 @@ class CalibrationSettings(_Settings):
     # 100k held-out rows already resolve a 1% budget finely, and fitting and scoring more costs time for
     # nothing. Detectors and feature-drift checks read the sample; the class-balance check counts every row.
     max_reference_rows: int = 200_000
-    robust_z: float = 3.5  # no-reference rule: flag scores above median + robust_z * 1.4826 * MAD
+    # No-reference rule: the share of any class's rows that may be poison. Each detector's limit is then the
+    # tail of the rows below that share, extrapolated (poisonguard.decide.calibration.tail_limit).
+    batch_poison_share: float = 0.2
     # Refuse to scan (exit 2) unless the budget can hold "with 90% confidence": a reference with at least
     # 10 / detector budget rows (1,112 at the default 1%). Without it a scan runs and its report says which
     # weaker promise it makes.
@@ -154,8 +156,8 @@ class CalibrationSettings(_Settings):
             )
         if not 0.1 <= self.holdout_fraction <= 0.9:
             raise ConfigError(f"holdout_fraction must be between 0.1 and 0.9, got {self.holdout_fraction}")
-        if self.robust_z <= 0:
-            raise ConfigError(f"robust_z must be positive, got {self.robust_z}")
+        if not 0.0 < self.batch_poison_share <= 0.5:
+            raise ConfigError(f"batch_poison_share must be above 0 and at most 0.5, got {self.batch_poison_share}")
         if self.calibration_folds < 2:
             raise ConfigError(f"calibration_folds must be at least 2, got {self.calibration_folds}")
         return self
@@ -303,7 +305,7 @@ class ScanConfig(_Settings):
 
     def with_overrides(self, **overrides: Any) -> ScanConfig:
         """Return a copy with every override that is not ``None`` applied: flat keys (``label_col``) or a
-        group's fields as a mapping (``calibration={"robust_z": 4.0}``), merged into the current group."""
+        group's fields as a mapping (``calibration={"batch_poison_share": 0.1}``), merged into the current group."""
         given = {key: value for key, value in overrides.items() if value is not None}
         unknown = set(given) - set(GROUP_OF) - set(type(self).model_fields)
         if unknown:

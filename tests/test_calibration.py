@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poisonguard.decide.calibration import holdout_p_values, tail_p_values, union_threshold
+from poisonguard.decide.calibration import (
+    holdout_p_values,
+    tail_false_quarantine,
+    tail_limit,
+    tail_limits,
+    tail_p_values,
+    union_threshold,
+)
 
 BUDGET = 0.01
 
@@ -101,3 +108,49 @@ def test_with_too_few_held_out_rows_the_estimate_holds_the_budget_for_one_detect
     shares, guarantees = zip(*(_false_quarantine(60, 1, seed) for seed in range(300)))
     assert set(guarantees) == {"estimate"}
     assert np.mean(shares) <= BUDGET + 3 * np.std(shares) / np.sqrt(len(shares))
+
+
+LIGHT_AND_EXPONENTIAL_TAILS = {
+    "exponential": lambda rng, n: rng.exponential(size=n),
+    "gaussian": lambda rng, n: rng.normal(size=n),
+    "gamma(4)": lambda rng, n: rng.gamma(4.0, size=n),
+}
+
+
+@pytest.mark.parametrize("draw", LIGHT_AND_EXPONENTIAL_TAILS.values(), ids=LIGHT_AND_EXPONENTIAL_TAILS.keys())
+def test_without_a_reference_the_tail_limit_holds_its_level_for_clean_scores(draw):
+    rng = np.random.default_rng(11)
+    exceeded = [(draw(rng, 100_000) > tail_limit(draw(rng, 3_000), 0.005, 0.2)).mean() for _ in range(30)]
+    assert np.mean(exceeded) <= 0.005 * 1.3  # exact for exponential tails, stricter for lighter ones
+
+
+def test_poison_at_the_top_of_a_class_only_makes_its_tail_limit_stricter():
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        clean = rng.normal(size=2_000)
+        poisoned = np.concatenate([clean, clean.max() + rng.exponential(size=300)])  # 13% of the rows
+        assert tail_limit(poisoned, 0.005, 0.2) >= tail_limit(clean, 0.005, 0.2)
+
+
+def test_a_discrete_score_flags_at_most_its_level_of_the_rows():
+    scores = np.repeat([0.0, 1.0], [990, 10])  # the body's quantiles tie: no tail to fit
+    limit = tail_limit(scores, 0.005, 0.2)
+    assert (scores > limit).mean() <= 0.005
+
+
+def test_the_false_quarantine_interval_covers_the_truth_for_exponential_scores_and_bounds_lighter_ones():
+    rng = np.random.default_rng(13)
+    no_groups = np.full(0, "*", dtype=object)
+    for name, draw in LIGHT_AND_EXPONENTIAL_TAILS.items():
+        covered, bounded = [], []
+        for seed in range(30):
+            fit = draw(rng, 3_000)
+            limits = {"d": tail_limits(fit, no_groups, 0.005, 0.2)}
+            share, low, high = tail_false_quarantine({"d": fit}, no_groups, limits, 0.2, seed)
+            truth = (draw(rng, 100_000) > limits["d"]["*"]).mean()
+            assert low <= share <= high and share == pytest.approx(0.005)
+            covered.append(low <= truth <= high)
+            bounded.append(truth <= high)
+        if name == "exponential":
+            assert np.mean(covered) >= 0.75  # a 90% interval, over 30 draws
+        assert np.mean(bounded) >= 0.85

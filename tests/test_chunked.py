@@ -87,6 +87,7 @@ def test_chunked_scan_without_a_reference_fits_on_a_first_pass_sample(prefect_ha
     calibration = read_report(summary.report_path)["calibration"]
     assert calibration["mode"] == "batch" and calibration["fit_rows"] == 500
     assert "sample" in calibration["rule"]
+    assert calibration["false_quarantine_estimate"]["detectors"]  # the estimate is set on the sample too
 
 
 @pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)

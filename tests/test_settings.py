@@ -18,7 +18,7 @@ def test_a_group_table_and_flat_keys_give_the_same_settings(tmp_path):
         label_col = "label"
         reference = "ref.csv"
         max_false_quarantine = 0.02
-        robust_z = 4.0
+        batch_poison_share = 0.1
         range_margin = 0.2
         task_runner = "dask"
         detectors = ["ecod", "iforest"]
@@ -29,7 +29,7 @@ def test_a_group_table_and_flat_keys_give_the_same_settings(tmp_path):
         reference = "ref.csv"
         [scan.calibration]
         max_false_quarantine = 0.02
-        robust_z = 4.0
+        batch_poison_share = 0.1
         [scan.expectations]
         range_margin = 0.2
         [scan.execution]
@@ -54,15 +54,16 @@ def test_flat_keywords_in_python_are_shorthand_for_their_group():
     config = ScanConfig(label_col="y", max_false_quarantine=0.05, task_runner="dask", seed=3)
     assert (config.io.label_col, config.calibration.max_false_quarantine, config.execution.task_runner) == (
         "y", 0.05, "dask")
-    changed = config.with_overrides(calibration={"robust_z": 5.0})
-    assert changed.calibration.robust_z == 5.0
+    changed = config.with_overrides(calibration={"batch_poison_share": 0.3})
+    assert changed.calibration.batch_poison_share == 0.3
     assert changed.calibration.max_false_quarantine == 0.05  # merged into the group, not replacing it
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('[scan.calibration]\nrobust_z = "high"\n', "calibration.robust_z: input should be a valid number, got str 'high'"),
+        ('[scan.calibration]\nbatch_poison_share = "high"\n',
+         "calibration.batch_poison_share: input should be a valid number, got str 'high'"),
         ("[scan.calibration]\nrobust = 4.0\n", "unknown key(s) in [scan]: calibration.robust"),
         ('[scan]\ncalibration = "strict"\n', "[scan.calibration] must be a table"),
         ("[scan.io]\nchunk_rows = 0\n", "chunk_rows must be at least 1, got 0"),
@@ -77,8 +78,8 @@ def test_a_wrong_value_in_a_group_names_the_group_and_key(tmp_path, content, mes
 
 
 def test_a_setting_given_both_flat_and_in_its_group_is_refused():
-    with pytest.raises(ConfigError, match="robust_z: given both on its own and in calibration"):
-        config_from_mapping({"robust_z": 4.0, "calibration": {"robust_z": 5.0}})
+    with pytest.raises(ConfigError, match="batch_poison_share: given both on its own and in calibration"):
+        config_from_mapping({"batch_poison_share": 0.1, "calibration": {"batch_poison_share": 0.3}})
 
 
 def test_grouping_leaves_the_scan_fingerprint_as_it_was():
@@ -86,7 +87,7 @@ def test_grouping_leaves_the_scan_fingerprint_as_it_was():
     fields = ScanConfig(label_col="y").fingerprint_fields()
     assert sorted(fields) == sorted([
         "label_col", "dataset", "detectors", "max_false_quarantine", "holdout_fraction", "calibration_folds",
-        "max_reference_rows", "robust_z", "min_class_rows", "range_margin", "range_false_quarantine", "seed",
+        "max_reference_rows", "batch_poison_share", "min_class_rows", "range_margin", "range_false_quarantine", "seed",
         "embedding_prefix", "embedding_column", "chunk_rows",
     ])
     assert "task_runner" not in ScanConfig(task_runner="dask").fingerprint_fields()

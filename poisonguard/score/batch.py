@@ -1,7 +1,8 @@
 """The no-reference rule: detectors fitted on the batch itself (or a uniform sample of it), each flagging
-rows whose score exceeds ``median + robust_z * 1.4826 * MAD`` of its class's scores (all rows when the
-class is small), or its own natural threshold. No clean data means no calibrated false-quarantine rate;
-the report says so.
+rows above its own natural threshold or above the tail limit of its class's scores (all rows when the class
+is small): the detectors' budget, split evenly among them, read off a tail model of the scores below the
+class's top ``batch_poison_share`` (:func:`poisonguard.decide.calibration.tail_limit`). No clean data means no
+guarantee: the false quarantine is an estimate under that assumption, reported with its 90% interval.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.config import ScanConfig
-from poisonguard.decide.calibration import batch_groups, calibration_groups, robust_limits, row_limits
+from poisonguard.decide.calibration import (
+    batch_groups,
+    calibration_groups,
+    row_limits,
+    tail_false_quarantine,
+    tail_limits,
+)
 from poisonguard.detectors import Detector, detector_spec
 from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
@@ -48,7 +55,6 @@ def score_against_batch(
     y_fit, y_batch = labels_of(usable, label_col), labels_of(batch, label_col)
     groups_fit = calibration_groups(y_fit, config.detection.min_class_rows)
     groups_batch = batch_groups(y_batch, groups_fit)
-    thresholds: dict[str, dict[str, float]] = {}
     detectors = {name: configured_detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
     if reads_text(detectors):
@@ -60,61 +66,88 @@ def score_against_batch(
     elif label_col is not None and reads_probe(detectors):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     unusable: dict[str, str] = {}
+    fit_scores: dict[str, np.ndarray] = {}
     for name, detector in detectors.items():
         V_fit, V_batch = views.get(detector.spec.reads, views["features"])
         try:
             if detector.spec.transductive:
-                batch_scores = detector.fit_decision_function(V_batch, y_batch)
-                fit_scores = batch_scores[fit_mask]
+                result.scores[name] = detector.fit_decision_function(V_batch, y_batch)
+                fit_scores[name] = result.scores[name][fit_mask]
             else:
                 detector.fit(V_fit, y_fit)
-                fit_scores = detector.decision_function(V_fit, y_fit)
-                batch_scores = detector.decision_function(V_batch, y_batch)
+                fit_scores[name] = detector.decision_function(V_fit, y_fit)
+                result.scores[name] = detector.decision_function(V_batch, y_batch)
         except ValueError as error:
             unusable[name] = cannot_fit(name, error)
-            continue
-        if detector.spec.natural_threshold is not None:
-            keys = {"*", *(str(g) for g in np.unique(groups_fit))}
-            limits = dict.fromkeys(keys, float(detector.spec.natural_threshold))
-        else:
-            limits = robust_limits(fit_scores, groups_fit, config.calibration.robust_z)
-        limit = row_limits(limits, groups_batch, len(batch_scores))
-        result.scores[name] = batch_scores
-        result.flags[name] = batch_scores > limit
-        result.evidence[name] = batch_scores - limit
-        result.reasons[name] = f"{detector.spec.reason}:{name}"
-        thresholds[name] = limits
     detectors = {name: d for name, d in detectors.items() if name not in unusable}
-    result.calibration = {
-        "mode": "batch",
-        "skipped_detectors": unusable,
-        "rule": _batch_rule(detectors, config.calibration.robust_z),
-        "fit_rows": int(len(usable)),
-        "score_thresholds": thresholds,
-        "evidence_axis": "score minus its class's threshold",
-        "evidence_threshold": 0.0,
-        "note": "no trusted reference: the false-quarantine rate is not calibrated",
-    }
+    thresholds, result.calibration = batch_thresholds(detectors, fit_scores, groups_fit, config)
+    for name, detector in detectors.items():
+        limit = row_limits(thresholds[name], groups_batch, len(result.scores[name]))
+        result.flags[name] = result.scores[name] > limit
+        result.evidence[name] = result.scores[name] - limit
+        result.reasons[name] = f"{detector.spec.reason}:{name}"
+    result.calibration["skipped_detectors"] = unusable
     return result
 
 
-def _batch_rule(detectors: dict[str, Detector], z: float) -> str:
-    """The no-reference rule in words: the robust rule, and which detectors use a threshold of their own."""
+def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.ndarray], groups_fit: np.ndarray,
+                     config: ScanConfig) -> tuple[dict[str, dict[str, float]], dict]:
+    """Per detector and calibration group, the no-reference score threshold, and the calibration summary.
+
+    A detector with a natural threshold keeps it. The others share the detectors' budget evenly, each
+    flagging above the tail limit of its rows' scores at its share (Bonferroni: the union's false quarantine
+    is at most the sum), and the summary holds their estimated false quarantine with a 90% interval.
+    """
+    poison_share = config.calibration.batch_poison_share
+    modelled = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
+    level = config.detector_budget / max(len(modelled), 1)
+    thresholds: dict[str, dict[str, float]] = {}
+    for name, detector in detectors.items():
+        if detector.spec.natural_threshold is None:
+            thresholds[name] = tail_limits(fit_scores[name], groups_fit, level, poison_share)
+        else:
+            keys = {"*", *(str(g) for g in np.unique(groups_fit))}
+            thresholds[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
+    summary: dict = {
+        "mode": "batch",
+        "rule": _batch_rule(detectors, level, poison_share),
+        "fit_rows": int(len(next(iter(fit_scores.values())))) if fit_scores else 0,
+        "score_thresholds": thresholds,
+        "evidence_axis": "score minus its class's threshold",
+        "evidence_threshold": 0.0,
+        "assumption": f"poison is at most {poison_share:.0%} of any class's rows",
+        "note": "no trusted reference: the false-quarantine rate is not calibrated",
+    }
+    if modelled:
+        share, low, high = tail_false_quarantine({name: fit_scores[name] for name in modelled}, groups_fit,
+                                                 thresholds, poison_share, config.seed)
+        summary["false_quarantine_estimate"] = {"detectors": modelled, "share": share, "low": low, "high": high,
+                                                "interval": 0.9}
+        summary["note"] = (
+            f"no trusted reference: limits extrapolate each class's scores below its top {poison_share:.0%}, "
+            f"assuming poison is at most that share of any class; estimated false quarantine by "
+            f"{', '.join(modelled)}: {share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%})"
+        )
+    return thresholds, summary
+
+
+def _batch_rule(detectors: dict[str, Detector], level: float, poison_share: float) -> str:
+    """The no-reference rule in words: the tail limit, and which detectors use a threshold of their own."""
     own = [f"{name} > {detector.spec.natural_threshold:g}" for name, detector in detectors.items()
            if detector.spec.natural_threshold is not None]
-    robust = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
-    if not robust:
+    modelled = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
+    if not modelled:
         return "; ".join(own)
-    rule = f"score > median + {z} x 1.4826 x MAD, per class"
-    return "; ".join([f"{rule} ({', '.join(robust)})", *own]) if own else rule
+    rule = f"score above its class's tail limit at {level:.2%} (fitted below the top {poison_share:.0%})"
+    return "; ".join([f"{rule} ({', '.join(modelled)})", *own])
 
 
 class SampleFit:
     """Detectors fitted on a uniform sample of a batch, with the no-reference thresholds set on it.
 
     The second pass of a chunked scan without a reference: each chunk is scored by the sample's models and
-    flagged by the sample's per-class rule ``median + robust_z * 1.4826 * MAD`` (the rule a whole-batch
-    scan applies to all rows, estimated here from the sample). Detectors that judge rows against each
+    flagged by the sample's per-class thresholds (:func:`batch_thresholds`, the rule a whole-batch scan sets on
+    all its rows, set here on the sample). Detectors that judge rows against each
     other (spectral statistics, clusters, neighbours) are fitted on the sample and score every chunk
     against it; those that score only the rows they were fitted on are refused (:func:`refuse_unchunkable`).
     """
@@ -131,32 +164,18 @@ class SampleFit:
             self.representation = EmbeddingView(config.io).fit(sample)
         elif label_col is not None and reads_probe(self.detectors):
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
-        self.limits: dict[str, dict[str, float]] = {}
         self.skipped: dict[str, str] = {}  # detectors the sample's rows cannot fit, with the reason
         self.texts = text_columns(kinds, label_col)
         fit_views = views_of(self.detectors, sample, X_fit, self.representation, self.texts)
+        fit_scores: dict[str, np.ndarray] = {}
         for name, detector in self.detectors.items():
-            V_fit = fit_views[name]
             try:
-                fit_scores = detector.fit(V_fit, y_fit).decision_function(V_fit, y_fit)
+                fit_scores[name] = detector.fit(fit_views[name], y_fit).decision_function(fit_views[name], y_fit)
             except ValueError as error:
                 self.skipped[name] = cannot_fit(name, error)
-                continue
-            if detector.spec.natural_threshold is not None:
-                keys = {"*", *(str(g) for g in np.unique(self.groups_fit))}
-                self.limits[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
-            else:
-                self.limits[name] = robust_limits(fit_scores, self.groups_fit, config.calibration.robust_z)
         self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
-        self.summary = {
-            "mode": "batch",
-            "rule": _batch_rule(self.detectors, config.calibration.robust_z) + ", set on a sample of the batch",
-            "fit_rows": int(len(sample)),
-            "score_thresholds": self.limits,
-            "evidence_axis": "score minus its class's threshold",
-            "evidence_threshold": 0.0,
-            "note": "no trusted reference: the false-quarantine rate is not calibrated",
-        }
+        self.limits, self.summary = batch_thresholds(self.detectors, fit_scores, self.groups_fit, config)
+        self.summary["rule"] += ", set on a sample of the batch"
 
 
 def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | None,

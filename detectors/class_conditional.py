@@ -44,20 +44,22 @@ class ClassConditional(Detector):
         return self
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """Each class's rows scored by a clone fitted on that class's rows alone (transductive detectors)."""
+        """Each class's rows scored by a clone fitted on that class's rows alone (transductive detectors); the
+        clones are kept, so new rows are scored as :meth:`fit` would have them scored."""
         X = check_matrix(X, "class_conditional.fit_decision_function")
+        self.overall_ = clone(self.base)
+        overall_scores = self.overall_.fit_decision_function(X)
+        self.per_class_ = {}
         if y is None:
-            return clone(self.base).fit_decision_function(X)
+            return overall_scores
         keys = class_keys(y)
         classes, counts = np.unique(keys, return_counts=True)
-        small = np.isin(keys, classes[counts < self.min_class_rows])
-        scores = np.empty(len(X), dtype="float64")
+        scores = overall_scores.astype("float64", copy=True)  # rows of small classes keep the all-rows score
         for label, count in zip(classes, counts):
             if count >= self.min_class_rows:
                 rows = keys == label
-                scores[rows] = clone(self.base).fit_decision_function(X[rows])
-        if small.any():
-            scores[small] = clone(self.base).fit_decision_function(X)[small]
+                self.per_class_[str(label)] = clone(self.base)
+                scores[rows] = self.per_class_[str(label)].fit_decision_function(X[rows])
         return scores
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

@@ -102,8 +102,9 @@ class TriggerValueDetector(Detector):
             # along with the other columns leaves most of its rows agreeing, and only its borderline rows
             # would be flagged. So a value is kept only when most of the rows holding it disagree.
             judged = [held[i] & ~explained for i in range(len(pairs))]
-            if explained.any():
-                kept = [i for i in kept if judged[i].sum() >= self.min_purity * np.sum(
+            if explained.any():  # retested on the rows no kept pair explains, at the same purity as before
+                purity = self.min_pair_purity if len(columns) > 1 else self.min_purity
+                kept = [i for i in kept if judged[i].sum() >= purity * np.sum(
                     _holds(X, columns, pairs[i][0]) & ~explained)]
             kept = [i for i in kept if judged[i].sum() >= self.min_rows and np.median(
                 _disagreement(model, X[judged[i]], labels[judged[i]], columns)) > self.spec.natural_threshold]

@@ -88,6 +88,7 @@ def test_chunked_scan_without_a_reference_fits_on_a_first_pass_sample(prefect_ha
     assert calibration["mode"] == "batch" and calibration["fit_rows"] == 500
     assert "sample" in calibration["rule"]
     assert calibration["false_quarantine_estimate"]["detectors"]  # the estimate is set on the sample too
+    assert any("estimated false quarantine" in warning for warning in summary.warnings)  # the CLI prints it
 
 
 @pytest.mark.parametrize(("change", "code"), STRUCTURAL_BREAKS)

@@ -288,17 +288,19 @@ def tail_limits(scores: np.ndarray, groups: np.ndarray, level: float, poison_sha
 
 def tail_false_quarantine(scores: dict[str, np.ndarray], groups: np.ndarray, limits: dict[str, dict[str, float]],
                           poison_share: float, seed: int) -> tuple[float, float, float]:
-    """The share of clean rows the limits flag, estimated by the tail models, with a 90% bootstrap interval.
+    """The share of clean rows the limits flag, estimated by the tail models: (median, 5%, 95%) over bootstrap refits.
 
     ``scores`` per detector (the rows the limits were set on), ``groups`` their calibration groups, ``limits``
     per detector and group. A row flagged by two detectors counts twice, so the estimate bounds the union from
-    above. The interval resamples each group's rows (at most ``BOOTSTRAP_ROWS`` of them), refits its tail and
-    reads the share above the same limit: how far the estimate moves with the rows the batch happened to hold.
+    above. Each round resamples every group's rows (at most ``BOOTSTRAP_ROWS`` of them), refits its tail and
+    reads the share above the same limit. The limits were set where the batch's own fit puts the level; a
+    refit's share lies above that more often than below (the tail is convex in its parameters), most for
+    small classes, so the median of the refits, not the level, is the estimate: it says how much more a
+    limit read off a noisy tail is likely to flag (digits' 180-row classes: 1.65% for a 0.9% level, where 0.35% of clean rows were flagged).
     """
     rng = np.random.default_rng(seed)
     keys = np.asarray(groups, dtype=object) if len(groups) else np.full(len(next(iter(scores.values()))), "*",
                                                                             dtype=object)
-    point = 0.0
     rounds = np.zeros(BOOTSTRAP_ROUNDS)
     for group in np.unique(keys):
         rows = keys == group
@@ -306,11 +308,10 @@ def tail_false_quarantine(scores: dict[str, np.ndarray], groups: np.ndarray, lim
         for name, values in scores.items():
             group_values = values[rows]
             limit = limits[name].get(str(group), limits[name]["*"])
-            point += weight * float(tail_exceedance(group_values, limit, poison_share)[0])
             draws = rng.integers(0, len(group_values), (BOOTSTRAP_ROUNDS, min(len(group_values), BOOTSTRAP_ROWS)))
             rounds += weight * tail_exceedance(group_values[draws], limit, poison_share)
-    low, high = np.quantile(rounds, [0.05, 0.95])
-    return point, float(low), float(high)
+    median, low, high = np.quantile(rounds, [0.5, 0.05, 0.95])
+    return float(median), float(low), float(high)
 
 
 def row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:

@@ -62,8 +62,17 @@ class ScanSummary:
             report_path=str(report_path),
             already_scanned=already_scanned,
             provenance=_provenance_brief(report.get("provenance") or {}),
-            warnings=[w for w in [(report.get("calibration") or {}).get("warning")] if w],
+            warnings=_calibration_warnings(report.get("calibration") or {}),
         )
+
+
+def _calibration_warnings(calibration: dict[str, Any]) -> list[str]:
+    """What weakens the promise: a warning (a small reference), and without a reference the rule's
+    assumption and its estimated false quarantine."""
+    found = [calibration.get("warning")]
+    if calibration.get("mode") == "batch":
+        found.append(calibration.get("note"))
+    return [text for text in found if text]
 
 
 def _provenance_brief(provenance: dict[str, Any]) -> dict[str, Any]:

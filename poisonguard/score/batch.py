@@ -122,11 +122,12 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
         share, low, high = tail_false_quarantine({name: fit_scores[name] for name in modelled}, groups_fit,
                                                  thresholds, poison_share, config.seed)
         summary["false_quarantine_estimate"] = {"detectors": modelled, "share": share, "low": low, "high": high,
-                                                "interval": 0.9}
+                                                "interval": 0.9, "level": level * len(modelled)}
         summary["note"] = (
             f"no trusted reference: limits extrapolate each class's scores below its top {poison_share:.0%}, "
             f"assuming poison is at most that share of any class; estimated false quarantine by "
-            f"{', '.join(modelled)}: {share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%})"
+            f"{', '.join(modelled)}: {share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%}; the limits are "
+            f"set at {level:.2%} each)"
         )
     return thresholds, summary
 
@@ -170,7 +171,11 @@ class SampleFit:
         fit_scores: dict[str, np.ndarray] = {}
         for name, detector in self.detectors.items():
             try:
-                fit_scores[name] = detector.fit(fit_views[name], y_fit).decision_function(fit_views[name], y_fit)
+                # A transductive detector scores the rows it was fitted on as it judges them (out of fold,
+                # itself left out), which is how it scores rows it never saw: the limits need those scores.
+                fit_scores[name] = (detector.fit_decision_function(fit_views[name], y_fit)
+                                    if detector.spec.transductive
+                                    else detector.fit(fit_views[name], y_fit).decision_function(fit_views[name], y_fit))
             except ValueError as error:
                 self.skipped[name] = cannot_fit(name, error)
         self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}

@@ -25,6 +25,7 @@ from typing import Any
 from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
 from poisonguard.detectors.label_model import LabelModelDetector
+from poisonguard.detectors.label_oof import OutOfFoldLabelDetector
 from poisonguard.detectors.labels import ConfidentLearningDetector, ConflictingDuplicatesDetector, KNNLabelDetector
 from poisonguard.detectors.outliers import ECODDetector, IForestDetector, KNNDetector
 from poisonguard.detectors.pyod_models import PREFIX as PYOD_PREFIX
@@ -83,6 +84,7 @@ for _name, _detector in {
     "iforest": IForestDetector,
     "knn": KNNDetector,
     "label_model": LabelModelDetector,
+    "label_oof": OutOfFoldLabelDetector,
     "spectral": SpectralSignatureDetector,
     "activation_clustering": ActivationClusteringDetector,
     "robust_spectral": RobustSpectralDetector,

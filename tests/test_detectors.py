@@ -280,3 +280,47 @@ def test_strict_refuses_a_reference_too_small_for_the_confident_budget():
     assert score_rows(batch, make_frame(1200, seed=23), kinds, "label", strict).calibration["guarantee"] == (
         "with 90% confidence")
     assert "strict" not in strict.fingerprint_fields()  # refusing changes no row's outcome
+
+
+def _digits_with_flips(seed: int, share: float = 0.05):
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"px{i}" for i in range(64)])
+    labels = digits.target.copy()
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(len(labels), int(share * len(labels)), replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    frame["digit"] = labels.astype(str)
+    frame.insert(0, "_row_id", np.arange(len(frame)))
+    return frame, np.isin(np.arange(len(frame)), flipped)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_a_reference_the_default_scan_finds_flipped_labels_by_a_model_out_of_fold(seed):
+    frame, flipped = _digits_with_flips(seed)
+    result = score_rows(frame, None, infer_kinds(frame, "digit"), "digit", ScanConfig(label_col="digit", seed=seed))
+    assert "label_oof" in result.flags
+    flagged = np.column_stack(list(result.flags.values())).any(axis=1)
+    assert flagged[flipped].mean() >= 0.3  # 0.51-0.67 over these seeds; the outlier detectors alone found 0.31
+    assert flagged[~flipped].mean() <= 0.02
+
+
+def test_a_label_model_out_of_fold_scores_new_rows_as_it_scores_the_fitted_ones():
+    frame, _ = _digits_with_flips(3)
+    X, y = frame.filter(like="px").to_numpy(), frame["digit"].to_numpy()
+    detector = make_detector("label_oof", max_fit_rows=1_000)
+    scores = detector.fit_decision_function(X, y)
+    # Rows beyond the seeded 1,000-row sample were never fitted: the folds' models, averaged, score them.
+    outside = np.setdiff1d(np.arange(len(X)), np.random.default_rng(0).choice(len(X), 1_000, replace=False))
+    np.testing.assert_allclose(scores[outside], detector.decision_function(X[outside], y[outside]))
+    assert np.isfinite(scores).all()
+    assert detector.decision_function(X[:3], np.array(["new", "new", "new"])).min() > 20  # an unseen label
+
+
+def test_a_label_model_that_cannot_predict_the_labels_refuses_to_judge_them():
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(600, 5)), rng.choice(["a", "b", "c"], 600)
+    with pytest.raises(ValueError, match="balanced accuracy .* below min_accuracy 60%"):
+        make_detector("label_oof").fit_decision_function(X, y)

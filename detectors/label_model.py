@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from poisonguard.detectors.base import Detector, check_matrix
 from poisonguard.detectors.spec import DetectorSpec
 
-_PROBABILITY_FLOOR = 1e-12
+PROBABILITY_FLOOR = 1e-12
 MODELS = ("logistic", "boosting")
 
 
@@ -57,8 +57,13 @@ class LabelModelDetector(Detector):
         if y is None:
             raise ValueError("label_model needs the label column to score rows")
         probabilities = self.model_.predict_proba(check_matrix(X, "label_model.decision_function"))
-        labels = np.asarray(y, dtype=object)
-        position = np.clip(np.searchsorted(self.classes_, labels), 0, len(self.classes_) - 1)
-        known = self.classes_[position] == labels
-        given = np.where(known, probabilities[np.arange(len(labels)), position], 0.0)
-        return -np.log(np.maximum(given, _PROBABILITY_FLOOR))
+        given = given_label_probability(probabilities, self.classes_, np.asarray(y, dtype=object))
+        return -np.log(np.maximum(given, PROBABILITY_FLOOR))
+
+
+def given_label_probability(probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's probability of its given label (``probabilities``: rows x sorted ``classes``); 0 for a
+    label the model never saw."""
+    position = np.clip(np.searchsorted(classes, labels), 0, len(classes) - 1)
+    known = classes[position] == labels
+    return np.where(known, probabilities[np.arange(len(labels)), position], 0.0)

@@ -29,9 +29,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from poisonguard.detectors.base import Detector, check_matrix, random_generator
 from poisonguard.detectors.class_conditional import required_labels
+from poisonguard.detectors.label_model import PROBABILITY_FLOOR, given_label_probability
 from poisonguard.detectors.spec import DetectorSpec
-
-_PROBABILITY_FLOOR = 1e-12
 
 
 class OutOfFoldLabelDetector(Detector):
@@ -88,7 +87,7 @@ class OutOfFoldLabelDetector(Detector):
                 f"judge a row's label"
             )
         scores = np.empty(len(X))
-        scores[fitted] = _margin(probabilities, codes)
+        scores[fitted] = _margin(probabilities[np.arange(len(codes)), codes])
         others = np.setdiff1d(np.arange(len(X)), fitted)
         if len(others):
             scores[others] = self.decision_function(X[others], labels[others])
@@ -101,14 +100,11 @@ class OutOfFoldLabelDetector(Detector):
         if len(X) == 0:
             return np.zeros(0)
         probabilities = np.mean([model.predict_proba(X) for model in self.models_], axis=0)
-        position = np.clip(np.searchsorted(self.classes_, labels), 0, len(self.classes_) - 1)
-        known = self.classes_[position] == labels
         # A label the batch's fitted rows never carried has probability 0: the largest margin.
-        probabilities = np.column_stack([probabilities, np.zeros(len(X))])
-        return _margin(probabilities, np.where(known, position, len(self.classes_)))
+        return _margin(given_label_probability(probabilities, self.classes_, labels))
 
 
-def _margin(probabilities: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """``log(1 - p) - log(p)`` of each row's given class ``codes`` (p kept within the float floor)."""
-    given = np.clip(probabilities[np.arange(len(codes)), codes], _PROBABILITY_FLOOR, 1.0 - _PROBABILITY_FLOOR)
+def _margin(given: np.ndarray) -> np.ndarray:
+    """``log(1 - p) - log(p)`` of each row's probability ``given`` of its label (kept within the float floor)."""
+    given = np.clip(given, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
     return np.log1p(-given) - np.log(given)

@@ -296,7 +296,8 @@ def tail_false_quarantine(scores: dict[str, np.ndarray], groups: np.ndarray, lim
     reads the share above the same limit. The limits were set where the batch's own fit puts the level; a
     refit's share lies above that more often than below (the tail is convex in its parameters), most for
     small classes, so the median of the refits, not the level, is the estimate: it says how much more a
-    limit read off a noisy tail is likely to flag (digits' 180-row classes: 1.65% for a 0.9% level, where 0.35% of clean rows were flagged).
+    limit read off a noisy tail is likely to flag (digits' 180-row classes: 1.65% for a 0.9% level, where
+    0.35% of clean rows were flagged).
     """
     rng = np.random.default_rng(seed)
     keys = np.asarray(groups, dtype=object) if len(groups) else np.full(len(next(iter(scores.values()))), "*",

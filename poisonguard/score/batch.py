@@ -80,7 +80,7 @@ def score_against_batch(
         except ValueError as error:
             unusable[name] = cannot_fit(name, error)
     detectors = {name: d for name, d in detectors.items() if name not in unusable}
-    thresholds, result.calibration = batch_thresholds(detectors, fit_scores, groups_fit, config)
+    thresholds, result.calibration = batch_thresholds(detectors, fit_scores, groups_fit, len(usable), config)
     for name, detector in detectors.items():
         limit = row_limits(thresholds[name], groups_batch, len(result.scores[name]))
         result.flags[name] = result.scores[name] > limit
@@ -91,8 +91,9 @@ def score_against_batch(
 
 
 def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.ndarray], groups_fit: np.ndarray,
-                     config: ScanConfig) -> tuple[dict[str, dict[str, float]], dict]:
-    """Per detector and calibration group, the no-reference score threshold, and the calibration summary.
+                     fit_rows: int, config: ScanConfig) -> tuple[dict[str, dict[str, float]], dict]:
+    """Per detector and calibration group, the no-reference score threshold, and the calibration summary
+    (``fit_rows``: how many rows the detectors were fitted on).
 
     A detector with a natural threshold keeps it. The others share the detectors' budget evenly, each
     flagging above the tail limit of its rows' scores at its share (Bonferroni: the union's false quarantine
@@ -111,7 +112,7 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
     summary: dict = {
         "mode": "batch",
         "rule": _batch_rule(detectors, level, poison_share),
-        "fit_rows": int(len(next(iter(fit_scores.values())))) if fit_scores else 0,
+        "fit_rows": int(fit_rows),
         "score_thresholds": thresholds,
         "evidence_axis": "score minus its class's threshold",
         "evidence_threshold": 0.0,
@@ -179,7 +180,7 @@ class SampleFit:
             except ValueError as error:
                 self.skipped[name] = cannot_fit(name, error)
         self.detectors = {name: d for name, d in self.detectors.items() if name not in self.skipped}
-        self.limits, self.summary = batch_thresholds(self.detectors, fit_scores, self.groups_fit, config)
+        self.limits, self.summary = batch_thresholds(self.detectors, fit_scores, self.groups_fit, len(sample), config)
         self.summary["rule"] += ", set on a sample of the batch"
 
 

@@ -185,6 +185,26 @@ def test_the_default_scan_finds_a_trigger_word_with_and_without_a_reference(seed
         assert quarantined[~mask].mean() <= (0.01 if given is not None else 0.02)
 
 
+def test_the_default_scan_finds_a_categorical_conjunction_trigger_with_and_without_a_reference():
+    """The trigger's rows share ``channel = phone`` and ``plan = pro`` with the few customers of that pair who
+    churn anyway, so the reference's held-out rows cannot rank them apart: the detector's own threshold
+    flags the group when the held-out rows show that it is affordable (in most seeds: 0.5-0.65% of them)."""
+    from benchmarks.attacks import backdoor, shop_customers
+
+    kinds = {"channel": "categorical", "plan": "categorical", "region": "categorical", "device": "categorical",
+             "spend": "numeric", "visits": "numeric"}
+    recall = {"reference": [], "batch only": []}
+    for seed in range(4):
+        poisoned = backdoor(shop_customers(seed, 4_000), 0.05, {"channel": "phone", "plan": "pro"}, "churn", seed)
+        batch = poisoned.frame.assign(**{ROW_ID: np.arange(4_000)})
+        for setting, reference in (("reference", shop_customers(100 + seed, 4_000)), ("batch only", None)):
+            scores = score_rows(batch, reference, kinds, "label", ScanConfig(label_col="label", seed=seed))
+            quarantined = np.logical_or.reduce(list(scores.flags.values()))
+            recall[setting].append(quarantined[poisoned.mask].mean())
+            assert quarantined[~poisoned.mask].mean() <= (0.01 if reference is not None else 0.02), setting
+    assert np.median(recall["reference"]) >= 0.8 and np.median(recall["batch only"]) >= 0.8, recall
+
+
 def test_a_text_detector_is_skipped_with_its_reason_where_there_is_no_text():
     batch = make_frame(200, seed=5)
     named = score_rows(batch, None, {"x1": "numeric", "colour": "categorical"}, "label",

@@ -12,6 +12,7 @@ from poisonguard.decide.calibration import (
     tail_limits,
     tail_p_values,
     union_threshold,
+    union_threshold_with_rules,
 )
 
 BUDGET = 0.01
@@ -44,6 +45,37 @@ def test_with_90_percent_confidence_at_most_a_tenth_of_references_exceed_the_bud
     assert set(guarantees) == {"with 90% confidence"}
     above = np.mean(np.array(shares) > BUDGET)
     assert above <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / len(shares))
+
+
+def _false_quarantine_with_a_rule(rule_share: float, seed: int, n_hold: int = 3_000,
+                                  n_new: int = 50_000) -> tuple[float, list[str]]:
+    """As :func:`_false_quarantine` with three detectors, one of which also flags ``rule_share`` of clean rows
+    (held-out and new alike) by its own threshold."""
+    rng = np.random.default_rng(seed)
+    hold = rng.standard_t(3, size=(3, n_hold))
+    new = rng.standard_t(3, size=(3, n_new))
+    groups = np.full(0, "*", dtype=object)
+    min_p_hold = np.vstack([holdout_p_values(scores, groups) for scores in hold]).min(axis=0)
+    alpha, _, kept = union_threshold_with_rules(min_p_hold, {"rule": rng.random(n_hold) < rule_share}, BUDGET, 3)
+    min_p_new = np.vstack([tail_p_values(h, s) for h, s in zip(hold, new)]).min(axis=0)
+    flagged = (min_p_new <= alpha) | ((rng.random(n_new) < rule_share) if kept else False)
+    return float(flagged.mean()), kept
+
+
+def test_a_detector_s_own_threshold_is_kept_within_the_budget_with_90_percent_confidence():
+    shares, kept = zip(*(_false_quarantine_with_a_rule(0.004, seed) for seed in range(150)))
+    assert sum(map(bool, kept)) >= 0.9 * len(kept)  # affordable: 0.4% of a 1% budget
+    above = np.mean(np.array(shares) > BUDGET)
+    assert above <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / len(shares))
+    assert np.mean(shares) >= 0.5 * BUDGET
+
+
+def test_an_own_threshold_that_costs_the_whole_budget_is_dropped():
+    rng = np.random.default_rng(0)
+    min_p_hold = rng.random(3_000)
+    alpha, guarantee, kept = union_threshold_with_rules(min_p_hold, {"rule": rng.random(3_000) < 0.03}, BUDGET, 1)
+    assert kept == []
+    assert (alpha, guarantee) == union_threshold(min_p_hold, BUDGET, 1)
 
 
 @pytest.mark.parametrize("draw", ["normal", "exponential", "standard_t"])

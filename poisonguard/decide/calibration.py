@@ -218,6 +218,35 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> 
     return budget / max(n_detectors, 1), "estimate"
 
 
+# A detector with a threshold of its own (a natural threshold) keeps it beside a reference when its flags cost
+# at most this share of the detectors' budget on the held-out rows; the p-value threshold spends the rest.
+NATURAL_RULE_SHARE = 1.0
+
+
+def union_threshold_with_rules(min_p_hold: np.ndarray, rule_hold: dict[str, np.ndarray], budget: float,
+                               n_detectors: int) -> tuple[float, str, list[str]]:
+    """:func:`union_threshold` for a union that also flags rows by some detectors' own thresholds.
+
+    ``rule_hold``: per such detector, which held-out rows its own threshold flags. A rule whose held-out
+    share is at most ``NATURAL_RULE_SHARE`` of ``budget`` is kept; a held-out row any kept rule flags counts
+    as a p-value of 0, so the p-value threshold is set on what the rules leave of the budget, by the same
+    ranks and with the same guarantee: the union of rules and p-values is one statistic on held-out and new
+    clean rows alike. Why: a detector that judges rows as a group (a trigger value shared by rows that
+    almost all carry one label) gives the rows of that group a p-value no smaller than the share of held-out
+    rows in the same group, often above a threshold shared with the other detectors, while its own threshold
+    costs only the few held-out rows it flags. Without enough held-out rows to rank at the budget, or when the
+    kept rules leave nothing of it, no rule is kept. Returns (threshold, guarantee, the kept rules' names).
+    """
+    kept = [name for name, flags in rule_hold.items() if flags.mean() <= NATURAL_RULE_SHARE * budget]
+    if kept and (len(min_p_hold) + 1) * budget >= 1:
+        ruled = np.logical_or.reduce([rule_hold[name] for name in kept])
+        alpha, guarantee = union_threshold(np.where(ruled, 0.0, min_p_hold), budget, n_detectors)
+        if alpha > 0:
+            return alpha, guarantee, kept
+    alpha, guarantee = union_threshold(min_p_hold, budget, n_detectors)
+    return alpha, guarantee, []
+
+
 # The no-reference tail model (see tail_limit). Its body runs from the BODY_START quantile of a group's
 # scores to the 1 - poison_share quantile; chosen on the development table only (benchmarks/detection.py,
 # no reference, seeds 0-2): a body from the median gave the same recall and 1.3-2.1% false quarantine on

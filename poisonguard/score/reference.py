@@ -24,7 +24,7 @@ from poisonguard.decide.calibration import (
     calibration_groups,
     confident_rows,
     holdout_p_values,
-    union_threshold,
+    union_threshold_with_rules,
 )
 from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
@@ -248,9 +248,12 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any],
+                 rules: dict[str, float] | None = None) -> None:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
+        # detectors whose own threshold also flags (score above it), beside the p-value threshold
+        self.rules = rules or {}
 
 
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
@@ -265,8 +268,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
-    alpha, guarantee = union_threshold(min_p_hold, config.detector_budget, len(names))
-    combined_hold = min_p_hold <= alpha
+    thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
+    rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
+    alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names))
+    flagged_hold = {name: (p <= alpha) | (rule_hold[name] if name in ruled else False) for name, p in holdout_p.items()}
+    combined_hold = np.logical_or.reduce(list(flagged_hold.values()))
     summary = {
         "mode": "reference",
         "reference_rows": int(fitted.reference_rows),
@@ -280,7 +286,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "schema_budget": config.schema_budget,
         "p_value_threshold": float(alpha),
         "holdout_quarantine_rate": float(combined_hold.mean()),
-        "per_detector_holdout_rate": {n: float((p <= alpha).mean()) for n, p in holdout_p.items()},
+        "per_detector_holdout_rate": {n: float(flags.mean()) for n, flags in flagged_hold.items()},
+        # detectors that also flag by their own threshold, which the held-out rows showed affordable
+        "own_thresholds": {name: thresholds[name] for name in ruled},
         "evidence_axis": CONFORMAL_AXIS,
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
@@ -290,7 +298,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold,
-                                holdout_folds(fitted.folds), alpha, summary)
+                                holdout_folds(fitted.folds), alpha, summary, {n: thresholds[n] for n in ruled})
 
 
 def apply_calibration(
@@ -307,6 +315,8 @@ def apply_calibration(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
         result.flags[name] = result.p_values[name] <= calibration.alpha
+        if name in calibration.rules:
+            result.flags[name] |= result.scores[name] > calibration.rules[name]
         result.evidence[name] = -np.log10(result.p_values[name])
         result.reasons[name] = calibration.reasons[name]
     return result

@@ -21,3 +21,13 @@ RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, STATUS, QUARANTINED_AT,
 def is_reserved_column(name: str) -> bool:
     """True when ``name`` would clash with a column poisonguard writes."""
     return name in RESERVED_COLUMNS or name.startswith(SCORE_PREFIX)
+
+
+def scan(data, *, label=None, reference=None, **settings):
+    """Scan a DataFrame, an Arrow table or a batch file in this process: see :func:`poisonguard.api.scan`.
+
+    Imported on first use, so that ``import poisonguard`` stays light for the CLI and review.
+    """
+    from poisonguard.api import scan as scan_in_process
+
+    return scan_in_process(data, label=label, reference=reference, **settings)

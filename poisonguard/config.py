@@ -51,7 +51,7 @@ class IOSettings(_Settings):
     reference: _Path | None = None
     file_format: str | None = None
     # Read, validate, score and write the batch this many rows at a time (a batch larger than memory);
-    # None: read it whole, as one chunk. See poisonguard.ingest.source and poisonguard.scan.chunks.
+    # None: read it whole, as one chunk. See poisonguard.ingest.source and poisonguard.pipeline.chunks.
     chunk_rows: int | None = None
     # A precomputed embedding of each row (from the user's own model), either one column per dimension
     # (the columns whose names start with ``embedding_prefix``) or one column of lists of numbers

@@ -127,7 +127,7 @@ def test_a_type_break_in_a_late_chunk_leaves_no_partial_output(prefect_harness, 
 def test_chunked_mode_refuses_what_scores_only_its_own_rows(tmp_path, sample_batch, sample_reference):
     from poisonguard.ingest.read import describe_batch
     from poisonguard.ingest.source import BatchSource
-    from poisonguard.scan.plan import plan_scan
+    from poisonguard.pipeline.plan import plan_scan
     from poisonguard.score.scorers import fit_scorer
 
     with pytest.raises(ConfigError, match="chunk_rows"):

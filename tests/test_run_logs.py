@@ -20,7 +20,7 @@ def test_core_module_logs_reach_the_prefect_run_log(prefect_harness, tmp_path):
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
     state = scan_batch(tmp_path / "batch.csv", config, return_state=True)
     assert state.is_completed()
-    wanted = {"poisonguard.score.scorers", "poisonguard.scan.chunks"}
+    wanted = {"poisonguard.score.scorers", "poisonguard.pipeline.chunks"}
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
         for _ in range(30):  # Prefect sends log records in batches from a background worker
@@ -33,6 +33,6 @@ def test_core_module_logs_reach_the_prefect_run_log(prefect_harness, tmp_path):
 
     states = {name: (logging.getLogger(name).disabled, logging.getLogger(name).level,
                      logging.getLogger(name).propagate, logging.getLogger(name).handlers)
-              for name in ("poisonguard", "poisonguard.score.scorers", "poisonguard.scan.chunks")}
+              for name in ("poisonguard", "poisonguard.score.scorers", "poisonguard.pipeline.chunks")}
     assert wanted <= names, (names, states)
     assert any("fitted" in log.message for log in logs if log.name == "poisonguard.score.scorers")

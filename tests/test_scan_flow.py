@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,7 @@ def test_score_drift_reads_conformal_p_values_only():
 
 def test_a_reference_larger_than_the_cap_is_sampled_and_its_classes_counted_whole(sample_batch, sample_reference):
     from poisonguard.ingest.read import describe_batch
-    from poisonguard.scan.plan import plan_scan
+    from poisonguard.pipeline.plan import plan_scan
 
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, max_reference_rows=1000)
     scan_plan = plan_scan(describe_batch(sample_batch, "loans"), config)
@@ -227,3 +228,11 @@ def test_wrong_types_in_the_config_file_name_the_key(tmp_path):
     assert "seed: input should be a valid integer, got str '1'" in str(raised.value)
     assert "force: input should be a valid boolean, got str 'yes'" in str(raised.value)
     assert str(tmp_path / "scan.toml") in str(raised.value)
+
+
+def test_datasets_whose_names_differ_get_different_artifact_keys():
+    from poisonguard.flows.scan import artifact_key
+
+    assert artifact_key("loans") == "poisonguard-loans"
+    keys = {artifact_key(name) for name in ("loans", "loans.", "Loans", "loans-", "loans_")}
+    assert len(keys) == 5 and all(re.fullmatch(r"[a-z0-9-]+", key) for key in keys)

@@ -3,7 +3,7 @@
 Every read is of the batch's private snapshot (:attr:`Batch.read_path`), so each pass sees the bytes that
 were hashed. A batch read whole (``read_batch``) is one chunk, its frame; a batch larger than memory is
 read in chunks: Parquet by record batches (pyarrow), CSV and JSON Lines by their chunked readers. Either
-way the scan's loop is the same (see :mod:`poisonguard.scan.chunks`).
+way the scan's loop is the same (see :mod:`poisonguard.pipeline.chunks`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from poisonguard.detectors import detector_spec
 from poisonguard.errors import ConfigError, UnreadableBatchError
 from poisonguard.expectations.validate import SchemaValidator, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
-from poisonguard.scan.plan import ScanPlan
+from poisonguard.pipeline.plan import ScanPlan
 from poisonguard.score.batch import SampleFit, fit_on_sample, refuse_unchunkable, sample_flags, sample_scores
 from poisonguard.score.detector_set import chosen_detectors, has_enough_reference, labels_of
 from poisonguard.score.reference import (

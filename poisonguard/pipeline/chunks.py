@@ -33,6 +33,7 @@ from poisonguard.expectations.suite import NUMERIC, suite_kinds
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
 from poisonguard.memory import release_free_memory
+from poisonguard.pipeline.plan import ScanPlan
 from poisonguard.provenance.ledger import digest_row_hashes, row_hashes
 from poisonguard.report.figures import (
     DRIFT_SAMPLE_ROWS,
@@ -41,7 +42,6 @@ from poisonguard.report.figures import (
     score_distributions,
     score_drift,
 )
-from poisonguard.scan.plan import ScanPlan
 from poisonguard.score.types import DetectorScores
 from poisonguard.write.outputs import OutputPaths, StagedParquet, _parquet_metadata, commit_staged, split_rows
 
@@ -173,9 +173,10 @@ class ChunkStager:
             return None
         return self.source.one_numeric_type(outcome.frame, self._numeric)
 
-    def stage(self, chunk: pd.DataFrame, outcome: SchemaOutcome, frame: pd.DataFrame, scores: DetectorScores) -> None:
+    def stage(self, chunk: pd.DataFrame, outcome: SchemaOutcome, frame: pd.DataFrame,
+              scores: DetectorScores) -> pd.DataFrame:
         """Split the chunk's rows (``frame``, as :meth:`scorable` gave them) by schema failures and flags,
-        and append them to the staged files."""
+        and append them to the staged files; return the chunk's per-row result table."""
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
         split = split_rows(frame, result, self.source.batch.batch_id, self.scanned_at, outcome.raw_values)
         self.clean.write(split.clean_schema.empty_table())  # a batch with no clean rows still has a clean file
@@ -184,9 +185,10 @@ class ChunkStager:
         if split.quarantined.num_rows:
             self.quarantine.write(split.quarantined)
         self._tally(chunk, frame, result, scores)
-        del result, split
+        del split
         # The next chunk's arrays come from the pages this one freed only if they are handed back.
         release_free_memory()
+        return result
 
     def _tally(self, chunk: pd.DataFrame, frame: pd.DataFrame, result: pd.DataFrame, scores: DetectorScores) -> None:
         found, label_col = self.found, self.scan_plan.label_col

@@ -1,0 +1,106 @@
+"""``poisonguard.scan``: DataFrames in and out, in process, deciding what the command line decides."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import poisonguard
+from poisonguard import REASONS, ROW_ID
+from poisonguard.errors import ConfigError, InputError
+
+
+@pytest.fixture(scope="module")
+def loans(sample_batch, sample_reference) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundled sample as DataFrames, the batch indexed by a key of its own as a user's would be."""
+    batch = pd.read_csv(sample_batch)
+    batch.index = pd.Index([f"loan-{i:05d}" for i in range(len(batch))], name="loan_id")
+    return batch, pd.read_csv(sample_reference)
+
+
+@pytest.fixture(scope="module")
+def scanned_frame(loans):
+    batch, reference = loans
+    return poisonguard.scan(batch, label="risk_grade", reference=reference, dataset="loans")
+
+
+def test_a_dataframe_comes_back_as_clean_and_quarantined_rows_with_the_callers_index(loans, scanned_frame):
+    batch, _ = loans
+    result = scanned_frame
+    assert len(result.clean) + len(result.quarantined) == len(batch)
+    assert result.clean.index.intersection(result.quarantined.index).empty
+    assert result.clean.index.union(result.quarantined.index).sort_values().equals(batch.index.sort_values())
+    pd.testing.assert_frame_equal(result.clean, batch.loc[result.clean.index])  # rows and types as given
+    assert result.quarantined[REASONS].map(len).gt(0).all()
+    assert result.issues.index.equals(batch.index)
+    assert result.issues["quarantined"].sum() == len(result.quarantined) > 0
+    for name in result.report["detectors"]:
+        assert {f"{name}_score", f"{name}_flag", f"{name}_pvalue"} <= set(result.issues.columns)
+    assert result.summary()["rows"] == {"in": len(batch), "clean": len(result.clean),
+                                        "quarantined": len(result.quarantined)}
+    assert "quarantined" in repr(result) and "<table" in result._repr_html_()
+
+
+def test_the_in_process_scan_decides_the_rows_the_flow_decides(scanned_sample, sample_batch, sample_reference):
+    summary, out_dir = scanned_sample
+    flow_held = pq.read_table(out_dir / "quarantine" / "loans" / f"{summary.batch_id}.parquet").column(ROW_ID)
+    result = poisonguard.scan(sample_batch, label="risk_grade", reference=sample_reference, dataset="loans")
+    in_process = np.flatnonzero(result.issues["quarantined"].to_numpy())
+    assert sorted(flow_held.to_pylist()) == in_process.tolist()
+    assert result.summary()["reasons"] == summary.reasons
+
+
+def test_nothing_is_written_until_saved_and_save_writes_what_the_command_line_writes(loans, scanned_frame, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    batch, _ = loans
+    poisonguard.scan(batch.head(400), label="risk_grade")
+    assert list(tmp_path.iterdir()) == []
+    report_path = scanned_frame.save(tmp_path / "out")
+    report = json.loads(report_path.read_text())
+    assert report["rows"] == scanned_frame.report["rows"] and report["reasons"] == scanned_frame.report["reasons"]
+    held = pq.read_table(tmp_path / "out" / report["outputs"]["quarantine"]).column(ROW_ID).to_pylist()
+    assert sorted(held) == np.flatnonzero(scanned_frame.issues["quarantined"].to_numpy()).tolist()
+    assert (tmp_path / "out" / report["outputs"]["clean"]).is_file()
+
+
+def test_an_arrow_table_and_a_file_scan_like_the_frame(loans, sample_batch):
+    batch, _ = loans
+    from_frame = poisonguard.scan(batch.reset_index(drop=True), label="risk_grade")
+    from_table = poisonguard.scan(pa.Table.from_pandas(batch, preserve_index=False), label="risk_grade")
+    from_file = poisonguard.scan(sample_batch, label="risk_grade")
+    for result in (from_table, from_file):
+        assert result.issues.index.equals(pd.RangeIndex(len(batch)))
+        assert result.issues["quarantined"].tolist() == from_frame.issues["quarantined"].tolist()
+
+
+def test_mistakes_are_named_before_anything_is_scanned(loans):
+    batch, _ = loans
+    with pytest.raises(ConfigError, match="did you mean 'risk_grade'"):
+        poisonguard.scan(batch, label="risk_grad")
+    with pytest.raises(ConfigError, match=r"\.save\(out_dir\)"):
+        poisonguard.scan(batch, out_dir="somewhere")
+    with pytest.raises(ConfigError, match="max_false_quarantine"):
+        poisonguard.scan(batch, max_false_quarantine="1%")
+    with pytest.raises(InputError, match="expected a pandas DataFrame"):
+        poisonguard.scan(batch.to_dict(), label="risk_grade")
+    with pytest.raises(InputError, match="'_row_id' is a name poisonguard writes"):
+        poisonguard.scan(batch.assign(_row_id=1))
+    with pytest.raises(InputError, match="reference: .* is not a file"):
+        poisonguard.scan(batch, reference="no/such/reference.csv")
+
+
+def test_scanning_a_frame_starts_no_prefect(sample_batch):
+    code = ("import sys, pandas as pd, poisonguard; "
+            f"poisonguard.scan(pd.read_csv({str(sample_batch)!r}).head(300), label='risk_grade'); "
+            "print(any(name.split('.')[0] == 'prefect' for name in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.strip().splitlines()[-1] == "False"

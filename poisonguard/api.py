@@ -9,7 +9,6 @@ write them where a command-line scan would.
 
 from __future__ import annotations
 
-import difflib
 import html
 import tempfile
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from poisonguard import REASONS, ROW_ID, is_reserved_column
 from poisonguard.config import ExpectationSettings
 from poisonguard.errors import ConfigError, InputError
+from poisonguard.names import closest_name
 
 FRAME_DATASET = "dataframe"  # the dataset a DataFrame or table is scanned as, unless ``dataset=`` names one
 _SHOWN_ROWS = 10  # quarantined rows shown in a notebook
@@ -168,8 +168,8 @@ def _columns(given: pd.DataFrame | pa.Table | Path) -> list[str] | None:
 def _require_column(given: pd.DataFrame | pa.Table | Path, column: str, name: str) -> None:
     columns = _columns(given)
     if columns is not None and column not in columns:
-        close = difflib.get_close_matches(column, columns, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; its columns: {', '.join(columns[:20])}"
+        close = closest_name(column, columns)
+        hint = f"; did you mean {close!r}?" if close else f"; its columns: {', '.join(columns[:20])}"
         raise ConfigError(f"{name} has no label column {column!r}{hint}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 
 from poisonguard.errors import ConfigError
@@ -35,3 +36,9 @@ def checked_dataset_name(name: str, origin: str) -> str:
     if problem is not None:
         raise ConfigError(f"dataset {name!r} cannot be used (from {origin}): {problem}; pass --dataset NAME")
     return name
+
+
+def closest_name(name: str, choices: list[str]) -> str | None:
+    """The choice closest to a mistyped ``name`` (difflib's ratio of at least 0.6), or ``None``."""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    return close[0] if close else None

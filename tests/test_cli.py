@@ -32,6 +32,34 @@ def test_scanning_the_sample_prints_the_summary_and_exits_1_when_rows_are_quaran
     assert summary["already_scanned"] and summary["exit_code"] == 1
 
 
+def test_a_command_line_scan_runs_in_process_unless_a_prefect_server_is_configured(tmp_path, sample_batch):
+    executable = shutil.which("poisonguard") or f"{sys.prefix}/bin/poisonguard"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    completed = subprocess.run(
+        [executable, "scan", str(sample_batch), "--dataset", "loans", "-y", "risk_grade", "--out", str(tmp_path / "out"),
+         "--json"], capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert json.loads(completed.stdout)["rows_in"] == 2_000
+    assert not (tmp_path / "prefect").exists()  # no Prefect home, database or temporary server was made
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_asked_to_a_command_line_scan_runs_as_a_prefect_flow(tmp_path):
+    from prefect.artifacts import Artifact
+
+    make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(40, seed=2).to_csv(tmp_path / "batch.csv", index=False)
+    args = ["scan", str(tmp_path / "batch.csv"), "-y", "label", "-r", str(tmp_path / "ref.csv"), "--dataset",
+            "asked-as-a-flow", "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--prefect"])
+    assert result.exit_code in (0, 1), result.output
+    assert Artifact.get("poisonguard-asked-as-a-flow-summary") is not None
+    dask_in_process = runner.invoke(app, [*args, "--in-process", "--task-runner", "dask"])
+    assert dask_in_process.exit_code == 2 and "drop --in-process" in dask_in_process.output
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_clean_batch_exits_0(tmp_path):
     make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
@@ -88,7 +116,8 @@ def test_expectations_init_writes_a_suite_and_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--label-col", "target"], "label column 'target' not found"), ([], "absent.csv: batch file not found")],
+    [(["--label-col", "target"], "label column 'target' not found"), ([], "absent.csv: batch file not found"),
+     (["--label-col", "labl"], "label column 'labl' not found; did you mean 'label'?")],
 )
 def test_the_installed_console_script_reports_user_errors_without_a_traceback(tmp_path, extra, message):
     make_frame(20).to_csv(tmp_path / "batch.csv", index=False)
@@ -135,7 +164,7 @@ def test_every_scan_option_is_a_setting_and_shows_the_settings_default():
     from poisonguard.cli.scan import scan
     from poisonguard.config import GROUP_OF, GROUPS, ScanConfig
 
-    not_settings = {"file", "config_file", "as_json", "verbose", "debug"}
+    not_settings = {"file", "config_file", "as_json", "prefect", "verbose", "debug"}
     fields = {name: GROUPS[group].model_fields[name] for name, group in GROUP_OF.items()} | {
         name: field for name, field in ScanConfig.model_fields.items() if name not in GROUPS
     }

@@ -211,7 +211,7 @@ def test_a_killed_scan_leaves_no_prefect_server_running(tmp_path, sample_batch, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     command = [str(Path(sys.executable).parent / "poisonguard"), "scan", str(sample_batch), "--dataset", "loans",
-               "-y", "risk_grade", "-r", str(sample_reference), "--out", str(tmp_path / "out")]
+               "-y", "risk_grade", "-r", str(sample_reference), "--out", str(tmp_path / "out"), "--prefect"]
     scan = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, servers = time.monotonic() + 120, []
     while not servers and time.monotonic() < deadline and scan.poll() is None:

@@ -118,14 +118,16 @@ def test_the_index_lists_every_batch_with_its_review_state(sample_out):
     assert f'<td class="num">{summary.rows_quarantined:,}</td><td class="num">0</td>' in index
 
 
-def test_prefect_artifacts_show_each_scan_per_dataset(scanned_sample):
+def test_prefect_artifacts_show_each_scan_per_dataset(prefect_harness, tmp_path, sample_batch, sample_reference):
     from prefect.artifacts import Artifact
 
-    summary, _ = scanned_sample
-    markdown = Artifact.get("poisonguard-loans-summary")
+    # A dataset of its own: other tests scan the sample as "loans", in whatever order the run takes them.
+    summary = scan_batch(sample_batch, ScanConfig(label_col="risk_grade", reference=sample_reference,
+                                                  out_dir=tmp_path, dataset="loans-artifacts"))
+    markdown = Artifact.get("poisonguard-loans-artifacts-summary")
     assert markdown is not None and summary.batch_id in markdown.data
     assert f"{summary.rows_quarantined:,}" in markdown.data and ".html" in markdown.data
-    table = Artifact.get("poisonguard-loans-reasons")
+    table = Artifact.get("poisonguard-loans-artifacts-reasons")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {r["reason"]: r["rows"] for r in rows} == summary.reasons
 

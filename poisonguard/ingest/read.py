@@ -293,6 +293,18 @@ def _records_frame(records: list[dict], path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def header_columns(path: Path, file_format: str) -> list[str]:
+    """The column names of the batch file at ``path`` in ``file_format``, from its header or schema alone
+    (the first record of JSON Lines). Raises whatever the parser raises for a file it cannot read."""
+    if file_format == "parquet":
+        return [str(c) for c in pq.ParquetFile(path).schema_arrow.names]
+    if file_format == "csv":
+        return [str(c) for c in _csv_header(path)]
+    with path.open("r", encoding="utf-8") as handle:
+        first = next((line for line in handle if line.strip()), "{}")
+    return [str(c) for c in json.loads(first)]
+
+
 def _csv_header(path: Path) -> list[str]:
     # pandas renames a repeated column "a" to "a.1" silently; read the raw header to catch it.
     csv.field_size_limit(1 << 30)

@@ -8,7 +8,6 @@ way the scan's loop is the same (see :mod:`poisonguard.pipeline.chunks`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID
 from poisonguard.errors import UnreadableBatchError
-from poisonguard.ingest.read import Batch, _check_column_names, _csv_header, read_json_lines, with_row_ids
+from poisonguard.ingest.read import Batch, _check_column_names, header_columns, read_json_lines, with_row_ids
 from poisonguard.provenance.checks import RowsRead
 from poisonguard.provenance.ledger import digest_row_hashes, row_hashes
 
@@ -82,22 +81,15 @@ class BatchSource:
         Raises :class:`UnreadableBatchError` for a file whose header cannot be read, repeats a name or uses
         a reserved column.
         """
-        batch, path = self.batch, self.batch.read_path
+        batch = self.batch
         try:
-            if batch.file_format == "parquet":
-                columns = pq.ParquetFile(path).schema_arrow.names
-            elif batch.file_format == "csv":
-                columns = _csv_header(path)
-            else:
-                with path.open("r", encoding="utf-8") as handle:
-                    first = next((line for line in handle if line.strip()), "{}")
-                columns = list(json.loads(first))
+            columns = header_columns(batch.read_path, batch.file_format)
         except Exception as exc:  # any parser error means the batch is unreadable, whatever the library
             raise UnreadableBatchError(
                 "structural:unreadable", f"{batch.source_path}: cannot be read as {batch.file_format}: {exc}"
             ) from exc
         _check_column_names(batch.source_path, columns)
-        return [str(c) for c in columns]
+        return columns
 
     def rows_read(self) -> RowsRead:
         """The batch's provenance facts: row count, columns and content digest, from one pass over it.

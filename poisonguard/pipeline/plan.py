@@ -31,6 +31,7 @@ from poisonguard.expectations.validate import coerce_to_kinds
 from poisonguard.featurize.features import infer_kinds
 from poisonguard.featurize.representations import embedding_columns
 from poisonguard.ingest.read import Batch, read_batch
+from poisonguard.names import closest_name
 from poisonguard.report.figures import class_counts
 
 
@@ -167,9 +168,11 @@ def _resolve_label(
             )
         return config.io.label_col
     if batch.frame is not None and config.io.label_col not in batch.frame.columns:
-        columns = ", ".join(c for c in batch.frame.columns if c != ROW_ID)
+        columns = [str(c) for c in batch.frame.columns if c != ROW_ID]
+        close = closest_name(config.io.label_col, columns)
         raise InputError(
-            f"{batch.source_path}: label column {config.io.label_col!r} not found; columns are: {columns}"
+            f"{batch.source_path}: label column {config.io.label_col!r} not found"
+            f"{f'; did you mean {close!r}?' if close else ''} (columns: {', '.join(columns)})"
         )
     return config.io.label_col
 

@@ -69,6 +69,39 @@ def test_chunked_parquet_batch_keeps_its_column_types_and_conserves_rows(prefect
     assert set(range(10)) <= set(held[ROW_ID])  # the planted outliers, spread over the first chunk
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 128])
+def test_a_parquet_batch_keeps_its_bool_timestamp_date_and_category_types(tmp_path, chunk_rows):
+    """The suite checks these columns as text; the clean and quarantine files hold them as the file did."""
+    import pyarrow.parquet as pq
+
+    from poisonguard.pipeline.steps import scan_file
+
+    def typed(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        return frame.assign(
+            active=rng.random(len(frame)) < 0.5,
+            seen_at=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, len(frame)), unit="h"),
+            day=(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, len(frame)), unit="D")).date,
+            tier=pd.Categorical(rng.choice(["gold", "silver"], len(frame))),
+        )
+
+    typed(make_frame(600, seed=0), 0).to_parquet(tmp_path / "ref.parquet", index=False)
+    batch = typed(make_frame(1000, seed=1), 1)
+    batch.loc[:9, "x2"] = np.linspace(30.0, 40.0, 10)
+    batch.to_parquet(tmp_path / "batch.parquet", index=False)
+    summary = scan_file(tmp_path / "batch.parquet", ScanConfig(
+        label_col="label", reference=tmp_path / "ref.parquet", out_dir=tmp_path / "out", chunk_rows=chunk_rows))
+    given = pq.read_schema(tmp_path / "batch.parquet")
+    paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
+    for written in (pq.read_schema(paths.clean), pq.read_schema(paths.quarantine)):
+        for column in ("active", "seen_at", "day", "tier", "count"):
+            assert written.field(column).type == given.field(column).type, column
+    clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
+    assert sorted([*clean[ROW_ID], *held[ROW_ID]]) == list(range(1000))
+    expected = batch.set_index(pd.RangeIndex(1000)).loc[clean[ROW_ID], "seen_at"].to_numpy()
+    assert (clean["seen_at"].to_numpy() == expected).all()
+
+
 def test_chunked_scan_without_a_reference_fits_on_a_first_pass_sample(prefect_harness, tmp_path):
     from poisonguard.expectations.suite import infer_suite, save_suite
     from poisonguard.flows.scan import run_scan

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from poisonguard import ROW_ID
 from poisonguard.cells import as_text
 from poisonguard.decide.result_table import build_result_table, reason_counts
 from poisonguard.errors import ConfigError, UnreadableBatchError
-from poisonguard.expectations.suite import NUMERIC, suite_kinds
+from poisonguard.expectations.suite import CATEGORICAL, NUMERIC, TEXT, suite_kinds
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
 from poisonguard.memory import release_free_memory
@@ -149,6 +151,10 @@ class ChunkStager:
         self.found = ScanFindings(hash_rows=hash_rows)
         kinds = suite_kinds(scan_plan.suite) if scan_plan.suite is not None else {}
         self._numeric = [c for c, k in kinds.items() if k == NUMERIC]
+        # The suite checks categorical and text columns as text. A Parquet file fixes each column's type for
+        # every chunk, so a column that came typed (bool, timestamp, date, category) is written as it came;
+        # CSV and JSON Lines are typed per chunk by the parser, so their columns are written as checked.
+        self._as_read = _typed_columns(source, [c for c, k in kinds.items() if k in (CATEGORICAL, TEXT)])
 
     def __enter__(self) -> ChunkStager:
         return self
@@ -178,7 +184,8 @@ class ChunkStager:
         """Split the chunk's rows (``frame``, as :meth:`scorable` gave them) by schema failures and flags,
         and append them to the staged files; return the chunk's per-row result table."""
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
-        split = split_rows(frame, result, self.source.batch.batch_id, self.scanned_at, outcome.raw_values)
+        split = split_rows(self._typed_as_read(chunk, frame), result, self.source.batch.batch_id, self.scanned_at,
+                           outcome.raw_values)
         self.clean.write(split.clean_schema.empty_table())  # a batch with no clean rows still has a clean file
         for rows in split.clean_slices():
             self.clean.write(rows)
@@ -189,6 +196,13 @@ class ChunkStager:
         # The next chunk's arrays come from the pages this one freed only if they are handed back.
         release_free_memory()
         return result
+
+    def _typed_as_read(self, chunk: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with the columns of ``_as_read`` that the file typed other than as text put back as read."""
+        typed = [c for c in self._as_read if c in chunk]
+        if not typed or not np.array_equal(chunk[ROW_ID].to_numpy(), frame[ROW_ID].to_numpy()):
+            return frame
+        return frame.assign(**{column: chunk[column].array for column in typed})
 
     def _tally(self, chunk: pd.DataFrame, frame: pd.DataFrame, result: pd.DataFrame, scores: DetectorScores) -> None:
         found, label_col = self.found, self.scan_plan.label_col
@@ -223,6 +237,18 @@ class ChunkStager:
     def discard(self) -> None:
         self.clean.discard()
         self.quarantine.discard()
+
+
+def _typed_columns(source: BatchSource, columns: list[str]) -> list[str]:
+    """Which of ``columns`` a Parquet batch types other than as text (bool, timestamp, date, dictionary)."""
+    if source.batch.file_format != "parquet" or not columns:
+        return []
+    try:
+        schema = pq.read_schema(source.batch.read_path)
+    except Exception:  # noqa: BLE001 - a file that cannot be read is rejected by the scan, not here
+        return []
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    return [c for c in columns if c in schema.names and not any(is_text(schema.field(c).type) for is_text in text)]
 
 
 def quarantine_every_row(source: BatchSource, codes: list[str], paths: OutputPaths, quarantined_at: datetime) -> int:

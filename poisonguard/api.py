@@ -74,6 +74,11 @@ def scan(data: pd.DataFrame | pa.Table | str | Path, *, label: str | None = None
         report = read_report(Path(summary.report_path)) or {}
     rows = _rows(request.data, request.settings)
     issues = _issues(results, report, rows.index)
+    from poisonguard.decide.explain import explain_rows
+
+    issues.insert(2, "explanation", explain_rows(rows, issues["reasons"], issues,
+                                                 (report.get("schema") or {}).get("expectations") or [],
+                                                 report.get("calibration") or {}))
     held = issues["quarantined"].to_numpy()
     quarantined = rows.iloc[np.flatnonzero(held)].assign(**{REASONS: issues["reasons"][held]})
     return ScanResult(clean=rows.iloc[np.flatnonzero(~held)], quarantined=quarantined, issues=issues,
@@ -87,7 +92,8 @@ class ScanResult:
     ``clean``: the rows that go to training, as given. ``quarantined``: the rows held back, as given, with
     ``_reasons`` (their reason codes). ``issues``: one row per input row, indexed like the input:
     ``quarantined``, ``reasons`` and per detector ``<name>_score`` (higher is more suspicious),
-    ``<name>_pvalue`` (with a reference) and ``<name>_flag``. ``report``: the scan's JSON report, as the
+    ``<name>_pvalue`` (with a reference) and ``<name>_flag``, and ``explanation``: the reasons in words
+    (``applicant_age = 150 outside [18, 95]``, ``label_model: p = 0.0003 (flagged at p <= 0.0008)``). ``report``: the scan's JSON report, as the
     command line writes it.
     """
 

@@ -104,3 +104,33 @@ def test_scanning_a_frame_starts_no_prefect(sample_batch):
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr[-2000:]
     assert found.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_every_quarantined_row_says_why_in_words(scanned_frame):
+    issues = scanned_frame.issues
+    held = issues["quarantined"].to_numpy()
+    assert (issues["explanation"][held] != "").all() and (issues["explanation"][~held] == "").all()
+    ranged = issues[issues["reasons"].map(lambda codes: "schema:range:applicant_age" in codes)]
+    assert len(ranged) and ranged["explanation"].str.contains(r"applicant_age = \S+ outside \[").all()
+    labelled = issues[issues["reasons"].map(lambda codes: "label:label_model" in codes)]
+    assert labelled["explanation"].str.contains(r"label_model: p = \S+ \(flagged at p <= ").all()
+
+
+def test_an_explanation_gives_each_reason_in_its_order_with_the_value_and_the_rule():
+    from poisonguard.decide.explain import explain_rows
+
+    rows = pd.DataFrame({"age": [150.0, 30.0, np.nan], "city": ["x", "Oslo", "Rome"]}, index=[5, 5, 9])
+    reasons = pd.Series([["schema:range:age", "label:label_model"], [], ["schema:not_null:age", "backdoor:tv"]],
+                        index=rows.index)
+    scores = pd.DataFrame({"label_model_score": [3.0, 0.1, 0.2], "label_model_pvalue": [1e-4, 0.5, 0.4],
+                           "tv_score": [0.0, 0.0, 0.8], "tv_pvalue": [1.0, 1.0, 0.02]})
+    expectations = [{"expectation": "expect_column_values_to_be_between", "column": "age",
+                     "kwargs": {"min_value": 18, "max_value": 95}}]
+    calibration = {"p_value_threshold": 0.001, "own_thresholds": {"tv": 0.5}}
+    text = explain_rows(rows, reasons, scores, expectations, calibration)
+    assert text.index.equals(rows.index)
+    assert text.tolist() == [
+        "age = 150 outside [18, 95]; label_model: p = 0.0001 (flagged at p <= 0.001)",
+        "",
+        "age is empty; tv: score 0.8 above its own threshold 0.5",
+    ]

@@ -1,0 +1,75 @@
+"""A reason a person reads for each quarantined row, from its reason codes, its values, the suite's rules
+and the detectors' p-values: ``applicant_age = 150 outside [18, 95]``, ``annual_income is empty``,
+``label_model: p = 0.0003 (flagged at p <= 0.0008)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.cells import as_text
+
+SCHEMA = "schema"
+_RANGE = "expect_column_values_to_be_between"
+_IN_SET = "expect_column_values_to_be_in_set"
+
+
+def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, expectations: list[dict[str, Any]],
+                 calibration: dict[str, Any]) -> pd.Series:
+    """One text per row, phrases joined by ``"; "``, ``""`` for a row with no reason.
+
+    ``rows``: the batch's rows as given; ``reasons``: their lists of reason codes; ``scores``: the per-row
+    result columns (``<detector>_score``, ``<detector>_pvalue``); all three aligned by position.
+    ``expectations`` and ``calibration``: the report's ``schema.expectations`` and ``calibration``.
+    """
+    codes = pd.Series(reasons.to_numpy(), index=pd.RangeIndex(len(reasons))).explode().dropna()
+    if codes.empty:
+        return pd.Series("", index=reasons.index, dtype=object)
+    rules = {(e["expectation"], e["column"]): e.get("kwargs") or {} for e in expectations if e.get("column")}
+    alpha, own = calibration.get("p_value_threshold"), calibration.get("own_thresholds") or {}
+    exploded = pd.DataFrame({"position": codes.index.to_numpy(), "code": codes.astype(str).to_numpy()})
+    phrases = pd.Series("", index=exploded.index, dtype=object)
+    for code, where in exploded.groupby("code").groups.items():
+        phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules, alpha, own)
+    joined = phrases.groupby(exploded["position"].to_numpy()).agg("; ".join)  # each row's reasons in their order
+    return pd.Series(joined.reindex(range(len(reasons)), fill_value="").to_numpy(), index=reasons.index, dtype=object)
+
+
+def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame,
+             rules: dict[tuple[str, str], dict], alpha: float | None, own_thresholds: dict[str, float]) -> list[str] | str:
+    family, _, rest = code.partition(":")
+    if family == SCHEMA:
+        check, _, column = rest.partition(":")
+        if column not in rows:
+            return code
+        values = rows[column].iloc[at]
+        shown = as_text(values).fillna("empty").str.slice(0, 60)
+        if check == "not_null":
+            return f"{column} is empty"
+        if check == "range" and (_RANGE, column) in rules:
+            bounds = rules[(_RANGE, column)]
+            return (f"{column} = " + shown + f" outside [{_number(bounds.get('min_value'))}, "
+                    f"{_number(bounds.get('max_value'))}]").tolist()
+        if check == "in_set" and (_IN_SET, column) in rules:
+            known = len(rules[(_IN_SET, column)].get("value_set") or [])
+            return (f"{column} = '" + shown + f"' is not one of its {known:,} known values").tolist()
+        if check == "type":
+            return f"{column} holds a value of the wrong type"
+        return code
+    detector = rest
+    if f"{detector}_score" not in scores:
+        return code
+    values = scores[f"{detector}_score"].to_numpy()[at]
+    if f"{detector}_pvalue" in scores and alpha is not None:
+        own = own_thresholds.get(detector)
+        return [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
+                else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
+                for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]
+    return [f"{detector}: score {s:.3g} above its limit" for s in values]
+
+
+def _number(value: Any) -> str:
+    return "-inf" if value is None else f"{float(value):.4g}"

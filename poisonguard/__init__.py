@@ -10,12 +10,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 ROW_ID = "_row_id"
 BATCH_ID = "_batch_id"
 REASONS = "_reasons"
+EXPLANATION = "_explanation"  # the reasons in words, beside the codes of a quarantined row
 STATUS = "_status"
 QUARANTINED_AT = "_quarantined_at"
 RAW_VALUES = "_raw_values"
 SCORE_PREFIX = "_score_"
 # Columns poisonguard adds to its outputs; an input batch may not carry them.
-RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, STATUS, QUARANTINED_AT, RAW_VALUES})
+RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, EXPLANATION, STATUS, QUARANTINED_AT, RAW_VALUES})
 
 
 def is_reserved_column(name: str) -> bool:

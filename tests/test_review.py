@@ -16,7 +16,7 @@ import pytest
 from conftest import make_frame
 from typer.testing import CliRunner
 
-from poisonguard import REASONS, ROW_ID
+from poisonguard import EXPLANATION, REASONS, ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
@@ -32,8 +32,8 @@ from poisonguard.write.outputs import OutputPaths
 runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
 
 
 def html_of(out_dir: Path, summary) -> str:
@@ -140,6 +140,18 @@ def conserved(out_dir: Path, summary) -> None:
     still_held = held[~np.isin(held, released)]
     everything = np.concatenate([clean, released, still_held])
     assert sorted(everything.tolist()) == list(range(summary.rows_in))
+
+
+def test_each_quarantined_row_says_why_in_the_quarantine_file_and_in_review_show(scanned_sample):
+    summary, out_dir = scanned_sample
+    held = pd.read_parquet(OutputPaths.for_batch(out_dir, "loans", summary.batch_id).quarantine)
+    assert held[EXPLANATION].str.len().gt(0).all()
+    ranged = held[held[REASONS].map(lambda codes: any(c.startswith("schema:range:") for c in codes))]
+    assert len(ranged) and ranged[EXPLANATION].str.contains(r" = \S+ outside \[").all()
+    scored = held[held[REASONS].map(lambda codes: "label:label_model" in codes)]
+    assert scored[EXPLANATION].str.contains(r"label_model: p = ").all()
+    listed = invoke("review", "show", summary.batch_id, "--out", out_dir, "--limit", "200", env={"COLUMNS": "400"})
+    assert "why" in listed.output and ranged[EXPLANATION].iloc[0] in listed.output
 
 
 def test_release_and_confirm_round_trip_keeps_every_row_exactly_once(sample_out):

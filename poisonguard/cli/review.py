@@ -81,7 +81,7 @@ def review_show(
     """Show a batch's quarantined rows with their reasons and review status."""
     try:
         require_output_dir(out_dir)
-        from poisonguard import REASONS, ROW_ID, STATUS
+        from poisonguard import EXPLANATION, REASONS, ROW_ID, STATUS
         from poisonguard.review.audit import AuditLog
         from poisonguard.review.batches import find_batch, quarantined_rows, row_decisions, with_review_status
         from poisonguard.review.export import export_csv
@@ -119,10 +119,12 @@ def review_show(
     else:
         table = Table(title=f"{len(rows):,} rows" + (f", first {limit}" if len(rows) > limit else ""),
                       title_justify="left")
-        for column in ("row", "status", "reasons"):
+        explained = EXPLANATION in rows  # quarantine files written before it was kept have codes only
+        for column in ("row", "status", "reasons") + (("why",) if explained else ()):
             table.add_column(column)
         for values in rows.head(limit).to_dict("records"):
-            table.add_row(str(values[ROW_ID]), values[STATUS], shown(", ".join(values[REASONS])))
+            why = (shown(values[EXPLANATION] or ""),) if explained else ()
+            table.add_row(str(values[ROW_ID]), values[STATUS], shown(", ".join(values[REASONS])), *why)
         out.print(table)
     if exported is not None:
         out.print(f"exported {len(rows):,} rows to {exported}", highlight=False)

@@ -27,8 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import ROW_ID
+from poisonguard import REASONS, ROW_ID
 from poisonguard.cells import as_text
+from poisonguard.decide.explain import explain_rows
 from poisonguard.decide.result_table import build_result_table, reason_counts
 from poisonguard.errors import ConfigError, UnreadableBatchError
 from poisonguard.expectations.suite import CATEGORICAL, NUMERIC, TEXT, suite_kinds
@@ -184,8 +185,9 @@ class ChunkStager:
         """Split the chunk's rows (``frame``, as :meth:`scorable` gave them) by schema failures and flags,
         and append them to the staged files; return the chunk's per-row result table."""
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
+        explanations = explain_rows(frame, result[REASONS], result, outcome.expectations, scores.calibration)
         split = split_rows(self._typed_as_read(chunk, frame), result, self.source.batch.batch_id, self.scanned_at,
-                           outcome.raw_values)
+                           outcome.raw_values, explanations)
         self.clean.write(split.clean_schema.empty_table())  # a batch with no clean rows still has a clean file
         for rows in split.clean_slices():
             self.clean.write(rows)
@@ -263,7 +265,9 @@ def quarantine_every_row(source: BatchSource, codes: list[str], paths: OutputPat
             chunk = source.one_numeric_type(chunk, numeric)
             row_ids = chunk[ROW_ID].to_numpy()
             result = build_result_table(row_ids, {code: row_ids for code in codes}, DetectorScores())
-            quarantine.write(split_rows(chunk, result, source.batch.batch_id, quarantined_at).quarantined)
+            explanations = explain_rows(chunk, result[REASONS], result, [], {})
+            quarantine.write(split_rows(chunk, result, source.batch.batch_id, quarantined_at,
+                                        explanations=explanations).quarantined)
     except BaseException:
         quarantine.discard()
         raise

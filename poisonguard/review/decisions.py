@@ -16,14 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from poisonguard import QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard import EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
 from poisonguard.review.audit import CONFIRM, RELEASE, AuditLog, ReviewError
 from poisonguard.review.batches import ReviewedBatch, find_batch, quarantined_rows, row_decisions
 from poisonguard.review.reviewers import ReviewerKey, Signer
 from poisonguard.write.atomic import atomic_path, sync_file, write_parquet
 
 # Review-only columns of the quarantine file; a released row goes back to the clean area without them.
-_REVIEW_COLUMNS = (REASONS, QUARANTINED_AT, STATUS, RAW_VALUES)
+_REVIEW_COLUMNS = (REASONS, EXPLANATION, QUARANTINED_AT, STATUS, RAW_VALUES)
 
 
 @dataclass(frozen=True)

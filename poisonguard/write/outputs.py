@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import BATCH_ID, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard import BATCH_ID, EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
 from poisonguard.decide.result_table import QUARANTINED
 from poisonguard.errors import InputError
 from poisonguard.ingest.read import Batch
@@ -107,11 +107,13 @@ def split_rows(
     batch_id: str,
     quarantined_at: datetime,
     raw_values: dict[int, dict[str, str]] | None = None,
+    explanations: pd.Series | None = None,
 ) -> SplitRows:
     """Partition ``frame`` by the result table into clean and quarantined rows (see :class:`SplitRows`).
 
     Both keep the batch's columns plus ``_row_id`` (last but one) and ``_batch_id``; the quarantined table
-    adds ``_reasons``, one ``_score_<detector>`` column per detector, ``_quarantined_at``, ``_status``
+    adds ``_reasons``, ``_explanation`` (the reasons in words, when ``explanations`` gives them per row of
+    ``frame``), one ``_score_<detector>`` column per detector, ``_quarantined_at``, ``_status``
     (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null).
     """
     if not np.array_equal(frame[ROW_ID].to_numpy(), result[ROW_ID].to_numpy()):
@@ -123,6 +125,8 @@ def split_rows(
     rows = pa.Table.from_pandas(frame[columns], preserve_index=False)
     held_result = result.loc[held].reset_index(drop=True)
     extras = pd.DataFrame({REASONS: held_result[REASONS].array})
+    if explanations is not None:  # per row of ``frame``; kept for the quarantined rows
+        extras[EXPLANATION] = np.asarray(explanations, dtype=object)[held]
     for column in held_result.columns:
         if column.endswith("_score"):
             extras[SCORE_PREFIX + column.removesuffix("_score")] = held_result[column].to_numpy()

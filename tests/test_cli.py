@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,20 @@ def test_a_command_line_scan_runs_in_process_unless_a_prefect_server_is_configur
     assert completed.returncode == 1, completed.stderr
     assert json.loads(completed.stdout)["rows_in"] == 2_000
     assert not (tmp_path / "prefect").exists()  # no Prefect home, database or temporary server was made
+
+
+def test_a_scan_logged_to_a_file_shows_a_timed_line_per_step_and_quiet_shows_nothing(tmp_path, sample_batch):
+    executable = shutil.which("poisonguard") or f"{sys.prefix}/bin/poisonguard"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    command = [executable, "scan", str(sample_batch), "--dataset", "loans", "-y", "risk_grade", "--out",
+               str(tmp_path / "out")]
+    logged = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert logged.returncode == 1, logged.stderr
+    assert re.search(r"^\[ *\d+\.\d s\] poisonguard scoring 2,000 rows$", logged.stderr, re.MULTILINE), logged.stderr
+    assert re.search(r"\d+\.\d s, [\d,]+ rows/s", logged.stdout), logged.stdout
+    quiet = subprocess.run([*command, "--force", "--quiet", "--exit-zero"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -164,7 +179,7 @@ def test_every_scan_option_is_a_setting_and_shows_the_settings_default():
     from poisonguard.cli.scan import scan
     from poisonguard.config import GROUP_OF, GROUPS, ScanConfig
 
-    not_settings = {"file", "config_file", "as_json", "prefect", "verbose", "debug"}
+    not_settings = {"file", "config_file", "as_json", "prefect", "quiet", "exit_zero", "verbose", "debug"}
     fields = {name: GROUPS[group].model_fields[name] for name, group in GROUP_OF.items()} | {
         name: field for name, field in ScanConfig.model_fields.items() if name not in GROUPS
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -119,10 +122,15 @@ def scan(
                      help="Run as a Prefect flow (recorded on the server of PREFECT_API_URL, else a temporary one) "
                           "or in this process [a flow when PREFECT_API_URL is set or with --task-runner dask]."),
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress and no summary, only errors.")] = False,
+    exit_zero: Annotated[
+        bool, typer.Option(help="Exit 0 whatever the scan decided (rows quarantined, batch rejected); errors still fail.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
 ) -> None:
     """Scan FILE: validate, score and split its rows into clean and quarantine Parquet files."""
+    started = time.perf_counter()
     try:
         base = load_config(config_file) if config_file else ScanConfig()
         config = base.with_overrides(
@@ -153,9 +161,7 @@ def scan(
         progress = logging.getLogger("poisonguard.progress")
         progress.setLevel(logging.INFO)
         progress.propagate = verbose
-        with console.status(f"[bold]poisonguard[/] {'starting Prefect' if as_flow else 'starting'}",
-                            spinner="dots") as status:
-            handler = _StatusHandler(status)
+        with _progress_shown(quiet, started, "starting Prefect" if as_flow else "starting") as handler:
             progress.addHandler(handler)
             try:
                 if as_flow:
@@ -173,11 +179,38 @@ def scan(
         raise
     except Exception as error:  # noqa: BLE001 - every error ends in one clear line and an exit code
         fail(error, debug)
+    seconds = time.perf_counter() - started
     if as_json:
-        out.print_json(json.dumps(summary.__dict__ | {"exit_code": int(summary.exit_code)}))
+        out.print_json(json.dumps(summary.__dict__ | {"exit_code": int(summary.exit_code), "seconds": round(seconds, 3)}))
+    elif not quiet:
+        _print_summary(summary, seconds)
+    raise typer.Exit(0 if exit_zero else int(summary.exit_code))
+
+
+@contextmanager
+def _progress_shown(quiet: bool, started: float, first: str):
+    """The handler that shows the scan's progress: a live status line on a terminal, one timed line per step
+    on stderr otherwise (a log, a CI job), nothing with ``--quiet``."""
+    if quiet:
+        yield logging.NullHandler()
+    elif console.is_terminal:
+        with console.status(f"[bold]poisonguard[/] {first}", spinner="dots") as status:
+            yield _StatusHandler(status)
     else:
-        _print_summary(summary)
-    raise typer.Exit(int(summary.exit_code))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Elapsed(started))
+        yield handler
+
+
+class _Elapsed(logging.Formatter):
+    """``[   4.2 s] scoring 2,000 rows``: seconds since the command started."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self.started = started
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{time.perf_counter() - self.started:6.1f} s] poisonguard {record.getMessage()}"
 
 
 def runs_as_flow(asked: bool | None, config: ScanConfig) -> bool:
@@ -271,7 +304,7 @@ def writable_output_dir(out_dir: Path) -> None:
         raise storage_error(error) or StorageError(f"--out {out_dir}: cannot write there: {error}") from None
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary, seconds: float | None = None) -> None:
     if summary.already_scanned:
         out.print("[dim]already scanned with these settings; showing the earlier result (--force rescans)[/]")
     if summary.status == "replay":
@@ -289,6 +322,9 @@ def _print_summary(summary) -> None:
     table.add_row("rows in", count(summary.rows_in))
     table.add_row("clean", count(summary.rows_clean))
     table.add_row("quarantined", count(summary.rows_quarantined))
+    if seconds is not None and seconds > 0:
+        pace = f", {count(round(summary.rows_in / seconds))} rows/s" if summary.rows_in and not summary.already_scanned else ""
+        table.add_row("time", f"{seconds:.1f} s{pace}")
     provenance = summary.provenance
     if provenance:
         signer = f" ({provenance['source_id']}, key {provenance.get('key_id')})" if provenance.get("source_id") else ""

@@ -21,6 +21,7 @@ from poisonguard import ROW_ID
 from poisonguard.cells import as_text, is_list_column, list_cells
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.ranges import range_bounds, why_no_range, why_no_value_set
+from poisonguard.names import column_not_found
 from poisonguard.write.atomic import atomic_write_text
 
 NUMERIC = "numeric"
@@ -64,25 +65,34 @@ def infer_suite(
     range_margin: float = 0.1,
     source: str | None = None,
     range_false_quarantine: float | None = None,
+    roles: dict[str, str] | None = None,
 ):
     """Build a suite for ``dataset`` from the trusted ``reference`` frame.
 
-    ``reference`` holds the file's columns (a ``_row_id`` column, if present, is ignored). Raises
-    :class:`InputError` when ``label_col`` is not a column of the reference or looks continuous.
+    ``reference`` holds the file's columns (a ``_row_id`` column, if present, is ignored). ``roles``: columns
+    that are a row key (``id``) or carried through (``ignored``); they keep their type check (so that every
+    chunk writes them with one type) and an id its not-null check, but get no range or value set, and the
+    suite records their roles. Raises :class:`InputError` when ``label_col`` is not a column of the
+    reference or looks continuous, or a column with a role is not one of the reference.
     """
+    roles = dict(roles or {})
     gx, gxe = _gx()
     columns = [c for c in reference.columns if c != ROW_ID]
     if label_col is not None and label_col not in columns:
         raise InputError(
             f"{source or 'reference'}: label column {label_col!r} not found; columns are: {', '.join(columns)}"
         )
+    missing = [c for c in roles if c not in columns]
+    if missing:
+        raise InputError(column_not_found(source or "reference", roles[missing[0]], missing[0], columns))
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     embeddings = {}
     kinds = {column: column_kind(reference[column]) for column in columns}
     # Every numeric column but the label may get a range, every categorical one an allowed-value set: rules
     # a clean row can fail by chance, which together share range_false_quarantine. A column whose rule
     # would spend more than its share gets none, with the reason kept in the suite (see ranges.py).
-    n_judged = sum(kind in (NUMERIC, CATEGORICAL) for column, kind in kinds.items() if column != label_col)
+    n_judged = sum(kind in (NUMERIC, CATEGORICAL) for column, kind in kinds.items()
+                   if column != label_col and column not in roles)
     unchecked: dict[str, str] = {}
     for column in columns:
         series = reference[column]
@@ -104,8 +114,10 @@ def infer_suite(
                 column=column, type_list=KIND_TYPES[kind], meta={"kind": kind}
             )
         )
-        if not series.isna().any():
+        if not series.isna().any() and roles.get(column) != "ignored":
             expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        if column in roles:
+            continue
         if kind == NUMERIC and column != label_col:
             values = series.to_numpy(dtype="float64", na_value=np.nan)
             finite = values[np.isfinite(values)]
@@ -141,6 +153,7 @@ def infer_suite(
             "embeddings": embeddings,
             # columns given no range or value set, with the reason (see poisonguard.expectations.ranges)
             "unchecked": unchecked,
+            "roles": roles,  # column -> id or ignored: never a feature, no range or value set
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     }
@@ -151,6 +164,11 @@ def _plain_values(values: np.ndarray, kind: str) -> list[Any]:
     if kind == NUMERIC:
         return sorted(v.item() if hasattr(v, "item") else v for v in values)
     return sorted(str(v) for v in values)
+
+
+def suite_roles(suite) -> dict[str, str]:
+    """Column -> ``id`` or ``ignored``, as the suite records them."""
+    return dict((suite.meta or {}).get("poisonguard", {}).get("roles") or {})
 
 
 def suite_label_col(suite) -> str | None:

@@ -59,16 +59,31 @@ class IOSettings(_Settings):
     # of training a probe network. At most one of the two.
     embedding_prefix: str | None = None
     embedding_column: str | None = None
+    # Column roles. ``id_col``: a key of each row (a patient or order id), kept in the outputs and shown in
+    # review; ``ignore_cols``: columns carried through as they are. Neither is ever a feature of a detector
+    # nor given a range or value set by an inferred suite: a new id is not an outlier.
+    id_col: str | None = None
+    ignore_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
 
     @model_validator(mode="after")
     def _check(self) -> IOSettings:
         if self.embedding_prefix is not None and self.embedding_column is not None:
             raise ConfigError("give either --embedding-prefix or --embedding-column, not both")
+        roles = [c for c in (self.label_col, self.id_col) if c is not None]
+        clash = sorted(set(roles) & set(self.ignore_cols)) or ([self.id_col] if self.id_col == self.label_col
+                                                               and self.id_col is not None else [])
+        if clash:
+            raise ConfigError(f"column {clash[0]!r} is given two roles (label, id, ignored); give it one")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         if self.dataset is not None:
             checked_dataset_name(self.dataset, "the dataset setting")
         return self
+
+    @property
+    def unjudged_columns(self) -> tuple[str, ...]:
+        """The columns no detector reads and no inferred range or value set checks: the id and the ignored."""
+        return tuple(dict.fromkeys(([self.id_col] if self.id_col else []) + list(self.ignore_cols)))
 
     @property
     def has_embedding(self) -> bool:
@@ -327,6 +342,9 @@ class ScanConfig(_Settings):
         settings["detectors"] = list(self.detection.detectors)
         if not self.detection.detector_params:  # scans made before detectors took parameters keep their fingerprint
             settings.pop("detector_params")
+        for role in ("id_col", "ignore_cols"):  # and scans made before columns took roles
+            if not settings.get(role):
+                settings.pop(role)
         return settings
 
 

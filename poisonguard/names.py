@@ -42,3 +42,10 @@ def closest_name(name: str, choices: list[str]) -> str | None:
     """The choice closest to a mistyped ``name`` (difflib's ratio of at least 0.6), or ``None``."""
     close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
     return close[0] if close else None
+
+
+def column_not_found(where: object, role: str, column: str, columns: list[str]) -> str:
+    """``"<where>: <role> column 'x' not found; did you mean 'y'? (columns: ...)"``, the closest name when one is."""
+    close = closest_name(column, columns)
+    hint = f"; did you mean {close!r}?" if close else ""
+    return f"{where}: {role} column {column!r} not found{hint} (columns: {', '.join(map(str, columns))})"

@@ -91,4 +91,5 @@ def test_grouping_leaves_the_scan_fingerprint_as_it_was():
         "embedding_prefix", "embedding_column", "chunk_rows",
     ])
     assert "task_runner" not in ScanConfig(task_runner="dask").fingerprint_fields()
+    assert ScanConfig(label_col="y", id_col="key").fingerprint_fields()["id_col"] == "key"
     assert Path(ScanConfig(out_dir="elsewhere").ledger_path) == Path("elsewhere/ledger.sqlite")

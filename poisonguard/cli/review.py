@@ -120,11 +120,14 @@ def review_show(
         table = Table(title=f"{len(rows):,} rows" + (f", first {limit}" if len(rows) > limit else ""),
                       title_justify="left")
         explained = EXPLANATION in rows  # quarantine files written before it was kept have codes only
-        for column in ("row", "status", "reasons") + (("why",) if explained else ()):
-            table.add_column(column)
+        key = (report.get("settings") or {}).get("id_col")  # the batch's own row key, when the scan named one
+        key = key if key in rows else None
+        for column in ("row",) + ((key,) if key else ()) + ("status", "reasons") + (("why",) if explained else ()):
+            table.add_column(shown(column))
         for values in rows.head(limit).to_dict("records"):
+            ids = (shown(str(values[key])),) if key else ()
             why = (shown(values[EXPLANATION] or ""),) if explained else ()
-            table.add_row(str(values[ROW_ID]), values[STATUS], shown(", ".join(values[REASONS])), *why)
+            table.add_row(str(values[ROW_ID]), *ids, values[STATUS], shown(", ".join(values[REASONS])), *why)
         out.print(table)
     if exported is not None:
         out.print(f"exported {len(rows):,} rows to {exported}", highlight=False)

@@ -93,6 +93,12 @@ def scan(
         Optional[str],
         typer.Option(help="This column holds a precomputed embedding of each row as a list of numbers (Parquet, JSONL)."),
     ] = None,
+    id_col: Annotated[
+        Optional[str], typer.Option(help="A key of each row (an order or patient id): kept, shown in review, never a feature.")
+    ] = None,
+    ignore_cols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated columns carried through as they are, never a feature.")
+    ] = None,
     trust_store: Annotated[
         Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
     ] = None,
@@ -145,6 +151,8 @@ def scan(
             max_false_quarantine=max_false_quarantine,
             embedding_prefix=embedding_prefix,
             embedding_column=embedding_column,
+            id_col=id_col,
+            ignore_cols=tuple(c.strip() for c in ignore_cols.split(",") if c.strip()) if ignore_cols else None,
             trust_store=trust_store,
             require_provenance=require_provenance,
             chunk_rows=chunk_rows,
@@ -236,8 +244,8 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
     from poisonguard.provenance.manifest import scan_dataset
 
     dataset = scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
-    if config.io.label_col is not None:
-        _check_label(file, config, dataset)
+    _check_label(file, config, dataset)
+    _check_role_columns(file, config)
     if config.io.reference is not None:
         detect_format(Path(config.io.reference))
     writable_output_dir(Path(config.io.out_dir))
@@ -260,9 +268,11 @@ def _check_label(file: Path, config: ScanConfig, dataset: str) -> None:
     rejects it; a label missing from the batch alone, where a suite has it, is a batch the scan rejects."""
     from poisonguard.errors import InputError
     from poisonguard.ingest.read import detect_format, header_columns
-    from poisonguard.names import closest_name
+    from poisonguard.names import column_not_found
 
     label, columns = config.io.label_col, []
+    if label is None:
+        return
     for path in (file, config.io.reference):
         if path is None:
             continue
@@ -280,9 +290,24 @@ def _check_label(file: Path, config: ScanConfig, dataset: str) -> None:
             return
     if label in columns:
         return
-    close = closest_name(label, columns)
-    hint = f"; did you mean {close!r}?" if close else ""
-    raise InputError(f"{file}: label column {label!r} not found{hint} (columns: {', '.join(dict.fromkeys(columns))})")
+    raise InputError(column_not_found(file, "label", label, list(dict.fromkeys(columns))))
+
+
+def _check_role_columns(file: Path, config: ScanConfig) -> None:
+    """An id or ignored column the batch's header does not name: say so now, with the closest column."""
+    from poisonguard.errors import InputError
+    from poisonguard.ingest.read import detect_format, header_columns
+    from poisonguard.names import column_not_found
+
+    if not config.io.unjudged_columns:
+        return
+    try:
+        columns = header_columns(file, detect_format(file, config.io.file_format))
+    except Exception:  # noqa: BLE001 - an unreadable file is the scan's to judge and report
+        return
+    for column in config.io.unjudged_columns:
+        if column not in columns:
+            raise InputError(column_not_found(file, "id" if column == config.io.id_col else "ignored", column, columns))
 
 
 def writable_output_dir(out_dir: Path) -> None:
@@ -349,6 +374,10 @@ def _print_summary(summary, seconds: float | None = None) -> None:
 def expectations_init(
     reference: Annotated[Path, typer.Option("--reference", "-r", help="Trusted data to infer the suite from.")],
     label_col: Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")] = None,
+    id_col: Annotated[Optional[str], typer.Option(help="A key of each row: no range or value set, never a feature.")] = None,
+    ignore_cols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated columns with no range or value set, never a feature.")
+    ] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the reference's file name).")] = None,
     suite_dir: Annotated[Path, typer.Option(help="Directory to write <dataset>.json in.")] = Path(
         "expectations/suites"
@@ -379,8 +408,10 @@ def expectations_init(
         target = suite_dir / f"{batch.dataset}.json"
         if target.exists() and not force:
             raise ConfigError(f"{target}: a suite already exists; pass --force to replace it")
+        ignored = [c.strip() for c in (ignore_cols or "").split(",") if c.strip()]
+        roles = {**{c: "ignored" for c in ignored}, **({id_col: "id"} if id_col else {})}
         suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference),
-                            range_false_quarantine=range_false_quarantine)
+                            range_false_quarantine=range_false_quarantine, roles=roles)
         save_suite(suite, target)
     except typer.Exit:
         raise

@@ -26,12 +26,13 @@ from poisonguard.expectations.suite import (
     suite_embeddings,
     suite_kinds,
     suite_label_col,
+    suite_roles,
 )
 from poisonguard.expectations.validate import coerce_to_kinds
 from poisonguard.featurize.features import infer_kinds
 from poisonguard.featurize.representations import embedding_columns
-from poisonguard.ingest.read import Batch, read_batch
-from poisonguard.names import closest_name
+from poisonguard.ingest.read import Batch, header_columns, read_batch
+from poisonguard.names import column_not_found
 from poisonguard.report.figures import class_counts
 
 
@@ -83,12 +84,16 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
         reference = _at_most(reference, config.calibration.max_reference_rows, config.seed)
         if suite is not None:
             reference = _coerce_reference(reference, suite, config.io.reference)
+    _require_role_columns(config, batch)
     if suite is not None:
         kinds = {c: k for c, k in suite_kinds(suite).items() if c != label_col}
     elif batch.frame is not None:
         kinds = infer_kinds(batch.frame, label_col)
     else:
         kinds = {}
+    # The id and ignored columns are carried through, never read by a detector.
+    unjudged = set(config.io.unjudged_columns) | (set(suite_roles(suite)) if suite is not None else set())
+    kinds = {c: k for c, k in kinds.items() if c not in unjudged}
     column = config.io.embedding_column
     if column is not None and column in kinds and kinds[column] != EMBEDDING:
         hint = "; a CSV file cannot hold lists: give one column per dimension and --embedding-prefix"
@@ -117,6 +122,25 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     )
 
 
+def column_roles(config: ScanConfig) -> dict[str, str]:
+    """The columns given a role in ``config``: the id column and the ignored ones."""
+    return {**{c: "ignored" for c in config.io.ignore_cols}, **({config.io.id_col: "id"} if config.io.id_col else {})}
+
+
+def _require_role_columns(config: ScanConfig, batch: Batch) -> None:
+    """An id or ignored column the batch does not have is a mistake: :class:`InputError` with the closest name."""
+    if batch.frame is not None:
+        columns = [str(c) for c in batch.frame.columns if c != ROW_ID]
+    else:  # read in chunks: the header says
+        try:
+            columns = header_columns(batch.read_path, batch.file_format)
+        except Exception:  # noqa: BLE001 - a header that cannot be read rejects the batch in the scan
+            return
+    for column, role in column_roles(config).items():
+        if column not in columns:
+            raise InputError(column_not_found(batch.source_path, role, column, columns))
+
+
 def _at_most(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     """``frame`` when it has at most ``rows`` rows, else a seeded uniform sample of ``rows`` of them, in order."""
     if len(frame) <= rows:
@@ -143,7 +167,7 @@ def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) ->
     if reference is not None:
         suite = infer_suite(
             reference.frame, dataset, config.io.label_col, config.expectations.range_margin, source=str(config.io.reference),
-            range_false_quarantine=config.schema_budget,
+            range_false_quarantine=config.schema_budget, roles=column_roles(config),
         )
         return suite, f"inferred from {config.io.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"
@@ -169,11 +193,7 @@ def _resolve_label(
         return config.io.label_col
     if batch.frame is not None and config.io.label_col not in batch.frame.columns:
         columns = [str(c) for c in batch.frame.columns if c != ROW_ID]
-        close = closest_name(config.io.label_col, columns)
-        raise InputError(
-            f"{batch.source_path}: label column {config.io.label_col!r} not found"
-            f"{f'; did you mean {close!r}?' if close else ''} (columns: {', '.join(columns)})"
-        )
+        raise InputError(column_not_found(batch.source_path, "label", config.io.label_col, columns))
     return config.io.label_col
 
 

@@ -152,6 +152,8 @@ def test_each_quarantined_row_says_why_in_the_quarantine_file_and_in_review_show
     assert scored[EXPLANATION].str.contains(r"label_model: p = ").all()
     listed = invoke("review", "show", summary.batch_id, "--out", out_dir, "--limit", "200", env={"COLUMNS": "400"})
     assert "why" in listed.output and ranged[EXPLANATION].iloc[0] in listed.output
+    page = (out_dir / "reports" / "loans" / f"{summary.batch_id}.html").read_text()
+    assert EXPLANATION in page and "(flagged at p &lt;= " in page  # the top rows' reasons in words, escaped
 
 
 def test_release_and_confirm_round_trip_keeps_every_row_exactly_once(sample_out):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from poisonguard import REASONS, ROW_ID, SCORE_PREFIX, __version__
+from poisonguard import EXPLANATION, REASONS, ROW_ID, SCORE_PREFIX, __version__
 from poisonguard.review.audit import AuditLog
 from poisonguard.review.batches import batch_reports, review_counts
 from poisonguard.safe_text import format_count
@@ -99,7 +99,8 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     top = frame.iloc[order[:TOP_ROWS]]
     data_columns = [c for c in top.columns if not c.startswith("_")]
     score_columns = [c for c in top.columns if c.startswith(SCORE_PREFIX)]
-    columns = [ROW_ID, REASONS, *data_columns, *score_columns]
+    explained = [EXPLANATION] if EXPLANATION in top.columns else []  # quarantine files before it: codes only
+    columns = [ROW_ID, REASONS, *explained, *data_columns, *score_columns]
     rows = [{c: _cell(record[c], c) for c in columns} for record in top[columns].to_dict("records")]
     numeric = {c for c in columns if c in top and pd.api.types.is_numeric_dtype(top[c])}
     return rows, len(frame), columns, numeric

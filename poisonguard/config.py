@@ -81,9 +81,10 @@ class IOSettings(_Settings):
         return self
 
     @property
-    def unjudged_columns(self) -> tuple[str, ...]:
-        """The columns no detector reads and no inferred range or value set checks: the id and the ignored."""
-        return tuple(dict.fromkeys(([self.id_col] if self.id_col else []) + list(self.ignore_cols)))
+    def column_roles(self) -> dict[str, str]:
+        """The columns no detector reads and no inferred range or value set checks, with their role: ``id``
+        or ``ignored``."""
+        return {**dict.fromkeys(self.ignore_cols, "ignored"), **({self.id_col: "id"} if self.id_col else {})}
 
     @property
     def has_embedding(self) -> bool:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from poisonguard import __version__
 from poisonguard.cli.common import console, count, fail, out, quiet_libraries, shown
-from poisonguard.config import ExpectationSettings, ScanConfig
+from poisonguard.config import ExpectationSettings, IOSettings, ScanConfig
 from poisonguard.config_file import load_config
 from poisonguard.errors import ConfigError
 from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
@@ -147,12 +147,12 @@ def scan(
             file_format=file_format,
             suite=suite,
             suite_dir=suite_dir,
-            detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
+            detectors=_names(detectors) if detectors else None,
             max_false_quarantine=max_false_quarantine,
             embedding_prefix=embedding_prefix,
             embedding_column=embedding_column,
             id_col=id_col,
-            ignore_cols=tuple(c.strip() for c in ignore_cols.split(",") if c.strip()) if ignore_cols else None,
+            ignore_cols=_names(ignore_cols) if ignore_cols else None,
             trust_store=trust_store,
             require_provenance=require_provenance,
             chunk_rows=chunk_rows,
@@ -221,6 +221,11 @@ class _Elapsed(logging.Formatter):
         return f"[{time.perf_counter() - self.started:6.1f} s] poisonguard {record.getMessage()}"
 
 
+def _names(listed: str | None) -> tuple[str, ...]:
+    """The names of a comma-separated option (``--detectors``, ``--ignore-cols``), blanks dropped."""
+    return tuple(name.strip() for name in (listed or "").split(",") if name.strip())
+
+
 def runs_as_flow(asked: bool | None, config: ScanConfig) -> bool:
     """Whether a scan runs as a Prefect flow: when asked (``--prefect``), when a Prefect server is configured
     (``PREFECT_API_URL``: the platform records its runs), or on Dask (the flow's task runner); otherwise
@@ -244,8 +249,7 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
     from poisonguard.provenance.manifest import scan_dataset
 
     dataset = scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
-    _check_label(file, config, dataset)
-    _check_role_columns(file, config)
+    _check_columns(file, config, dataset)
     if config.io.reference is not None:
         detect_format(Path(config.io.reference))
     writable_output_dir(Path(config.io.out_dir))
@@ -262,17 +266,22 @@ def _check_paths(file: Path, config: ScanConfig) -> None:
         make_detector(name)  # a parameter table for a detector auto never runs: an unknown name fails
 
 
-def _check_label(file: Path, config: ScanConfig, dataset: str) -> None:
-    """A label column that no header names (the batch's, the reference's) and the suite does not hold is a
-    typo: say so now, with the closest column. A batch whose header cannot be read is left to the scan, which
-    rejects it; a label missing from the batch alone, where a suite has it, is a batch the scan rejects."""
+def _check_columns(file: Path, config: ScanConfig, dataset: str) -> None:
+    """Columns named by the options that the batch's header does not hold: say so now, with the closest name.
+
+    An id or ignored column must be one of the batch's. A label column that no header names (the batch's,
+    the reference's) and the suite does not hold is a typo; a label missing from the batch alone, where a
+    suite has it, is a batch the scan rejects. A header that cannot be read is left to the scan, which
+    rejects the batch.
+    """
     from poisonguard.errors import InputError
     from poisonguard.ingest.read import detect_format, header_columns
     from poisonguard.names import column_not_found
 
-    label, columns = config.io.label_col, []
-    if label is None:
+    label, roles = config.io.label_col, config.io.column_roles
+    if label is None and not roles:
         return
+    columns = []
     for path in (file, config.io.reference):
         if path is None:
             continue
@@ -281,6 +290,12 @@ def _check_label(file: Path, config: ScanConfig, dataset: str) -> None:
                                                                   else None))
         except Exception:  # noqa: BLE001 - an unreadable file is the scan's to judge and report
             return
+        if path == file:
+            for column, role in roles.items():
+                if column not in columns:
+                    raise InputError(column_not_found(file, role, column, columns))
+    if label is None:
+        return
     suite = Path(config.expectations.suite or Path(config.expectations.suite_dir) / f"{dataset}.json")
     if suite.is_file():
         try:  # the suite's column set, read as plain JSON: Great Expectations takes seconds to import
@@ -288,26 +303,8 @@ def _check_label(file: Path, config: ScanConfig, dataset: str) -> None:
                             if e.get("type") == "expect_table_columns_to_match_set")
         except Exception:  # noqa: BLE001 - a suite that is not what poisonguard writes is the scan's to report
             return
-    if label in columns:
-        return
-    raise InputError(column_not_found(file, "label", label, list(dict.fromkeys(columns))))
-
-
-def _check_role_columns(file: Path, config: ScanConfig) -> None:
-    """An id or ignored column the batch's header does not name: say so now, with the closest column."""
-    from poisonguard.errors import InputError
-    from poisonguard.ingest.read import detect_format, header_columns
-    from poisonguard.names import column_not_found
-
-    if not config.io.unjudged_columns:
-        return
-    try:
-        columns = header_columns(file, detect_format(file, config.io.file_format))
-    except Exception:  # noqa: BLE001 - an unreadable file is the scan's to judge and report
-        return
-    for column in config.io.unjudged_columns:
-        if column not in columns:
-            raise InputError(column_not_found(file, "id" if column == config.io.id_col else "ignored", column, columns))
+    if label not in columns:
+        raise InputError(column_not_found(file, "label", label, list(dict.fromkeys(columns))))
 
 
 def writable_output_dir(out_dir: Path) -> None:
@@ -408,8 +405,7 @@ def expectations_init(
         target = suite_dir / f"{batch.dataset}.json"
         if target.exists() and not force:
             raise ConfigError(f"{target}: a suite already exists; pass --force to replace it")
-        ignored = [c.strip() for c in (ignore_cols or "").split(",") if c.strip()]
-        roles = {**{c: "ignored" for c in ignored}, **({id_col: "id"} if id_col else {})}
+        roles = IOSettings(label_col=label_col, id_col=id_col, ignore_cols=_names(ignore_cols)).column_roles
         suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference),
                             range_false_quarantine=range_false_quarantine, roles=roles)
         save_suite(suite, target)

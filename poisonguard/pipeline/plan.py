@@ -92,7 +92,7 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     else:
         kinds = {}
     # The id and ignored columns are carried through, never read by a detector.
-    unjudged = set(config.io.unjudged_columns) | (set(suite_roles(suite)) if suite is not None else set())
+    unjudged = set(config.io.column_roles) | (set(suite_roles(suite)) if suite is not None else set())
     kinds = {c: k for c, k in kinds.items() if c not in unjudged}
     column = config.io.embedding_column
     if column is not None and column in kinds and kinds[column] != EMBEDDING:
@@ -122,11 +122,6 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     )
 
 
-def column_roles(config: ScanConfig) -> dict[str, str]:
-    """The columns given a role in ``config``: the id column and the ignored ones."""
-    return {**{c: "ignored" for c in config.io.ignore_cols}, **({config.io.id_col: "id"} if config.io.id_col else {})}
-
-
 def _require_role_columns(config: ScanConfig, batch: Batch) -> None:
     """An id or ignored column the batch does not have is a mistake: :class:`InputError` with the closest name."""
     if batch.frame is not None:
@@ -136,7 +131,7 @@ def _require_role_columns(config: ScanConfig, batch: Batch) -> None:
             columns = header_columns(batch.read_path, batch.file_format)
         except Exception:  # noqa: BLE001 - a header that cannot be read rejects the batch in the scan
             return
-    for column, role in column_roles(config).items():
+    for column, role in config.io.column_roles.items():
         if column not in columns:
             raise InputError(column_not_found(batch.source_path, role, column, columns))
 
@@ -167,7 +162,7 @@ def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) ->
     if reference is not None:
         suite = infer_suite(
             reference.frame, dataset, config.io.label_col, config.expectations.range_margin, source=str(config.io.reference),
-            range_false_quarantine=config.schema_budget, roles=column_roles(config),
+            range_false_quarantine=config.schema_budget, roles=config.io.column_roles,
         )
         return suite, f"inferred from {config.io.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"

@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import REASONS, ROW_ID, is_reserved_column
+from poisonguard import EXPLANATION, REASONS, ROW_ID, is_reserved_column
 from poisonguard.config import ExpectationSettings
 from poisonguard.errors import ConfigError, InputError
-from poisonguard.names import closest_name
+from poisonguard.names import column_not_found
 
 FRAME_DATASET = "dataframe"  # the dataset a DataFrame or table is scanned as, unless ``dataset=`` names one
 _SHOWN_ROWS = 10  # quarantined rows shown in a notebook
@@ -74,11 +74,6 @@ def scan(data: pd.DataFrame | pa.Table | str | Path, *, label: str | None = None
         report = read_report(Path(summary.report_path)) or {}
     rows = _rows(request.data, request.settings)
     issues = _issues(results, report, rows.index)
-    from poisonguard.decide.explain import explain_rows
-
-    issues.insert(2, "explanation", explain_rows(rows, issues["reasons"], issues,
-                                                 (report.get("schema") or {}).get("expectations") or [],
-                                                 report.get("calibration") or {}))
     held = issues["quarantined"].to_numpy()
     quarantined = rows.iloc[np.flatnonzero(held)].assign(**{REASONS: issues["reasons"][held]})
     return ScanResult(clean=rows.iloc[np.flatnonzero(~held)], quarantined=quarantined, issues=issues,
@@ -174,9 +169,7 @@ def _columns(given: pd.DataFrame | pa.Table | Path) -> list[str] | None:
 def _require_column(given: pd.DataFrame | pa.Table | Path, column: str, name: str) -> None:
     columns = _columns(given)
     if columns is not None and column not in columns:
-        close = closest_name(column, columns)
-        hint = f"; did you mean {close!r}?" if close else f"; its columns: {', '.join(columns[:20])}"
-        raise ConfigError(f"{name} has no label column {column!r}{hint}")
+        raise ConfigError(column_not_found(name, "label", column, columns))
 
 
 def _config(request: _Request, folder: Path, out_dir: Path | None):
@@ -211,11 +204,10 @@ def _run(request: _Request, folder: Path, out_dir: Path):
     from poisonguard.pipeline.steps import IN_PROCESS, scan_file, stage
 
     config = _config(request, folder, out_dir)
-    for given, path, name in ((request.data, folder / f"{config.io.dataset or 'batch'}.parquet", "data"),
-                              (request.reference, folder / "reference.parquet", "reference")):
+    data_path = _file_of(request.data, folder / f"{config.io.dataset or 'batch'}.parquet")
+    for given, path, name in ((request.data, data_path, "data"), (request.reference, config.io.reference, "reference")):
         if given is not None and not isinstance(given, Path):
             _write_parquet(given, path, name)
-    data_path = _file_of(request.data, folder / f"{config.io.dataset or 'batch'}.parquet")
     results: list[pd.DataFrame] = []
 
     def stage_and_keep(*args) -> None:
@@ -240,7 +232,9 @@ def _rows(data: pd.DataFrame | pa.Table | Path, settings: dict[str, Any]) -> pd.
 
 
 def _issues(results: list[pd.DataFrame], report: dict[str, Any], index: pd.Index) -> pd.DataFrame:
-    """One row per input row: quarantined, reasons, and each detector's score, p-value and flag."""
+    """One row per input row: quarantined, reasons, explanation (as the quarantine file words it), and each
+    detector's score, p-value and flag."""
+    from poisonguard.decide.explain import explain_rows
     from poisonguard.decide.result_table import QUARANTINED
     from poisonguard.report.scan_report import REJECTED
 
@@ -248,12 +242,16 @@ def _issues(results: list[pd.DataFrame], report: dict[str, Any], index: pd.Index
     if report.get("status") == REJECTED or not results:
         # Rejected whole (its structure or its provenance): every row, for the batch's reasons.
         codes = list(report.get("reasons") or {}) if report.get("status") == REJECTED else []
-        return pd.DataFrame({"quarantined": np.full(n_rows, bool(codes)),
-                             "reasons": pd.Series([list(codes)] * n_rows, dtype=object, index=index)}, index=index)
+        reasons = pd.Series([list(codes)] * n_rows, dtype=object, index=index)
+        return pd.DataFrame({"quarantined": np.full(n_rows, bool(codes)), "reasons": reasons,
+                             "explanation": explain_rows(pd.DataFrame(index=index), reasons, pd.DataFrame(), [], {})},
+                            index=index)
     table = pd.concat(results, ignore_index=True).sort_values(ROW_ID, kind="stable")
     if len(table) != n_rows or not np.array_equal(table[ROW_ID].to_numpy(), np.arange(n_rows)):
         raise RuntimeError(f"the scan's results cover {len(table):,} rows, the input has {n_rows:,}")
-    issues = table.drop(columns=[ROW_ID]).rename(columns={QUARANTINED: "quarantined", REASONS: "reasons"})
+    named = {QUARANTINED: "quarantined", REASONS: "reasons", EXPLANATION: "explanation"}
+    issues = table.drop(columns=[ROW_ID]).rename(columns=named)
     issues["reasons"] = [list(codes) for codes in issues["reasons"].tolist()]
     issues.index = index
-    return issues[["quarantined", "reasons"] + [c for c in issues.columns if c not in ("quarantined", "reasons")]]
+    first = list(named.values())
+    return issues[first + [c for c in issues.columns if c not in first]]

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import REASONS, ROW_ID
+from poisonguard import EXPLANATION, REASONS, ROW_ID
 from poisonguard.cells import as_text
 from poisonguard.decide.explain import explain_rows
 from poisonguard.decide.result_table import build_result_table, reason_counts
@@ -183,7 +183,7 @@ class ChunkStager:
     def stage(self, chunk: pd.DataFrame, outcome: SchemaOutcome, frame: pd.DataFrame,
               scores: DetectorScores) -> pd.DataFrame:
         """Split the chunk's rows (``frame``, as :meth:`scorable` gave them) by schema failures and flags,
-        and append them to the staged files; return the chunk's per-row result table."""
+        and append them to the staged files; return the chunk's per-row result table, with ``_explanation``."""
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
         explanations = explain_rows(frame, result[REASONS], result, outcome.expectations, scores.calibration)
         split = split_rows(self._typed_as_read(chunk, frame), result, self.source.batch.batch_id, self.scanned_at,
@@ -197,7 +197,7 @@ class ChunkStager:
         del split
         # The next chunk's arrays come from the pages this one freed only if they are handed back.
         release_free_memory()
-        return result
+        return result.assign(**{EXPLANATION: explanations.to_numpy()})
 
     def _typed_as_read(self, chunk: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the columns of ``_as_read`` that the file typed other than as text put back as read."""

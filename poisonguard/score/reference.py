@@ -248,12 +248,14 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any],
-                 rules: dict[str, float] | None = None) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
-        # detectors whose own threshold also flags (score above it), beside the p-value threshold
-        self.rules = rules or {}
+
+    @property
+    def rules(self) -> dict[str, float]:
+        """Detectors whose own threshold also flags (score above it), beside the p-value threshold."""
+        return self.summary.get("own_thresholds") or {}
 
 
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
@@ -298,7 +300,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold,
-                                holdout_folds(fitted.folds), alpha, summary, {n: thresholds[n] for n in ruled})
+                                holdout_folds(fitted.folds), alpha, summary)
 
 
 def apply_calibration(

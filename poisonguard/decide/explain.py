@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.cells import as_text
+from poisonguard.expectations.validate import SHORT_NAMES
 
 SCHEMA = "schema"
-_RANGE = "expect_column_values_to_be_between"
-_IN_SET = "expect_column_values_to_be_in_set"
+# a schema reason's check (``range`` in ``schema:range:age``) -> the expectation whose kwargs hold its rule
+_EXPECTATION_OF = {short: expectation for expectation, short in SHORT_NAMES.items()}
 
 
 def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, expectations: list[dict[str, Any]],
@@ -49,12 +50,12 @@ def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame
         shown = as_text(values).fillna("empty").str.slice(0, 60)
         if check == "not_null":
             return f"{column} is empty"
-        if check == "range" and (_RANGE, column) in rules:
-            bounds = rules[(_RANGE, column)]
-            return (f"{column} = " + shown + f" outside [{_number(bounds.get('min_value'))}, "
-                    f"{_number(bounds.get('max_value'))}]").tolist()
-        if check == "in_set" and (_IN_SET, column) in rules:
-            known = len(rules[(_IN_SET, column)].get("value_set") or [])
+        rule = rules.get((_EXPECTATION_OF.get(check), column))
+        if check == "range" and rule is not None:
+            return (f"{column} = " + shown + f" outside [{_number(rule.get('min_value'))}, "
+                    f"{_number(rule.get('max_value'))}]").tolist()
+        if check == "in_set" and rule is not None:
+            known = len(rule.get("value_set") or [])
             return (f"{column} = '" + shown + f"' is not one of its {known:,} known values").tolist()
         if check == "type":
             return f"{column} holds a value of the wrong type"

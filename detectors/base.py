@@ -37,6 +37,20 @@ class Detector(BaseEstimator, ABC):
         this to leave the row itself out."""
         return self.fit(X, y).decision_function(X, y)
 
+    # What a person reads beside a flag. A detector that can say more than its score overrides these; the
+    # scan asks only about the rows it flagged.
+    def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray | None:
+        """How much each feature adds to each row's score (rows x features, higher is more unusual), or
+        ``None`` when the score cannot be attributed to features."""
+        return None
+
+    def label_probabilities(self, X: np.ndarray,
+                            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The classes the detector models and each row's probability of each (rows x classes), or ``None``
+        when it does not predict labels. ``rows``: where the rows of ``X`` are among the rows a transductive
+        detector was fitted on (``fit_decision_function``), so it can answer as it judged them."""
+        return None
+
 
 def random_generator(random_state) -> np.random.Generator:
     """A numpy ``Generator`` for ``random_state`` as scikit-learn reads it (``None``, an int or a

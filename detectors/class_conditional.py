@@ -65,20 +65,38 @@ class ClassConditional(Detector):
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         check_is_fitted(self)
         X = check_matrix(X, "class_conditional.decision_function")
+        return self._by_class(X, y, lambda model, rows: model.decision_function(rows))
+
+    def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray | None:
+        """The wrapped detector's per-feature outlyingness of each row, by its class's model."""
+        check_is_fitted(self)
+        if self.overall_.feature_outlyingness(X[:0]) is None:
+            return None
+        X = check_matrix(X, "class_conditional.feature_outlyingness")
+        return self._by_class(X, y, lambda model, rows: model.feature_outlyingness(rows))
+
+    def _by_class(self, X: np.ndarray, y: np.ndarray | None, score) -> np.ndarray:
+        """``score(model, rows)`` of each row by its class's model (one value or one row of values per row);
+        rows of a class without a model of its own by the all-class model."""
         if y is None or not self.per_class_:
-            return self.overall_.decision_function(X)
+            return score(self.overall_, X)
         # Integer codes: comparing every row's label string once per class costs more than the lookup.
         codes, labels = pd.factorize(class_keys(y))
-        scores = np.empty(len(X), dtype="float64")
+        scores: np.ndarray | None = None
         covered = np.zeros(len(X), dtype=bool)
         for code, label in enumerate(labels):
             model = self.per_class_.get(str(label))
             if model is not None:
                 rows = codes == code
-                scores[rows] = model.decision_function(X[rows])
+                part = score(model, X[rows])
+                if scores is None:
+                    scores = np.empty((len(X), *part.shape[1:]), dtype="float64")
+                scores[rows] = part
                 covered |= rows
+        if scores is None:
+            return score(self.overall_, X)
         if not covered.all():
-            scores[~covered] = self.overall_.decision_function(X[~covered])
+            scores[~covered] = score(self.overall_, X[~covered])
         return scores
 
 

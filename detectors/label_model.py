@@ -29,7 +29,7 @@ class LabelModelDetector(Detector):
 
     # It models all classes at once, and on trusted rows only.
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, needs_reference=True,
-                        auto=("reference",))
+                        auto=("reference",), explains="label")
 
     def __init__(self, model: str = "logistic", C: float = 1.0, random_state: int = 0) -> None:
         self.model = model
@@ -59,6 +59,10 @@ class LabelModelDetector(Detector):
         probabilities = self.model_.predict_proba(check_matrix(X, "label_model.decision_function"))
         given = given_label_probability(probabilities, self.classes_, np.asarray(y, dtype=object))
         return -np.log(np.maximum(given, PROBABILITY_FLOOR))
+
+    def label_probabilities(self, X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        check_is_fitted(self)
+        return self.classes_, self.model_.predict_proba(check_matrix(X, "label_model.label_probabilities"))
 
 
 def given_label_probability(probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:

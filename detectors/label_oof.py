@@ -44,7 +44,7 @@ class OutOfFoldLabelDetector(Detector):
     # Transductive: it learns the batch's own labels, so it runs without a reference (with one, the
     # reference-trained label_model is the stronger judge).
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="transductive",
-                        auto=("batch",))
+                        auto=("batch",), explains="label")
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, min_accuracy: float = 0.6, max_fit_rows: int = 50_000,
                  random_state: int = 0) -> None:
@@ -78,6 +78,8 @@ class OutOfFoldLabelDetector(Detector):
             probabilities[held] = fold_model.predict_proba(X[fitted[held]])
             self.models_.append(fold_model)
         self.classes_ = classes
+        # Kept so that a flagged row's expected label is the one its out-of-fold model gave it.
+        self.fitted_rows_, self.oof_probabilities_ = fitted, probabilities
         self.accuracy_ = float(balanced_accuracy_score(codes, probabilities.argmax(axis=1)))
         if self.accuracy_ < self.min_accuracy:
             del self.models_
@@ -99,9 +101,27 @@ class OutOfFoldLabelDetector(Detector):
         labels = np.asarray(required_labels(y, "label_oof"), dtype=object).astype(str)
         if len(X) == 0:
             return np.zeros(0)
-        probabilities = np.mean([model.predict_proba(X) for model in self.models_], axis=0)
+        probabilities = self._fold_probabilities(X)
         # A label the batch's fitted rows never carried has probability 0: the largest margin.
         return _margin(given_label_probability(probabilities, self.classes_, labels))
+
+
+    def label_probabilities(self, X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The folds' mean class probabilities; for rows it was fitted on (``rows``: their positions in
+        :meth:`fit_decision_function`'s ``X``), those of the fold that left the row out."""
+        check_is_fitted(self, "models_")
+        probabilities = self._fold_probabilities(check_matrix(X, "label_oof.label_probabilities"))
+        if rows is not None:
+            at = np.searchsorted(self.fitted_rows_, rows)
+            last = len(self.fitted_rows_) - 1
+            fitted = (at <= last) & (self.fitted_rows_[np.minimum(at, last)] == rows)
+            probabilities[fitted] = self.oof_probabilities_[at[fitted]]
+        return self.classes_, probabilities
+
+    def _fold_probabilities(self, X: np.ndarray) -> np.ndarray:
+        if len(X) == 0:
+            return np.zeros((0, len(self.classes_)))
+        return np.mean([model.predict_proba(X) for model in self.models_], axis=0)
 
 
 def _margin(given: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ class ECODDetector(Detector):
     left, right and skewness-chosen tail's ``-log`` probability, and a row's score their sum.
     """
 
-    spec = DetectorSpec(auto=("reference", "batch"))
+    spec = DetectorSpec(auto=("reference", "batch"), explains="features")
 
     def __init__(self, n_jobs: int = -1) -> None:
         self.n_jobs = n_jobs
@@ -58,6 +58,12 @@ class ECODDetector(Detector):
         with ThreadPoolExecutor(max_workers=_workers(self.n_jobs, X.shape[1])) as pool:
             per_feature = pool.map(lambda j: self._feature_outlyingness(X[:, j], j), range(X.shape[1]))
             return np.sum(list(per_feature), axis=0)
+
+    def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Each feature's term of the score (rows x features): the score is their sum."""
+        check_is_fitted(self)
+        X = check_matrix(X, "ecod.feature_outlyingness")
+        return np.column_stack([self._feature_outlyingness(X[:, j], j) for j in range(X.shape[1])]).reshape(X.shape)
 
     def _feature_outlyingness(self, values: np.ndarray, j: int) -> np.ndarray:
         column = self.sorted_[:, j]

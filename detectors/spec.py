@@ -14,6 +14,7 @@ from dataclasses import dataclass
 FITTING = ("inductive", "transductive", "out_of_fold")
 READS = ("features", "probe", "text")
 AUTO_SETTINGS = ("reference", "batch")  # a trusted reference is given / the batch alone
+EXPLAINS = (None, "label", "features")
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -34,6 +35,9 @@ class DetectorSpec:
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
     its own, such as a majority of disagreeing neighbours); ``None``: a limit extrapolated from the tail of
     its scores (``poisonguard.decide.calibration.tail_limit``).
+    ``explains``: what it says of a row it flagged, beside its score: ``label`` (the label it expected, from
+    ``label_probabilities``) or ``features`` (the features that made the row unusual, from
+    ``feature_outlyingness``); ``None``: its score alone.
     ``auto``: the settings (``reference``, ``batch``) in which ``--detectors auto``, the default, runs it;
     a detector joins a setting when the development table (``python -m benchmarks.detection``) shows it
     adds recall there within the false-quarantine budget.
@@ -47,6 +51,7 @@ class DetectorSpec:
     reads: str = "features"
     natural_threshold: float | None = None
     auto: tuple[str, ...] = ()
+    explains: str | None = None
 
     def __post_init__(self) -> None:
         if not _REASON.fullmatch(self.reason):
@@ -57,6 +62,8 @@ class DetectorSpec:
             raise ValueError(f"reads must be one of {', '.join(READS)}, got {self.reads!r}")
         if self.natural_threshold is not None and not math.isfinite(self.natural_threshold):
             raise ValueError(f"natural_threshold must be a finite number or None, got {self.natural_threshold!r}")
+        if self.explains not in EXPLAINS:
+            raise ValueError(f"explains must be one of {', '.join(map(str, EXPLAINS))}, got {self.explains!r}")
         unknown = sorted(set(self.auto) - set(AUTO_SETTINGS))
         if not isinstance(self.auto, tuple) or unknown:
             raise ValueError(f"auto must be a tuple of {', '.join(AUTO_SETTINGS)}, got {self.auto!r}")

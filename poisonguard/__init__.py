@@ -15,13 +15,16 @@ STATUS = "_status"
 QUARANTINED_AT = "_quarantined_at"
 RAW_VALUES = "_raw_values"
 SCORE_PREFIX = "_score_"
+# A quarantined row's per-detector columns: ``_score_<detector>``, ``_pvalue_<detector>``, and what the detector
+# said of the row (``_predicted_<detector>``, ``_probability_<detector>``, ``_features_<detector>``).
+DETECTOR_COLUMN_PREFIXES = (SCORE_PREFIX, "_pvalue_", "_predicted_", "_probability_", "_features_")
 # Columns poisonguard adds to its outputs; an input batch may not carry them.
 RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, EXPLANATION, STATUS, QUARANTINED_AT, RAW_VALUES})
 
 
 def is_reserved_column(name: str) -> bool:
     """True when ``name`` would clash with a column poisonguard writes."""
-    return name in RESERVED_COLUMNS or name.startswith(SCORE_PREFIX)
+    return name in RESERVED_COLUMNS or name.startswith(DETECTOR_COLUMN_PREFIXES)
 
 
 def scan(data, *, label=None, reference=None, **settings):

@@ -134,3 +134,46 @@ def test_an_explanation_gives_each_reason_in_its_order_with_the_value_and_the_ru
         "",
         "age is empty; tv: score 0.8 above its own threshold 0.5",
     ]
+
+
+def customers(n_rows: int, seed: int) -> pd.DataFrame:
+    """A notebook's frame: an id, numbers, a category, a boolean, a zoned timestamp, free text, a text label."""
+    rng = np.random.default_rng(seed)
+    spend, visits = rng.normal(0, 1, n_rows), rng.normal(0, 1, n_rows)
+    return pd.DataFrame({
+        "customer_id": [f"C{seed}-{i:06d}" for i in range(n_rows)],
+        "spend": spend * 40 + 200,
+        "visits": np.round(visits * 3 + 10),
+        "region": pd.Categorical(rng.choice(["north", "south", "east", "west"], n_rows)),
+        "is_member": rng.random(n_rows) < 0.4,
+        "signed_up": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 700, n_rows), unit="D"),
+        "note": rng.choice(["called about delivery", "asked for a refund", "happy with the order",
+                            "wants a new address", "no comment"], n_rows),
+        "segment": np.where(spend + visits > 0, "gold", "basic"),
+    })
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_a_notebook_frame_of_every_kind_is_scanned_in_memory_and_a_flip_names_the_expected_label(seed, tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reference, batch = customers(2000, 1), customers(1000, seed)
+    batch.index = pd.Index([f"row-{i}" for i in range(len(batch))], name="key")
+    margin = (batch["spend"] - 200) / 40 + (batch["visits"] - 10) / 3
+    flipped = batch.index[np.abs(margin) > 1.0][:30]  # clearly on one side: a model is sure of the other label
+    truth = batch.loc[flipped, "segment"].copy()
+    batch.loc[flipped, "segment"] = np.where(truth == "gold", "basic", "gold")
+
+    result = poisonguard.scan(batch, label="segment", reference=reference, id_col="customer_id")
+
+    assert list(tmp_path.iterdir()) == []
+    assert result.clean.dtypes.equals(batch.dtypes)
+    pd.testing.assert_frame_equal(result.clean, batch.loc[result.clean.index])
+    assert len(result.quarantined.index.intersection(flipped)) >= 27
+    assert len(result.quarantined) <= 30 + 0.02 * len(batch)
+    by_label = result.issues.loc[flipped][result.issues.loc[flipped, "label_model_flag"]]
+    assert len(by_label) >= 27
+    for key, row in by_label.iterrows():
+        assert row["label_model_predicted"] == truth[key]
+        assert f"expected '{truth[key]}' (probability " in row["explanation"]
+

@@ -231,3 +231,31 @@ def test_a_detector_the_rows_cannot_fit_is_skipped_with_the_reason(prefect_harne
     skipped = detectors.split(",")[1]
     assert "cannot run on these rows" in report["calibration"]["skipped_detectors"][skipped]
     assert set(report["detectors"]) == {"ecod"}
+
+
+def test_what_a_detector_says_of_a_row_adds_up_to_its_score():
+    from poisonguard.detectors.label_model import LabelModelDetector
+    from poisonguard.detectors.outliers import ECODDetector
+    from poisonguard.score.crossfit import cross_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    y = np.where(X[:, 0] > 0, "a", "b").astype(object)
+    ecod = ECODDetector().fit(X)
+    assert np.allclose(ecod.feature_outlyingness(X[:7]).sum(axis=1), ecod.decision_function(X[:7]))
+    assert ecod.feature_outlyingness(X[:0]).shape == (0, 4)
+    # A copy per fold: the probabilities are the copies' mean, over the classes any copy saw.
+    folds = [(np.arange(100, 400), np.arange(100)), (np.arange(300), np.arange(300, 400))]
+    ensemble, _ = cross_fit(LabelModelDetector(), X, y, folds)
+    classes, probabilities = ensemble.label_probabilities(X[:5])
+    assert sorted(classes) == ["a", "b"] and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert list(classes[probabilities.argmax(axis=1)]) == list(y[:5])
+
+
+def test_the_columns_named_are_those_whose_features_add_most():
+    from poisonguard.score.details import top_columns
+
+    sources = np.array(["age", "region", "region", "region", "note"], dtype=object)
+    outlyingness = np.array([[0.1, 2.0, 0.0, 1.5, 0.2], [5.0, 0.0, 0.1, 0.0, 0.3]])
+    assert [list(names) for names in top_columns(outlyingness, sources, top=2)] == [["region", "note"],
+                                                                                   ["age", "note"]]

@@ -66,10 +66,43 @@ def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame
     values = scores[f"{detector}_score"].to_numpy()[at]
     if f"{detector}_pvalue" in scores and alpha is not None:
         own = own_thresholds.get(detector)
-        return [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
-                else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
-                for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]
-    return [f"{detector}: score {s:.3g} above its limit" for s in values]
+        phrases = [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
+                   else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
+                   for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]
+    else:
+        phrases = [f"{detector}: score {s:.3g} above its limit" for s in values]
+    return _with_details(phrases, detector, at, rows, scores)
+
+
+def _with_details(phrases: list[str], detector: str, at: np.ndarray, rows: pd.DataFrame,
+                  scores: pd.DataFrame) -> list[str]:
+    """``phrases`` with what the detector said of each row: the label it expected, the columns that stood out."""
+    if f"{detector}_predicted" in scores:
+        predicted = scores[f"{detector}_predicted"].to_numpy()[at]
+        probability = scores[f"{detector}_probability"].to_numpy()[at]
+        phrases = [f"{phrase}; expected '{label}' (probability {p:.2f})" if label is not None else phrase
+                   for phrase, label, p in zip(phrases, predicted, probability)]
+    if f"{detector}_features" in scores:
+        named = scores[f"{detector}_features"].to_numpy()[at]
+        phrases = [f"{phrase}; most unusual: {_values(rows, position, columns)}" if columns is not None and len(columns)
+                   else phrase for phrase, position, columns in zip(phrases, at, named)]
+    return phrases
+
+
+def _values(rows: pd.DataFrame, position: int, columns) -> str:
+    """``"income = 2e+06, region = 'x'"``: the named columns of one row with their values."""
+    shown = []
+    for column in columns:
+        if column not in rows:
+            shown.append(column)
+            continue
+        value = rows[column].iloc[position]
+        if pd.api.types.is_number(value) and not isinstance(value, bool):
+            shown.append(f"{column} = {float(value):.4g}")
+        else:
+            text = "empty" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+            shown.append(f"{column} = '{text[:40]}'")
+    return ", ".join(shown)
 
 
 def _number(value: Any) -> str:

@@ -1,7 +1,8 @@
 """Combine schema failures and detector flags into one per-row result table.
 
 The table is keyed by ``_row_id`` and holds ``<detector>_score`` / ``<detector>_flag`` (and
-``<detector>_pvalue`` when calibrated against a reference) for each detector, the list of reason codes
+``<detector>_pvalue`` when calibrated against a reference, and for flagged rows what the detector says of them,
+``<detector>_predicted``, ``_probability``, ``_features``) for each detector, the list of reason codes
 (``_reasons``) and whether the row is quarantined: any reason quarantines it.
 """
 
@@ -15,6 +16,8 @@ from poisonguard import REASONS, ROW_ID
 from poisonguard.score.types import DetectorScores
 
 QUARANTINED = "_quarantined"
+# Per-row columns of a detector beside its score: ``<detector>_<detail>`` (see DetectorScores.details).
+DETAILS = ("predicted", "probability", "features")
 
 
 def build_result_table(
@@ -33,6 +36,9 @@ def build_result_table(
         columns[f"{name}_flag"] = detector_scores.flags[name]
         if name in detector_scores.p_values:
             columns[f"{name}_pvalue"] = detector_scores.p_values[name]
+        for detail in DETAILS:
+            if f"{name}_{detail}" in detector_scores.details:
+                columns[f"{name}_{detail}"] = detector_scores.details[f"{name}_{detail}"]
         codes.append(detector_scores.reasons[name])
         masks.append(np.asarray(detector_scores.flags[name], dtype=bool))
     flagged = np.column_stack(masks) if masks else np.zeros((len(row_ids), 0), dtype=bool)

@@ -90,6 +90,26 @@ class FeatureEncoder:
         self.transformer_.fit(frame)
         return self
 
+    def feature_columns(self) -> np.ndarray:
+        """The batch column each encoded feature comes from (a missing-value indicator and every one-hot
+        column of a category count as their column's), in the order of :meth:`transform`'s columns."""
+        sources = np.empty(max(where.stop for where in self.transformer_.output_indices_.values()), dtype=object)
+        for name, transformer, columns in self.transformer_.transformers_:
+            if name == "remainder":
+                continue
+            where = self.transformer_.output_indices_[name]
+            if isinstance(columns, str):  # a text or embedding column: all its dimensions
+                sources[where] = columns
+                continue
+            names = transformer.get_feature_names_out(columns)
+            # One-hot names are "<column>_<value>"; the longest column name that prefixes one is its column.
+            by_length = sorted(columns, key=len, reverse=True)
+            sources[where] = [
+                next((c for c in by_length if out in (c, f"missingindicator_{c}") or out.startswith(f"{c}_")), out)
+                for out in names
+            ]
+        return sources
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         matrix = np.asarray(self.transformer_.transform(frame), dtype="float64")
         np.nan_to_num(matrix, copy=False, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from poisonguard import EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard import DETECTOR_COLUMN_PREFIXES, EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, STATUS
 from poisonguard.review.audit import CONFIRM, RELEASE, AuditLog, ReviewError
 from poisonguard.review.batches import ReviewedBatch, find_batch, quarantined_rows, row_decisions
 from poisonguard.review.reviewers import ReviewerKey, Signer
@@ -127,7 +127,7 @@ def _choose_rows(batch: ReviewedBatch, rows: pd.DataFrame, decided: dict[int, di
 
 
 def _as_clean_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in rows.columns if c in _REVIEW_COLUMNS or c.startswith(SCORE_PREFIX)]
+    drop = [c for c in rows.columns if c in _REVIEW_COLUMNS or c.startswith(DETECTOR_COLUMN_PREFIXES)]
     return rows.drop(columns=drop).reset_index(drop=True)
 
 

@@ -22,6 +22,7 @@ from poisonguard.detectors import Detector, detector_spec
 from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
+from poisonguard.score.details import add_row_details
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
@@ -87,6 +88,7 @@ def score_against_batch(
         result.evidence[name] = result.scores[name] - limit
         result.reasons[name] = f"{detector.spec.reason}:{name}"
     result.calibration["skipped_detectors"] = unusable
+    add_row_details(result, detectors, batch, encoder, label_col, fitted_on_rows=True)
     return result
 
 
@@ -215,6 +217,7 @@ def sample_flags(fitted: SampleFit, chunk: pd.DataFrame, scores: dict[str, np.nd
         result.flags[name] = scores[name] > limit
         result.evidence[name] = scores[name] - limit
         result.reasons[name] = f"{detector.spec.reason}:{name}"
+    add_row_details(result, fitted.detectors, chunk, fitted.encoder, fitted.label_col)
     return result
 
 

@@ -82,6 +82,26 @@ class FoldEnsemble(Detector):
         """Every copy's scores of ``X``, one row per fold (``k`` x rows)."""
         return np.vstack([member.decision_function(X, y) for member in self.members])
 
+    def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray | None:
+        """The copies' mean per-feature outlyingness, as the score is their mean."""
+        parts = [member.feature_outlyingness(X, y) for member in self.members]
+        return None if any(part is None for part in parts) else np.mean(parts, axis=0)
+
+    def label_probabilities(self, X: np.ndarray,
+                            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The copies' mean class probabilities; a class a copy never saw counts as probability 0 there."""
+        parts = [member.label_probabilities(X) for member in self.members]
+        if any(part is None for part in parts):
+            return None
+        position: dict = {}
+        for classes, _ in parts:
+            for label in classes:
+                position.setdefault(label, len(position))
+        mean = np.zeros((len(X), len(position)))
+        for classes, probabilities in parts:
+            mean[:, [position[label] for label in classes]] += probabilities / len(parts)
+        return np.array(list(position), dtype=object), mean
+
 
 def fold_scores(detector: Detector, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
     """Scores of ``X`` by each fold's copy of ``detector`` (``k`` x rows); one row for a detector fitted once."""

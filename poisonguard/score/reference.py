@@ -31,6 +31,7 @@ from poisonguard.featurize.features import FeatureEncoder, row_texts, text_colum
 from poisonguard.featurize.representations import EmbeddingView, Probe, probe_activations
 from poisonguard.report.figures import CONFORMAL_AXIS
 from poisonguard.score.crossfit import calibration_folds, cross_fit, fold_positions, fold_scores, holdout_folds
+from poisonguard.score.details import add_row_details
 from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
@@ -237,7 +238,13 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
         return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped or {}})
     calibration = calibrate_holdout(fitted, holdout_scores)
     calibration.summary["skipped_detectors"] = skipped or {}
-    return apply_calibration(calibration, result.scores, y_batch)
+    return explained(fitted, apply_calibration(calibration, result.scores, y_batch), batch)
+
+
+def explained(fitted: FittedReference, result: DetectorScores, rows: pd.DataFrame) -> DetectorScores:
+    """``result`` (of ``rows``) with what the detectors that score rows one by one say of the rows they flagged."""
+    add_row_details(result, fitted.streamed, rows, fitted.encoder, fitted.label_col)
+    return result
 
 
 class ReferenceCalibration:

@@ -35,6 +35,7 @@ from poisonguard.score.reference import (
     ReferenceCalibration,
     apply_calibration,
     calibrate_holdout,
+    explained,
     finish_scores,
     fit_reference,
     join_chunk_scores,
@@ -109,7 +110,8 @@ class ReferenceChunkScorer(ChunkScorer):
 
     def _flag(self, frame, fit_mask, parts):
         scores = {name: join_chunk_scores([part[name] for part in parts]) for name in self.fitted.streamed}
-        return apply_calibration(self.calibration, scores, labels_of(frame, self.fitted.label_col))
+        flagged = apply_calibration(self.calibration, scores, labels_of(frame, self.fitted.label_col))
+        return explained(self.fitted, flagged, frame)
 
 
 class SampleChunkScorer(ChunkScorer):

@@ -26,3 +26,7 @@ class DetectorScores:
     # (``calibration["evidence_threshold"]``): -log10 p in reference mode, score minus the row's class
     # threshold in batch mode. It is what the report's histograms show.
     evidence: dict[str, np.ndarray] = field(default_factory=dict)
+    # What a person reads beside a flag, per row, set for flagged rows only: ``<detector>_predicted`` and
+    # ``<detector>_probability`` (the label a label model expected), ``<detector>_features`` (the columns
+    # that made an outlier unusual). See :mod:`poisonguard.score.details`.
+    details: dict[str, np.ndarray] = field(default_factory=dict)

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard import BATCH_ID, EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, SCORE_PREFIX, STATUS
+from poisonguard import BATCH_ID, EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, STATUS
 from poisonguard.decide.result_table import QUARANTINED
 from poisonguard.errors import InputError
 from poisonguard.ingest.read import Batch
@@ -113,7 +113,8 @@ def split_rows(
 
     Both keep the batch's columns plus ``_row_id`` (last but one) and ``_batch_id``; the quarantined table
     adds ``_reasons``, ``_explanation`` (the reasons in words, when ``explanations`` gives them per row of
-    ``frame``), one ``_score_<detector>`` column per detector, ``_quarantined_at``, ``_status``
+    ``frame``), per detector ``_score_<detector>``, ``_pvalue_<detector>`` (with a reference) and what it said of
+    the row (``_predicted_``, ``_probability_``, ``_features_<detector>``, where it says it), ``_quarantined_at``, ``_status``
     (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null).
     """
     if not np.array_equal(frame[ROW_ID].to_numpy(), result[ROW_ID].to_numpy()):
@@ -128,19 +129,37 @@ def split_rows(
     if explanations is not None:  # per row of ``frame``; kept for the quarantined rows
         extras[EXPLANATION] = np.asarray(explanations, dtype=object)[held]
     for column in held_result.columns:
-        if column.endswith("_score"):
-            extras[SCORE_PREFIX + column.removesuffix("_score")] = held_result[column].to_numpy()
+        for suffix in _DETECTOR_COLUMNS:
+            if column.endswith(f"_{suffix}"):
+                extras[f"_{suffix}_{column.removesuffix(f'_{suffix}')}"] = held_result[column].to_numpy()
     extras[QUARANTINED_AT] = pd.Timestamp(quarantined_at)
     extras[STATUS] = PENDING
     quarantined = rows.filter(pa.array(held))
     quarantined = quarantined.append_column(BATCH_ID, _repeated(batch_id, quarantined.num_rows))
-    for name, values in zip(extras.columns, pa.Table.from_pandas(extras, preserve_index=False).columns):
+    for name, values in zip(extras.columns, pa.Table.from_pandas(extras, schema=_extras_schema(extras),
+                                                                  preserve_index=False).columns):
         quarantined = quarantined.append_column(name, values)
     raw_values = raw_values or {}
     held_ids = quarantined.column(ROW_ID).to_numpy()
     raw = [json.dumps(raw_values[i], sort_keys=True) if i in raw_values else None for i in held_ids.tolist()]
     quarantined = quarantined.append_column(RAW_VALUES, pa.array(raw, type=pa.string()))
     return SplitRows(rows, held, batch_id, quarantined)
+
+
+# The result table's per-detector columns kept for a quarantined row, by suffix, with their Parquet types: a
+# chunk where no row has a value must still write the type the others do.
+_DETECTOR_COLUMNS = {"score": pa.float64(), "pvalue": pa.float64(), "predicted": pa.string(),
+                     "probability": pa.float64(), "features": pa.list_(pa.string())}
+
+
+def _extras_schema(extras: pd.DataFrame) -> pa.Schema:
+    """The quarantine columns' Arrow types: per-detector columns by their kind, the others as pandas has them."""
+    inferred = pa.Schema.from_pandas(extras, preserve_index=False)
+    fields = []
+    for field in inferred:
+        kind = next((suffix for suffix in _DETECTOR_COLUMNS if field.name.startswith(f"_{suffix}_")), None)
+        fields.append(pa.field(field.name, _DETECTOR_COLUMNS[kind]) if kind else field)
+    return pa.schema(fields)
 
 
 def _repeated(text: str, n_rows: int) -> pa.Array:

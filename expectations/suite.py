@@ -10,7 +10,7 @@ source of truth for a dataset's schema.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,17 @@ TEXT = "text"
 # GX has no expectation for list cells, so its kind and length ride in the suite's meta and validation
 # checks the cells itself.
 EMBEDDING = "embedding"
-# Text kinds live in object columns, which GX checks value by value against Python type names.
-KIND_TYPES = {NUMERIC: ["int64", "float64"], CATEGORICAL: ["str"], TEXT: ["str"]}
+# True/false (pandas' nullable "boolean" once checked) and points in time (datetime64, in the time zone the
+# reference had): featurised as numbers, written back to Parquet as bool, timestamp or date.
+BOOLEAN = "boolean"
+DATETIME = "datetime"
+# Text kinds live in object columns, which GX checks value by value against Python type names; the others
+# are cast to one dtype when checked, whose name GX compares (a datetime's names its time zone: see
+# :func:`datetime_dtype`).
+KIND_TYPES = {NUMERIC: ["int64", "float64"], CATEGORICAL: ["str"], TEXT: ["str"], BOOLEAN: ["boolean"]}
+_TRUE_FALSE = frozenset({"true", "false"})
+# An ISO 8601 date, optionally with a time and a zone: what a CSV or JSON writer puts for a timestamp.
+_ISO_DATETIME = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
 MAX_CATEGORIES = 50  # more distinct values than this and a string column is free text, not a category
 MAX_LABEL_VALUES = 1000
 
@@ -47,15 +56,78 @@ def _gx():
 
 def column_kind(series: pd.Series) -> str:
     """The kind poisonguard treats a reference column as."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if pd.api.types.is_bool_dtype(series):
+        return BOOLEAN
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return DATETIME
+    if pd.api.types.is_numeric_dtype(series):
         return NUMERIC
-    if is_list_column(series):
+    if is_list_column(series) and _holds_number_lists(series):
         return EMBEDDING
     try:
         distinct = series.nunique(dropna=True)
     except TypeError:  # unhashable cells (a Parquet struct column's dicts, lists of text): count their text
         distinct = as_text(series).nunique(dropna=True)
+    else:
+        if distinct and _all_true_false(series):
+            return BOOLEAN
+        if distinct and _all_datetimes(series):
+            return DATETIME
     return CATEGORICAL if distinct <= MAX_CATEGORIES else TEXT
+
+
+def _holds_number_lists(series: pd.Series) -> bool:
+    """Whether a list column's cells are lists of numbers (an embedding), judged by its first non-empty cells;
+    lists of text (tags) are checked as text."""
+    cells = [cell for cell in series.dropna().iloc[:1000] if len(cell)]
+    return not cells or all(
+        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+        for cell in cells[:100] for value in cell
+    )
+
+
+def _all_true_false(series: pd.Series) -> bool:
+    values = series.dropna().unique()
+    return len(values) <= 2 and all(isinstance(v, (bool, np.bool_)) or str(v).lower() in _TRUE_FALSE for v in values)
+
+
+def _all_datetimes(series: pd.Series) -> bool:
+    """Every present cell is a date or a time (Python objects, as a Parquet date column reads) or ISO 8601 text."""
+    present = series.dropna()
+    for cells in (present.iloc[:1000], present):  # most columns are told apart by their first cells
+        if not (cells.map(lambda v: isinstance(v, (date, datetime))).all()
+                or as_text(cells).str.fullmatch(_ISO_DATETIME).all()):
+            return False
+    return True
+
+
+def datetime_type(series: pd.Series) -> dict[str, Any]:
+    """What a datetime column's suite records of it: its time zone (``None``: naive) and whether it holds
+    dates only (written back as dates)."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        zone = getattr(series.dtype, "tz", None)
+        present = series.dropna()
+        midnight = bool((present == present.dt.normalize()).all())
+        return {"timezone": None if zone is None else str(zone), "date_only": midnight and zone is None}
+    text = as_text(series.dropna())
+    zoned = bool(text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True).any())
+    return {"timezone": "UTC" if zoned else None, "date_only": bool(text.str.len().eq(10).all())}
+
+
+def datetime_dtype(timezone: str | None) -> str:
+    """The pandas dtype a datetime column is checked as, by its time zone (``None``: naive)."""
+    return f"datetime64[ns, {timezone}]" if timezone else "datetime64[ns]"
+
+
+def is_integer_column(series: pd.Series) -> bool:
+    """Whether a numeric reference column holds whole numbers to be written back as integers: an integer
+    dtype, or floats with whole values and gaps (how a CSV reader types an integer column with nulls)."""
+    if pd.api.types.is_integer_dtype(series):
+        return True
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    return bool(np.isnan(values).any() and len(finite) and (finite == np.round(finite)).all()
+                and np.abs(finite).max() < 2**53)
 
 
 def infer_suite(
@@ -102,18 +174,21 @@ def infer_suite(
                 f"{source or 'reference'}: label column {label_col!r} holds lists; poisonguard expects "
                 "one class label per row"
             )
-        if column == label_col and kind == TEXT:
-            kind = CATEGORICAL
+        if column == label_col and kind in (TEXT, BOOLEAN, DATETIME):
+            kind = CATEGORICAL  # a class label, whatever its values look like
         if kind == EMBEDDING:
             embeddings[column] = list_cells(series).modal_length()
             if not series.isna().any():
                 expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
             continue
-        expectations.append(
-            gxe.ExpectColumnValuesToBeInTypeList(
-                column=column, type_list=KIND_TYPES[kind], meta={"kind": kind}
-            )
-        )
+        type_meta: dict[str, Any] = {"kind": kind}
+        type_list = KIND_TYPES.get(kind)
+        if kind == NUMERIC:
+            type_meta["integer"] = is_integer_column(series)
+        elif kind == DATETIME:
+            type_meta |= datetime_type(series)
+            type_list = [datetime_dtype(type_meta["timezone"])]
+        expectations.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=type_list, meta=type_meta))
         if not series.isna().any() and roles.get(column) != "ignored":
             expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
         if column in roles:
@@ -192,6 +267,33 @@ def suite_kinds(suite) -> dict[str, str]:
         if e.expectation_type == "expect_column_values_to_be_in_type_list"
     }
     return kinds | {column: EMBEDDING for column in suite_embeddings(suite)}
+
+
+def suite_types(suite) -> dict[str, dict[str, Any]]:
+    """Column -> what its type expectation records beyond the kind (``integer``; ``timezone``, ``date_only``)."""
+    return {
+        e.column: {k: v for k, v in (e.meta or {}).items() if k != "kind"}
+        for e in suite.expectations
+        if e.expectation_type == "expect_column_values_to_be_in_type_list"
+    }
+
+
+def suite_arrow_types(suite) -> dict[str, Any]:
+    """Column -> the Arrow type its values are written with, for the kinds that have one: integers, booleans,
+    dates and timestamps (in their time zone). Other columns are written as checked."""
+    import pyarrow as pa
+
+    kinds, types = suite_kinds(suite), suite_types(suite)
+    arrow = {}
+    for column, kind in kinds.items():
+        meta = types.get(column, {})
+        if kind == NUMERIC:
+            arrow[column] = pa.int64() if meta.get("integer") else pa.float64()
+        elif kind == BOOLEAN:
+            arrow[column] = pa.bool_()
+        elif kind == DATETIME:
+            arrow[column] = pa.date32() if meta.get("date_only") else pa.timestamp("ns", tz=meta.get("timezone"))
+    return arrow
 
 
 def suite_unchecked(suite) -> dict[str, str]:

@@ -26,7 +26,17 @@ import pandas as pd
 from poisonguard import ROW_ID
 from poisonguard.cells import as_text, list_cells
 from poisonguard.expectations.row_checks import RowCheck, from_gx_result, run_row_checks
-from poisonguard.expectations.suite import EMBEDDING, NUMERIC, suite_columns, suite_embeddings, suite_kinds
+from poisonguard.expectations.suite import (
+    BOOLEAN,
+    DATETIME,
+    EMBEDDING,
+    NUMERIC,
+    datetime_dtype,
+    suite_columns,
+    suite_embeddings,
+    suite_kinds,
+    suite_types,
+)
 
 TABLE_COLUMNS = "expect_table_columns_to_match_set"
 SHORT_NAMES = {
@@ -115,7 +125,7 @@ def validate_batch(
         return SchemaOutcome(None, _column_failures(list(frame.columns), expected, label_col), expectations=summary)
 
     coerced, type_failures, row_reasons, raw_values = coerce_to_kinds(
-        frame, suite_kinds(suite), suite_embeddings(suite)
+        frame, suite_kinds(suite), suite_embeddings(suite), suite_types(suite)
     )
     if type_failures:
         return SchemaOutcome(None, type_failures, expectations=summary)
@@ -130,10 +140,14 @@ def validate_batch(
 
 
 def coerce_to_kinds(
-    frame: pd.DataFrame, kinds: dict[str, str], embeddings: dict[str, int] | None = None
+    frame: pd.DataFrame, kinds: dict[str, str], embeddings: dict[str, int] | None = None,
+    types: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[pd.DataFrame, list[StructuralFailure], dict[str, np.ndarray], dict[int, dict[str, str]]]:
-    """Cast each column to its recorded kind: numeric to int64/float64, embeddings kept as they are (their
-    cells checked against the length in ``embeddings``), the others to text (object).
+    """Cast each column to its recorded kind: numeric to float64 (an ``integer`` one, in ``types``, must hold
+    whole numbers), booleans to pandas' nullable ``boolean``, datetimes to ``datetime64[ns]`` in the time zone
+    ``types`` records, embeddings kept as they are (their cells checked against the length in
+    ``embeddings``), the others to text (object). Every chunk of a batch gets the same dtypes, whatever its
+    reader inferred for it.
 
     Returns the coerced frame, whole-column type failures, per-row ``schema:type:<column>`` failures and
     the original text of every cell that failed to parse, keyed by row id.
@@ -146,21 +160,20 @@ def coerce_to_kinds(
     for column, kind in kinds.items():
         series = frame[column]
         present = int(series.notna().sum())
+        meta = (types or {}).get(column, {})
         if kind == EMBEDDING:
+            unparsable = _bad_embedding_cells(series, (embeddings or {}).get(column))
             width = (embeddings or {}).get(column)
-            unparsable = _bad_embedding_cells(series, width)
             expected = f"lists of {width} finite numbers" if width else "lists of finite numbers"
-        elif kind != NUMERIC:
+        elif kind == NUMERIC:
+            values, unparsable, expected = _numbers(series, bool(meta.get("integer")))
+        elif kind == BOOLEAN:
+            values, unparsable, expected = _booleans(series)
+        elif kind == DATETIME:
+            values, unparsable, expected = _datetimes(series, meta.get("timezone"), bool(meta.get("date_only")))
+        else:
             coerced[column] = as_text(series)
             continue
-        elif pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            if series.dtype not in (np.dtype("int64"), np.dtype("float64")):
-                coerced[column] = series.astype("float64")
-            continue
-        else:
-            numbers = pd.to_numeric(series, errors="coerce")
-            unparsable = (series.notna() & numbers.isna()).to_numpy()
-            expected = "numbers"
         if present and unparsable.sum() > MAX_UNPARSABLE_SHARE * present:
             sample = series[unparsable].iloc[0]
             structural.append(
@@ -171,14 +184,64 @@ def coerce_to_kinds(
                 )
             )
             continue
-        if kind == NUMERIC:
-            coerced[column] = numbers.astype("float64") if numbers.dtype != np.dtype("int64") else numbers
+        if kind != EMBEDDING:
+            coerced[column] = values
         if unparsable.any():
             failing = row_ids[unparsable]
             row_reasons[f"schema:type:{column}"] = failing
             for row_id, value in zip(failing.tolist(), series[unparsable].tolist()):
                 raw_values.setdefault(int(row_id), {})[column] = _shorten(value)
     return coerced, structural, row_reasons, raw_values
+
+
+def _numbers(series: pd.Series, integer: bool) -> tuple[pd.Series, np.ndarray, str]:
+    """A numeric column as float64 (missing where a cell is not a number, or not whole when ``integer``)."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        numbers = series.astype("float64") if series.dtype != np.dtype("float64") else series
+    else:
+        numbers = pd.to_numeric(series, errors="coerce").astype("float64")
+    unparsable = (series.notna() & numbers.isna()).to_numpy().copy()
+    if integer:
+        values = numbers.to_numpy()
+        with np.errstate(invalid="ignore"):
+            fractional = np.isfinite(values) & (values != np.round(values))
+        if fractional.any():
+            unparsable |= fractional
+            numbers = numbers.mask(fractional)
+    return numbers, unparsable, "whole numbers" if integer else "numbers"
+
+
+_BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+
+def _booleans(series: pd.Series) -> tuple[pd.Series, np.ndarray, str]:
+    """A true/false column as pandas' nullable ``boolean`` (``true``/``false`` or 1/0 in any case)."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("boolean"), np.zeros(len(series), dtype=bool), "true or false"
+    mapped = as_text(series).str.strip().str.lower().map(_BOOLEAN_TEXT)
+    unparsable = (series.notna() & mapped.isna()).to_numpy()
+    return mapped.astype("boolean"), unparsable, "true or false"
+
+
+def _datetimes(series: pd.Series, timezone: str | None, date_only: bool = False) -> tuple[pd.Series, np.ndarray, str]:
+    """A datetime column as ``datetime64[ns]`` in ``timezone`` (naive when ``None``; zoned text is converted);
+    a ``date_only`` column's cells must be dates (midnight), as it is written back as dates."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        zoned = getattr(series.dtype, "tz", None) is not None
+        parsed = series if zoned or timezone is None else series.dt.tz_localize("UTC")
+    else:
+        parsed = pd.to_datetime(as_text(series), errors="coerce", utc=True, format="ISO8601")
+    if getattr(parsed.dtype, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert(timezone) if timezone else parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    # Beyond nanoseconds' years 1677-2262 a cell cannot be held: it fails its row, not the batch.
+    low, high = pd.Timestamp("1677-09-22"), pd.Timestamp("2262-04-10")
+    if timezone:
+        low, high = low.tz_localize(timezone), high.tz_localize(timezone)
+    parsed = parsed.where((parsed > low) & (parsed < high)).astype(datetime_dtype(timezone))
+    if date_only:
+        parsed = parsed.where(parsed == parsed.dt.normalize())
+    unparsable = (series.notna() & parsed.isna()).to_numpy()
+    return parsed, unparsable, "dates (ISO 8601)" if date_only else "dates or times (ISO 8601)"
 
 
 def _bad_embedding_cells(series: pd.Series, width: int | None) -> np.ndarray:

@@ -177,3 +177,17 @@ def test_a_notebook_frame_of_every_kind_is_scanned_in_memory_and_a_flip_names_th
         assert row["label_model_predicted"] == truth[key]
         assert f"expected '{truth[key]}' (probability " in row["explanation"]
 
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_an_outlier_flag_names_the_columns_that_made_the_row_unusual(seed):
+    reference, batch = customers(2000, 1), customers(500, seed)
+    odd = batch.index[:5]  # each value within the reference's range, together far from every customer
+    batch.loc[odd, ["spend", "visits", "segment"]] = [440.0, 0.0, "gold"]
+    result = poisonguard.scan(batch, label="segment", reference=reference, id_col="customer_id")
+    flagged = result.issues.loc[odd]
+    assert flagged["ecod_flag"].sum() >= 4
+    named = flagged.loc[flagged["ecod_flag"], "ecod_features"]
+    assert all(set(columns[:2]) == {"spend", "visits"} for columns in named)
+    assert flagged.loc[flagged["ecod_flag"], "explanation"].str.contains("most unusual: spend = 440, visits = 0").all()
+    assert result.issues.loc[~result.issues["ecod_flag"], "ecod_features"].isna().all()

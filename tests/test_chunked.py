@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from decimal import Decimal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,6 +85,8 @@ def test_a_parquet_batch_keeps_its_bool_timestamp_date_and_category_types(tmp_pa
             seen_at=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, len(frame)), unit="h"),
             day=(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, len(frame)), unit="D")).date,
             tier=pd.Categorical(rng.choice(["gold", "silver"], len(frame))),
+            price=[Decimal(f"{cents / 100:.2f}") for cents in rng.integers(100, 9_999, len(frame))],
+            tags=[["a", "b"][: int(k)] for k in rng.integers(0, 3, len(frame))],
         )
 
     typed(make_frame(600, seed=0), 0).to_parquet(tmp_path / "ref.parquet", index=False)
@@ -94,12 +98,55 @@ def test_a_parquet_batch_keeps_its_bool_timestamp_date_and_category_types(tmp_pa
     given = pq.read_schema(tmp_path / "batch.parquet")
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     for written in (pq.read_schema(paths.clean), pq.read_schema(paths.quarantine)):
-        for column in ("active", "seen_at", "day", "tier", "count"):
+        for column in ("active", "seen_at", "day", "tier", "count", "price", "tags"):
             assert written.field(column).type == given.field(column).type, column
     clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
     assert sorted([*clean[ROW_ID], *held[ROW_ID]]) == list(range(1000))
     expected = batch.set_index(pd.RangeIndex(1000)).loc[clean[ROW_ID], "seen_at"].to_numpy()
     assert (clean["seen_at"].to_numpy() == expected).all()
+
+
+def test_whole_and_chunked_scans_of_a_csv_write_one_schema_typed_by_the_suite(tmp_path):
+    """A CSV has no types: the suite, inferred once from the reference, types every chunk the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from poisonguard.pipeline.steps import scan_file
+
+    def typed(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        return frame.assign(
+            active=rng.random(len(frame)) < 0.5,
+            seen_at=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, len(frame)), unit="h"),
+            day=(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, len(frame)), unit="D")).date,
+            visits=pd.array(rng.integers(0, 50, len(frame)), dtype="Int64"),
+        )
+
+    reference = typed(make_frame(600, seed=0), 0)
+    reference.loc[::50, "visits"] = pd.NA  # a CSV reader types this column float: it is still whole numbers
+    reference.to_csv(tmp_path / "ref.csv", index=False)
+    batch = typed(make_frame(1000, seed=1), 1)
+    batch.loc[[700, 701], "visits"] = pd.NA  # only the second chunk has empty cells
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    schemas = {}
+    for chunk_rows in (None, 400):
+        summary = scan_file(tmp_path / "batch.csv", ScanConfig(
+            label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / f"out-{chunk_rows}",
+            chunk_rows=chunk_rows))
+        paths = OutputPaths.for_batch(tmp_path / f"out-{chunk_rows}", summary.dataset, summary.batch_id)
+        schemas[chunk_rows] = pq.read_schema(paths.clean).remove_metadata()
+        held = pq.read_schema(paths.quarantine).remove_metadata()
+        assert [held.field(f.name) for f in schemas[chunk_rows] if f.name != "_batch_id"] == \
+            [f for f in schemas[chunk_rows] if f.name != "_batch_id"]
+    assert schemas[None] == schemas[400]
+    written = schemas[None]
+    assert written.field("count").type == pa.int64() and written.field("visits").type == pa.int64()
+    assert written.field("x1").type == pa.float64() and written.field("active").type == pa.bool_()
+    assert written.field("seen_at").type == pa.timestamp("ns", tz="UTC") and written.field("day").type == pa.date32()
+    clean = pd.read_parquet(OutputPaths.for_batch(tmp_path / "out-None", summary.dataset, summary.batch_id).clean)
+    given = batch.set_index(pd.RangeIndex(1000)).loc[clean[ROW_ID]]
+    assert (clean["seen_at"].to_numpy() == given["seen_at"].to_numpy()).all()
+    assert clean["visits"].astype("Int64").equals(given["visits"].reset_index(drop=True).astype("Int64"))
 
 
 def test_chunked_scan_without_a_reference_fits_on_a_first_pass_sample(prefect_harness, tmp_path):

@@ -225,3 +225,37 @@ def test_an_allowed_value_set_needs_enough_reference_rows_to_stay_in_budget(refe
     valued = {e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_in_set"}
     assert ("colour" in valued) is enforced
     assert ("colour" in suite_unchecked(suite)) is not enforced
+
+
+def test_csv_text_of_booleans_and_times_gets_kinds_of_its_own_and_bad_cells_fail_their_row(validator):
+    import io
+
+    frame = make_frame(300, seed=3).assign(
+        member=np.resize(["True", "False"], 300),
+        seen_at=pd.date_range("2026-01-01", periods=300, freq="h", tz="Europe/Oslo").astype(str),
+        day=pd.date_range("2025-01-01", periods=300, freq="D").strftime("%Y-%m-%d"),
+        visits=np.resize([1.0, 2.0, np.nan], 300),
+        code=np.resize(["yes", "no"], 300),
+    )
+    reference = pd.read_csv(io.StringIO(frame.to_csv(index=False)))  # as a CSV reference arrives: text
+    suite = infer_suite(reference, "typed", "label")
+    kinds = suite_kinds(suite)
+    assert [kinds[c] for c in ("member", "seen_at", "day", "visits", "code")] == \
+        ["boolean", "datetime", "datetime", "numeric", "categorical"]
+    types = {e.column: e.meta for e in suite.expectations if e.expectation_type.endswith("in_type_list")}
+    assert types["seen_at"]["timezone"] == "UTC" and types["day"]["date_only"] is True
+    assert types["visits"]["integer"] is True and types["x1"]["integer"] is False
+
+    batch = with_ids(reference.head(50)).astype({"member": object})
+    batch.loc[2, "seen_at"] = "yesterday"
+    batch.loc[3, "member"] = "perhaps"
+    batch.loc[4, "day"] = "2025-03-01T10:30:00"  # a time in a column of dates
+    batch.loc[5, "visits"] = 1.5  # not a whole number
+    outcome = validate_batch(batch, suite, "label", validator)
+    assert not outcome.rejected
+    assert {code: ids.tolist() for code, ids in outcome.row_reasons.items() if code.startswith("schema:type")} == {
+        "schema:type:seen_at": [2], "schema:type:member": [3], "schema:type:day": [4], "schema:type:visits": [5]}
+    assert outcome.raw_values[2] == {"seen_at": "yesterday"} and outcome.raw_values[5] == {"visits": "1.5"}
+    checked = outcome.frame
+    assert str(checked["seen_at"].dtype) == "datetime64[ns, UTC]" and str(checked["member"].dtype) == "boolean"
+    assert checked.loc[0, "seen_at"] == pd.Timestamp("2025-12-31 23:00", tz="UTC")  # 00:00 in Oslo

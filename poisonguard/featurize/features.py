@@ -22,7 +22,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from poisonguard import ROW_ID
 from poisonguard.cells import as_text
-from poisonguard.expectations.suite import EMBEDDING, column_kind
+from poisonguard.expectations.suite import BOOLEAN, DATETIME, EMBEDDING, NUMERIC, column_kind
 from poisonguard.featurize.representations import ListColumnScaler
 
 # Standardised values beyond this are clipped: a cell of 1e308 must not overflow to inf in a detector.
@@ -50,7 +50,8 @@ class FeatureEncoder:
         self.label_col = label_col
 
     def fit(self, frame: pd.DataFrame) -> FeatureEncoder:
-        numeric = [c for c, k in self.kinds.items() if k == "numeric" and c != self.label_col]
+        # True/false as 0/1 and points in time as seconds since 1970 are numbers like any other.
+        numeric = [c for c, k in self.kinds.items() if k in (NUMERIC, BOOLEAN, DATETIME) and c != self.label_col]
         categorical = [c for c, k in self.kinds.items() if k == "categorical" and c != self.label_col]
         transformers = []
         if numeric:
@@ -58,7 +59,7 @@ class FeatureEncoder:
                 (
                     "numeric",
                     make_pipeline(
-                        FunctionTransformer(_finite_or_nan, feature_names_out="one-to-one"),
+                        FunctionTransformer(_numbers_or_nan, feature_names_out="one-to-one"),
                         SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
                         StandardScaler(),
                     ),
@@ -131,8 +132,20 @@ def row_texts(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return joined.to_numpy(dtype=object)
 
 
-def _finite_or_nan(block: pd.DataFrame) -> np.ndarray:
-    values = np.asarray(block, dtype="float64")
+def _numbers_or_nan(block: pd.DataFrame) -> np.ndarray:
+    """The block's columns as float64, infinities and missing values as NaN: numbers as they are, true/false
+    as 1/0, datetimes (or ISO 8601 text, in a frame no suite has checked) as seconds since 1970 UTC."""
+    columns = []
+    for column in block.columns:
+        series = block[column]
+        if not pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            if not pd.api.types.is_datetime64_any_dtype(series):
+                series = pd.to_datetime(as_text(series), errors="coerce", utc=True, format="ISO8601")
+            if getattr(series.dtype, "tz", None) is not None:
+                series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+            series = (series - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+        columns.append(series.to_numpy(dtype="float64", na_value=np.nan))
+    values = np.column_stack(columns) if columns else np.empty((len(block), 0))
     return np.where(np.isfinite(values), values, np.nan)
 
 

@@ -32,7 +32,7 @@ from poisonguard.cells import as_text
 from poisonguard.decide.explain import explain_rows
 from poisonguard.decide.result_table import build_result_table, reason_counts
 from poisonguard.errors import ConfigError, UnreadableBatchError
-from poisonguard.expectations.suite import CATEGORICAL, NUMERIC, TEXT, suite_kinds
+from poisonguard.expectations.suite import CATEGORICAL, EMBEDDING, NUMERIC, TEXT, suite_arrow_types, suite_kinds
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
 from poisonguard.memory import release_free_memory
@@ -156,6 +156,10 @@ class ChunkStager:
         # every chunk, so a column that came typed (bool, timestamp, date, category) is written as it came;
         # CSV and JSON Lines are typed per chunk by the parser, so their columns are written as checked.
         self._as_read = _typed_columns(source, [c for c, k in kinds.items() if k in (CATEGORICAL, TEXT)])
+        # One schema for every chunk, whatever a chunk's reader inferred: a Parquet batch's columns are written
+        # with the file's types; a CSV or JSON Lines batch's numbers, booleans, dates and timestamps as the
+        # suite types them (so a whole and a chunked scan of one file write the same schema).
+        self._arrow_types = _written_types(source, kinds, scan_plan.suite)
 
     def __enter__(self) -> ChunkStager:
         return self
@@ -187,7 +191,7 @@ class ChunkStager:
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
         explanations = explain_rows(frame, result[REASONS], result, outcome.expectations, scores.calibration)
         split = split_rows(self._typed_as_read(chunk, frame), result, self.source.batch.batch_id, self.scanned_at,
-                           outcome.raw_values, explanations)
+                           outcome.raw_values, explanations, self._arrow_types)
         self.clean.write(split.clean_schema.empty_table())  # a batch with no clean rows still has a clean file
         for rows in split.clean_slices():
             self.clean.write(rows)
@@ -251,6 +255,19 @@ def _typed_columns(source: BatchSource, columns: list[str]) -> list[str]:
         return []
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     return [c for c in columns if c in schema.names and not any(is_text(schema.field(c).type) for is_text in text)]
+
+
+def _written_types(source: BatchSource, kinds: dict[str, str], suite) -> dict[str, pa.DataType]:
+    """Column -> the Arrow type the outputs give it (see :class:`ChunkStager`)."""
+    if suite is None:
+        return {}
+    if source.batch.file_format != "parquet":
+        return suite_arrow_types(suite)
+    try:
+        schema = pq.read_schema(source.batch.read_path)
+    except Exception:  # noqa: BLE001 - a file that cannot be read is rejected by the scan, not here
+        return {}
+    return {c: schema.field(c).type for c, k in kinds.items() if c in schema.names and k != EMBEDDING}
 
 
 def quarantine_every_row(source: BatchSource, codes: list[str], paths: OutputPaths, quarantined_at: datetime) -> int:

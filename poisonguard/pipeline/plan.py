@@ -27,6 +27,7 @@ from poisonguard.expectations.suite import (
     suite_kinds,
     suite_label_col,
     suite_roles,
+    suite_types,
 )
 from poisonguard.expectations.validate import coerce_to_kinds
 from poisonguard.featurize.features import infer_kinds
@@ -200,7 +201,8 @@ def _coerce_reference(reference: pd.DataFrame, suite: Any, path: Path | None) ->
             f"reference {path} does not match the suite's columns "
             f"(missing: {sorted(expected - actual)}, extra: {sorted(actual - expected)})"
         )
-    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite), suite_embeddings(suite))
+    coerced, structural, _, _ = coerce_to_kinds(reference, suite_kinds(suite), suite_embeddings(suite),
+                                                suite_types(suite))
     if structural:
         raise ConfigError(f"reference {path}: {structural[0].message}")
     return coerced

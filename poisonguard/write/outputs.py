@@ -108,6 +108,7 @@ def split_rows(
     quarantined_at: datetime,
     raw_values: dict[int, dict[str, str]] | None = None,
     explanations: pd.Series | None = None,
+    column_types: dict[str, pa.DataType] | None = None,
 ) -> SplitRows:
     """Partition ``frame`` by the result table into clean and quarantined rows (see :class:`SplitRows`).
 
@@ -115,7 +116,8 @@ def split_rows(
     adds ``_reasons``, ``_explanation`` (the reasons in words, when ``explanations`` gives them per row of
     ``frame``), per detector ``_score_<detector>``, ``_pvalue_<detector>`` (with a reference) and what it said of
     the row (``_predicted_``, ``_probability_``, ``_features_<detector>``, where it says it), ``_quarantined_at``, ``_status``
-    (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null).
+    (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null). ``column_types``:
+    the Arrow type to write a column as (the suite's, so that every chunk of every batch writes one schema).
     """
     if not np.array_equal(frame[ROW_ID].to_numpy(), result[ROW_ID].to_numpy()):
         raise ValueError("result table rows do not match the batch rows")
@@ -124,6 +126,10 @@ def split_rows(
     # Arrow shares the frame's numeric buffers, and each filter copies only the rows it keeps: at a million
     # rows, pandas' .loc and then from_pandas held a pandas copy and an Arrow copy of the clean rows at once.
     rows = pa.Table.from_pandas(frame[columns], preserve_index=False)
+    for column, arrow_type in (column_types or {}).items():
+        if column in rows.column_names and rows.schema.field(column).type != arrow_type:
+            where = rows.column_names.index(column)
+            rows = rows.set_column(where, column, rows.column(where).cast(arrow_type))
     held_result = result.loc[held].reset_index(drop=True)
     extras = pd.DataFrame({REASONS: held_result[REASONS].array})
     if explanations is not None:  # per row of ``frame``; kept for the quarantined rows

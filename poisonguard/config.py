@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from poisonguard.errors import ConfigError
-from poisonguard.names import checked_dataset_name
+from poisonguard.names import checked_dataset_name, closest_name
 
 # Every detector that applies to what a scan is given (labels, a reference): see poisonguard.detectors.
 DEFAULT_DETECTORS = ("auto",)
@@ -108,7 +108,7 @@ class ExpectationSettings(_Settings):
     def _check(self) -> ExpectationSettings:
         if not 0.0 < self.range_false_quarantine < 0.5:
             raise ConfigError(
-                f"range_false_quarantine must be between 0 and 0.5, got {self.range_false_quarantine}"
+                f"range_false_quarantine is a share of clean rows, between 0 and 0.5 (1% is 0.01), got {self.range_false_quarantine}"
             )
         if self.range_margin < 0:
             raise ConfigError(f"range_margin must be zero or more, got {self.range_margin}")
@@ -168,7 +168,7 @@ class CalibrationSettings(_Settings):
     def _check(self) -> CalibrationSettings:
         if not 0.0 < self.max_false_quarantine < 0.5:
             raise ConfigError(
-                f"max_false_quarantine must be between 0 and 0.5, got {self.max_false_quarantine}"
+                f"max_false_quarantine is a share of clean rows, between 0 and 0.5 (1% is 0.01), got {self.max_false_quarantine}"
             )
         if not 0.1 <= self.holdout_fraction <= 0.9:
             raise ConfigError(f"holdout_fraction must be between 0.1 and 0.9, got {self.holdout_fraction}")
@@ -325,7 +325,7 @@ class ScanConfig(_Settings):
         given = {key: value for key, value in overrides.items() if value is not None}
         unknown = set(given) - set(GROUP_OF) - set(type(self).model_fields)
         if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown setting(s): {unknown_keys(sorted(unknown), [*GROUP_OF, *type(self).model_fields])}")
         values = self.model_dump()
         for key, value in given.items():
             # a flat key goes in as it is: _group_flat_keys moves it into its group, after the groups above
@@ -347,6 +347,16 @@ class ScanConfig(_Settings):
             if not settings.get(role):
                 settings.pop(role)
         return settings
+
+
+def unknown_keys(unknown: list[str], known: list[str]) -> str:
+    """``"max_false_quarantne (did you mean max_false_quarantine?), foo"``: each unknown key with the closest
+    known one, where one is close."""
+    named = []
+    for key in unknown:
+        close = closest_name(key.rpartition(".")[2], known)
+        named.append(f"{key} (did you mean {close}?)" if close else key)
+    return ", ".join(named)
 
 
 def validation_message(error: ValidationError) -> str:

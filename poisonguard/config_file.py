@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from poisonguard.config import GROUP_OF, GROUPS, ScanConfig
+from poisonguard.config import GROUP_OF, GROUPS, ScanConfig, unknown_keys
 from poisonguard.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -38,13 +38,16 @@ def load_config(path: Path) -> ScanConfig:
     table = data.get("scan", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [scan] must be a table")
-    unknown = sorted(set(table) - set(ScanConfig.model_fields) - set(GROUP_OF))
-    for group in set(table) & set(GROUPS):
+    unknown = unknown_keys(sorted(set(table) - set(ScanConfig.model_fields) - set(GROUP_OF)),
+                           [*ScanConfig.model_fields, *GROUP_OF])
+    for group in sorted(set(table) & set(GROUPS)):
         if not isinstance(table[group], dict):
             raise ConfigError(f"{path}: [scan.{group}] must be a table")
-        unknown += [f"{group}.{key}" for key in sorted(set(table[group]) - set(GROUPS[group].model_fields))]
+        in_group = unknown_keys([f"{group}.{key}" for key in sorted(set(table[group]) - set(GROUPS[group].model_fields))],
+                                list(GROUPS[group].model_fields))
+        unknown = ", ".join(part for part in (unknown, in_group) if part)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in [scan]: {', '.join(unknown)}")
+        raise ConfigError(f"{path}: unknown key(s) in [scan]: {unknown}")
     try:
         return config_from_mapping(table, base_dir=path.parent)
     except ConfigError as exc:

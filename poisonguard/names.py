@@ -1,4 +1,5 @@
-"""The one rule for dataset names, wherever a name comes from: light, so that every module may import it."""
+"""The one rule for dataset names, wherever a name comes from, and the names of what poisonguard offers: light,
+so that every module (and the command line's help) may import it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import difflib
 import unicodedata
 
 from poisonguard.errors import ConfigError
+
+# Batch file formats poisonguard reads.
+FORMATS = ("csv", "parquet", "jsonl")
+# The detector names the registry ships with, for the command line's help without importing the detectors
+# (scikit-learn costs 1.5 s); tests/test_cli.py keeps it equal to the registry.
+BUILT_IN_DETECTORS = ("activation_clustering", "confident_learning", "duplicates", "ecod", "iforest", "knn",
+                      "knn_label", "label_model", "label_oof", "robust_spectral", "spectral", "trigger_tokens",
+                      "trigger_values")
 
 
 def dataset_name_problem(name: str) -> str | None:

@@ -193,3 +193,16 @@ def test_every_scan_option_is_a_setting_and_shows_the_settings_default():
             default = fields[name].default
             expected = ",".join(default) if isinstance(default, tuple) else str(default)
             assert shown.group(1) == expected, f"--{name} shows [{shown.group(1)}], the setting's default is {expected}"
+
+
+def test_help_offers_every_format_runner_and_built_in_detector_and_a_wrong_choice_is_refused():
+    from poisonguard.detectors import REGISTRY
+    from poisonguard.names import BUILT_IN_DETECTORS, FORMATS
+
+    built_in = {name for name, cls in REGISTRY.items() if cls.__module__.startswith("poisonguard.detectors")}
+    assert set(BUILT_IN_DETECTORS) == built_in
+    shown = " ".join(runner.invoke(app, ["scan", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert f"--format <{'|'.join(FORMATS)}>" in shown and "--task-runner <default|dask>" in shown
+    assert all(name in shown for name in BUILT_IN_DETECTORS)
+    refused = runner.invoke(app, ["scan", "batch.xlsx", "--format", "xlsx"])
+    assert refused.exit_code == 2 and "'xlsx' is not one of" in refused.output

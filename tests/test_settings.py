@@ -67,6 +67,11 @@ def test_flat_keywords_in_python_are_shorthand_for_their_group():
         ("[scan.calibration]\nrobust = 4.0\n", "unknown key(s) in [scan]: calibration.robust"),
         ('[scan]\ncalibration = "strict"\n', "[scan.calibration] must be a table"),
         ("[scan.io]\nchunk_rows = 0\n", "chunk_rows must be at least 1, got 0"),
+        ("[scan]\nmax_false_quarantne = 0.01\n[scan.calibration]\nholdout_fracton = 0.3\n",
+         "unknown key(s) in [scan]: max_false_quarantne (did you mean max_false_quarantine?), "
+         "calibration.holdout_fracton (did you mean holdout_fraction?)"),
+        ("[scan]\nmax_false_quarantine = 1\n", "max_false_quarantine is a share of clean rows, between 0 and 0.5 "
+         "(1% is 0.01), got 1.0"),
     ],
 )
 def test_a_wrong_value_in_a_group_names_the_group_and_key(tmp_path, content, message):

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,9 +17,10 @@ from rich.table import Table
 
 from poisonguard import __version__
 from poisonguard.cli.common import console, count, fail, out, quiet_libraries, shown
-from poisonguard.config import ExpectationSettings, IOSettings, ScanConfig
+from poisonguard.config import TASK_RUNNERS, ExpectationSettings, IOSettings, ScanConfig
 from poisonguard.config_file import load_config
 from poisonguard.errors import ConfigError
+from poisonguard.names import BUILT_IN_DETECTORS, FORMATS
 from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
 app = typer.Typer(
@@ -53,6 +55,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Choices the help lists and the parser checks.
+FileFormat = Enum("FileFormat", {name: name for name in FORMATS}, type=str)
+TaskRunner = Enum("TaskRunner", {name: name for name in TASK_RUNNERS}, type=str)
+
+
 @app.callback()
 def main_options(
     version: Annotated[
@@ -74,17 +81,19 @@ def scan(
     ] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
     file_format: Annotated[
-        Optional[str], typer.Option("--format", help="csv, parquet or jsonl (default: from the suffix).")
+        Optional[FileFormat], typer.Option("--format", help="The batch's format (default: from its suffix).")
     ] = None,
     suite: Annotated[Optional[Path], typer.Option(help="Expectation suite JSON to validate against.")] = None,
     suite_dir: Annotated[
         Optional[Path], typer.Option(help="Where suites live as <dataset>.json [expectations/suites].")
     ] = None,
     detectors: Annotated[
-        Optional[str], typer.Option(help="Comma-separated detectors, or auto: every one that applies [auto].")
+        Optional[str], typer.Option(help="Comma-separated detectors, or auto: every one that applies [auto]. "
+                                         f"Built in: {', '.join(BUILT_IN_DETECTORS)}; auto,<name> adds to auto.")
     ] = None,
     max_false_quarantine: Annotated[
-        Optional[float], typer.Option(help="Share of clean rows the detectors and inferred schema rules together may quarantine [0.01].")
+        Optional[float], typer.Option(help="Share of clean rows the detectors and inferred schema rules together may "
+                                           "quarantine, between 0 and 0.5 (1% is 0.01) [0.01].")
     ] = None,
     embedding_prefix: Annotated[
         Optional[str], typer.Option(help="Columns with this prefix hold a precomputed embedding of each row.")
@@ -111,7 +120,7 @@ def scan(
         typer.Option(help="Read, check and write the batch this many rows at a time (batches larger than memory)."),
     ] = None,
     task_runner: Annotated[
-        Optional[str], typer.Option(help="default (Prefect's thread pool) or dask (score row chunks in parallel).")
+        Optional[TaskRunner], typer.Option(help="default (Prefect's thread pool) or dask (score row chunks in parallel).")
     ] = None,
     dask_address: Annotated[
         Optional[str], typer.Option(help="Use this existing Dask scheduler (tcp://host:8786) with --task-runner dask.")
@@ -144,7 +153,7 @@ def scan(
             reference=reference,
             dataset=dataset,
             out_dir=out_dir,
-            file_format=file_format,
+            file_format=file_format.value if file_format else None,
             suite=suite,
             suite_dir=suite_dir,
             detectors=_names(detectors) if detectors else None,
@@ -156,7 +165,7 @@ def scan(
             trust_store=trust_store,
             require_provenance=require_provenance,
             chunk_rows=chunk_rows,
-            task_runner=task_runner,
+            task_runner=task_runner.value if task_runner else None,
             dask_address=dask_address,
             force=force or None,
             strict=strict or None,

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from poisonguard import ROW_ID, is_reserved_column
 from poisonguard.errors import InputError, UnreadableBatchError
 from poisonguard.memory import release_free_memory
-from poisonguard.names import checked_dataset_name
+from poisonguard.names import FORMATS, checked_dataset_name
 
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
@@ -36,7 +36,6 @@ FORMATS_BY_SUFFIX = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
-FORMATS = ("csv", "parquet", "jsonl")
 _HASH_CHUNK = 1 << 20
 
 

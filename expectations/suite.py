@@ -138,10 +138,12 @@ def infer_suite(
     source: str | None = None,
     range_false_quarantine: float | None = None,
     roles: dict[str, str] | None = None,
+    kinds: dict[str, str] | None = None,
 ):
     """Build a suite for ``dataset`` from the trusted ``reference`` frame.
 
-    ``reference`` holds the file's columns (a ``_row_id`` column, if present, is ignored). ``roles``: columns
+    ``reference`` holds the file's columns (a ``_row_id`` column, if present, is ignored). ``kinds``: columns
+    given a kind (``categorical`` or ``text``) whatever their values look like. ``roles``: columns
     that are a row key (``id``) or carried through (``ignored``); they keep their type check (so that every
     chunk writes them with one type) and an id its not-null check, but get no range or value set, and the
     suite records their roles. Raises :class:`InputError` when ``label_col`` is not a column of the
@@ -159,7 +161,11 @@ def infer_suite(
         raise InputError(column_not_found(source or "reference", roles[missing[0]], missing[0], columns))
     expectations = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     embeddings = {}
-    kinds = {column: column_kind(reference[column]) for column in columns}
+    given_kinds = dict(kinds or {})
+    missing = [c for c in given_kinds if c not in columns]
+    if missing:
+        raise InputError(column_not_found(source or "reference", given_kinds[missing[0]], missing[0], columns))
+    kinds = {column: given_kinds.get(column) or column_kind(reference[column]) for column in columns}
     # Every numeric column but the label may get a range, every categorical one an allowed-value set: rules
     # a clean row can fail by chance, which together share range_false_quarantine. A column whose rule
     # would spend more than its share gets none, with the reason kept in the suite (see ranges.py).
@@ -229,6 +235,7 @@ def infer_suite(
             # columns given no range or value set, with the reason (see poisonguard.expectations.ranges)
             "unchecked": unchecked,
             "roles": roles,  # column -> id or ignored: never a feature, no range or value set
+            "kinds_given": given_kinds,  # column -> the kind a user gave it (categorical or text)
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     }
@@ -238,7 +245,12 @@ def infer_suite(
 def _plain_values(values: np.ndarray, kind: str) -> list[Any]:
     if kind == NUMERIC:
         return sorted(v.item() if hasattr(v, "item") else v for v in values)
-    return sorted(str(v) for v in values)
+    return sorted(as_text(pd.Series(values, dtype=object)).dropna().unique().tolist())  # as validation reads them
+
+
+def suite_given_kinds(suite) -> dict[str, str]:
+    """Column -> the kind a user gave it when the suite was inferred (``categorical_cols``, ``text_cols``)."""
+    return dict((suite.meta or {}).get("poisonguard", {}).get("kinds_given") or {})
 
 
 def suite_roles(suite) -> dict[str, str]:

@@ -64,6 +64,10 @@ class IOSettings(_Settings):
     # nor given a range or value set by an inferred suite: a new id is not an outlier.
     id_col: str | None = None
     ignore_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
+    # Kind overrides: columns an inferred suite checks and the detectors read as categories (a numeric code,
+    # a zip code) or as free text, whatever their values look like. Recorded in the suite.
+    categorical_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
+    text_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
 
     @model_validator(mode="after")
     def _check(self) -> IOSettings:
@@ -74,6 +78,11 @@ class IOSettings(_Settings):
                                                                and self.id_col is not None else [])
         if clash:
             raise ConfigError(f"column {clash[0]!r} is given two roles (label, id, ignored); give it one")
+        kinds = [*self.categorical_cols, *self.text_cols]
+        doubled = sorted({c for c in kinds if kinds.count(c) > 1} | (set(kinds) & {*roles, *self.ignore_cols}))
+        if doubled:
+            raise ConfigError(f"column {doubled[0]!r} is given a kind (categorical_cols, text_cols) twice, or a kind "
+                              "and a role (label, id, ignored); give it one")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         if self.dataset is not None:
@@ -85,6 +94,11 @@ class IOSettings(_Settings):
         """The columns no detector reads and no inferred range or value set checks, with their role: ``id``
         or ``ignored``."""
         return {**dict.fromkeys(self.ignore_cols, "ignored"), **({self.id_col: "id"} if self.id_col else {})}
+
+    @property
+    def column_kinds(self) -> dict[str, str]:
+        """The kinds given for columns (``categorical`` or ``text``), overriding what their values suggest."""
+        return {**dict.fromkeys(self.categorical_cols, "categorical"), **dict.fromkeys(self.text_cols, "text")}
 
     @property
     def has_embedding(self) -> bool:
@@ -343,7 +357,7 @@ class ScanConfig(_Settings):
         settings["detectors"] = list(self.detection.detectors)
         if not self.detection.detector_params:  # scans made before detectors took parameters keep their fingerprint
             settings.pop("detector_params")
-        for role in ("id_col", "ignore_cols"):  # and scans made before columns took roles
+        for role in ("id_col", "ignore_cols", "categorical_cols", "text_cols"):  # and scans made before columns took roles
             if not settings.get(role):
                 settings.pop(role)
         return settings

@@ -76,3 +76,42 @@ def test_review_show_lists_the_id_beside_the_row(batches):
                                env={"COLUMNS": "300"})
     assert shown.exit_code == 0, shown.output
     assert "patient_id" in shown.output and str(held["patient_id"].iloc[0]) in shown.output
+
+
+def test_a_numeric_code_named_categorical_gets_a_value_set_and_is_one_hot(tmp_path):
+    from poisonguard.expectations.suite import infer_suite, suite_given_kinds, suite_kinds
+
+    rng = np.random.default_rng(7)
+    # Enough reference rows that a value set can be promised within the schema budget (see ranges.py).
+    reference = make_frame(6_000, seed=0).assign(store=rng.choice([101, 102, 205, 307], 6_000))
+    batch = make_frame(300, seed=1).assign(store=rng.choice([101, 102, 205, 307], 300))
+    batch.loc[:4, "store"] = 999  # a store that does not exist: in range for a number, unseen as a code
+    reference.to_csv(tmp_path / "ref.csv", index=False)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+
+    suite = infer_suite(reference, "shops", "label", kinds={"store": "categorical", "count": "text"})
+    assert suite_kinds(suite)["store"] == "categorical" and suite_kinds(suite)["count"] == "text"
+    assert suite_given_kinds(suite) == {"store": "categorical", "count": "text"}
+    in_set = [e for e in suite.expectations if e.expectation_type.endswith("in_set") and e.column == "store"]
+    assert in_set and sorted(in_set[0].value_set) == ["101", "102", "205", "307"]
+
+    summary, _, held = scan(tmp_path, "coded", categorical_cols=["store"])
+    assert summary.reasons.get("schema:in_set:store") == 5
+    assert set(held.loc[held[REASONS].map(lambda c: "schema:in_set:store" in c), ROW_ID]) == set(range(5))
+    unnamed, _, _ = scan(tmp_path, "plain")
+    assert "schema:in_set:store" not in unnamed.reasons
+
+
+def test_a_kind_the_stored_suite_records_otherwise_is_refused_with_how_to_rebuild(batches):
+    from poisonguard.expectations.suite import infer_suite, save_suite
+
+    reference = pd.read_csv(batches / "ref.csv")
+    save_suite(infer_suite(reference, "batch", "label"), batches / "suites" / "batch.json")
+    config = ScanConfig(label_col="label", reference=batches / "ref.csv", out_dir=batches / "out",
+                        suite_dir=batches / "suites", categorical_cols=["count"])
+    with pytest.raises(ConfigError, match=r"records column 'count' as numeric.*--categorical-cols count --force"):
+        scan_file(batches / "batch.csv", config)
+    with pytest.raises(ConfigError, match="given a kind .* twice, or a kind and a role"):
+        ScanConfig(label_col="label", categorical_cols=["count"], text_cols=["count"])
+    with pytest.raises(InputError, match="categorical column 'stor' not found"):
+        scan(batches, "typo", categorical_cols=["stor"])

@@ -108,6 +108,13 @@ def scan(
     ignore_cols: Annotated[
         Optional[str], typer.Option(help="Comma-separated columns carried through as they are, never a feature.")
     ] = None,
+    categorical_cols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated columns to treat as categories (codes, zip codes), "
+                                         "whatever their values look like.")
+    ] = None,
+    text_cols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated columns to treat as free text.")
+    ] = None,
     trust_store: Annotated[
         Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
     ] = None,
@@ -162,6 +169,8 @@ def scan(
             embedding_column=embedding_column,
             id_col=id_col,
             ignore_cols=_names(ignore_cols) if ignore_cols else None,
+            categorical_cols=_names(categorical_cols) if categorical_cols else None,
+            text_cols=_names(text_cols) if text_cols else None,
             trust_store=trust_store,
             require_provenance=require_provenance,
             chunk_rows=chunk_rows,
@@ -287,7 +296,7 @@ def _check_columns(file: Path, config: ScanConfig, dataset: str) -> None:
     from poisonguard.ingest.read import detect_format, header_columns
     from poisonguard.names import column_not_found
 
-    label, roles = config.io.label_col, config.io.column_roles
+    label, roles = config.io.label_col, config.io.column_roles | config.io.column_kinds
     if label is None and not roles:
         return
     columns = []
@@ -384,6 +393,10 @@ def expectations_init(
     ignore_cols: Annotated[
         Optional[str], typer.Option(help="Comma-separated columns with no range or value set, never a feature.")
     ] = None,
+    categorical_cols: Annotated[
+        Optional[str], typer.Option(help="Comma-separated columns to treat as categories, whatever their values.")
+    ] = None,
+    text_cols: Annotated[Optional[str], typer.Option(help="Comma-separated columns to treat as free text.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the reference's file name).")] = None,
     suite_dir: Annotated[Path, typer.Option(help="Directory to write <dataset>.json in.")] = Path(
         "expectations/suites"
@@ -414,9 +427,11 @@ def expectations_init(
         target = suite_dir / f"{batch.dataset}.json"
         if target.exists() and not force:
             raise ConfigError(f"{target}: a suite already exists; pass --force to replace it")
-        roles = IOSettings(label_col=label_col, id_col=id_col, ignore_cols=_names(ignore_cols)).column_roles
+        columns = IOSettings(label_col=label_col, id_col=id_col, ignore_cols=_names(ignore_cols),
+                             categorical_cols=_names(categorical_cols), text_cols=_names(text_cols))
         suite = infer_suite(batch.frame, batch.dataset, label_col, range_margin, source=str(reference),
-                            range_false_quarantine=range_false_quarantine, roles=roles)
+                            range_false_quarantine=range_false_quarantine, roles=columns.column_roles,
+                            kinds=columns.column_kinds)
         save_suite(suite, target)
     except typer.Exit:
         raise

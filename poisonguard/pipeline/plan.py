@@ -88,8 +88,9 @@ def plan_scan(batch: Batch, config: ScanConfig) -> ScanPlan:
     _require_role_columns(config, batch)
     if suite is not None:
         kinds = {c: k for c, k in suite_kinds(suite).items() if c != label_col}
+        _require_given_kinds(config, kinds, origin)
     elif batch.frame is not None:
-        kinds = infer_kinds(batch.frame, label_col)
+        kinds = infer_kinds(batch.frame, label_col) | config.io.column_kinds
     else:
         kinds = {}
     # The id and ignored columns are carried through, never read by a detector.
@@ -132,9 +133,21 @@ def _require_role_columns(config: ScanConfig, batch: Batch) -> None:
             columns = header_columns(batch.read_path, batch.file_format)
         except Exception:  # noqa: BLE001 - a header that cannot be read rejects the batch in the scan
             return
-    for column, role in config.io.column_roles.items():
+    for column, role in (config.io.column_roles | config.io.column_kinds).items():
         if column not in columns:
             raise InputError(column_not_found(batch.source_path, role, column, columns))
+
+
+def _require_given_kinds(config: ScanConfig, kinds: dict[str, str], origin: str) -> None:
+    """A kind given for a column that the suite records otherwise is a mistake: :class:`ConfigError` saying how
+    to rebuild the suite (a stored suite is the one place a dataset's schema lives; a scan does not edit it)."""
+    for column, kind in config.io.column_kinds.items():
+        if column in kinds and kinds[column] != kind:
+            flag = "--categorical-cols" if kind == "categorical" else "--text-cols"
+            raise ConfigError(
+                f"suite {origin} records column {column!r} as {kinds[column]}, and {flag} makes it {kind}; rebuild "
+                f"the suite with `poisonguard expectations init ... {flag} {column} --force`, or leave {flag} out"
+            )
 
 
 def _at_most(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -163,7 +176,7 @@ def _resolve_suite(config: ScanConfig, dataset: str, reference: Batch | None) ->
     if reference is not None:
         suite = infer_suite(
             reference.frame, dataset, config.io.label_col, config.expectations.range_margin, source=str(config.io.reference),
-            range_false_quarantine=config.schema_budget, roles=config.io.column_roles,
+            range_false_quarantine=config.schema_budget, roles=config.io.column_roles, kinds=config.io.column_kinds,
         )
         return suite, f"inferred from {config.io.reference}"
     return None, "none (no suite file and no reference: schema checks limited to the label column)"

@@ -324,3 +324,17 @@ def test_a_trigger_word_is_found_in_a_batch_read_in_chunks(prefect_harness, tmp_
     poisoned_ids = np.flatnonzero(poisoned.mask)
     assert np.isin(poisoned_ids, list(held_ids)).mean() >= 0.9
     assert "trigger_tokens" in read_report(summary.report_path)["detectors"]
+
+
+def test_a_batch_read_in_chunks_tells_its_progress_after_each_chunk(tmp_path, caplog):
+    from poisonguard.pipeline.steps import scan_file
+
+    make_frame(600, seed=0).to_parquet(tmp_path / "ref.parquet", index=False)
+    make_frame(1000, seed=1).to_parquet(tmp_path / "batch.parquet", index=False)
+    with caplog.at_level("INFO", logger="poisonguard.progress"):
+        scan_file(tmp_path / "batch.parquet", ScanConfig(label_col="label", reference=tmp_path / "ref.parquet",
+                                                         out_dir=tmp_path / "out", chunk_rows=400))
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scanned")]
+    assert [message.split(" rows")[0] for message in told] == [
+        "scanned 400 of 1,000", "scanned 800 of 1,000", "scanned 1,000 of 1,000"]
+    assert all("rows/s, about" in message for message in told)

@@ -109,6 +109,17 @@ class BatchSource:
         content = digest_row_hashes(sorted(columns), np.concatenate([np.empty(0, "uint64"), *hashes]))
         return RowsRead(count, columns, content)
 
+    def known_rows(self) -> int | None:
+        """Rows in the batch when known without a pass over it (read whole, counted, or a Parquet footer)."""
+        if self.batch.n_rows is not None:
+            return self.batch.n_rows
+        if self.batch.file_format == "parquet":
+            try:
+                return pq.ParquetFile(self.batch.read_path).metadata.num_rows
+            except Exception:  # noqa: BLE001 - an unreadable file is the scan's to judge
+                return None
+        return None
+
     def count_rows(self) -> int | None:
         """Rows in the batch (a rejected batch's report still says how many), ``None`` if unreadable."""
         if self.batch.n_rows is not None:

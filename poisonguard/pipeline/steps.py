@@ -279,6 +279,7 @@ def scan_chunks(source: BatchSource, scan_plan: ScanPlan, scorer: ChunkScorer, p
     """Per chunk: validate, score, flag, stage. Stops at the first chunk that rejects the batch.
     ``hash_rows``: digest the rows' content (the provenance check, when one ran, already did)."""
     parallel = config.execution.task_runner == "dask"
+    pace = ChunkPace(None if source.one_chunk else source.known_rows())
     with ChunkStager(source, scan_plan, paths, scanned_at, hash_rows) as stager:
         for chunk in source.chunks():
             outcome = steps.validate(chunk, scan_plan)
@@ -291,10 +292,35 @@ def scan_chunks(source: BatchSource, scan_plan: ScanPlan, scorer: ChunkScorer, p
             lap("score")
             steps.stage(stager, chunk, outcome, frame, scores)
             lap("write")
+            if not source.one_chunk:
+                pace.done(len(chunk))
             del chunk, outcome, frame, scores, parts
         else:
             return stager.finish()
     return stager.found
+
+
+class ChunkPace:
+    """Progress of a batch read in chunks, told after each chunk: rows so far, rows per second and, when the
+    batch's size is known (``total``), the share done and the time left at the pace so far."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.rows, self.started = total, 0, time.perf_counter()
+
+    def done(self, rows: int) -> None:
+        self.rows += rows
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.rows / seconds
+        if self.total:
+            left = max(self.total - self.rows, 0) / rate if rate else 0.0
+            progress.info("scanned %s of %s rows (%.0f%%), %s rows/s, about %s left", f"{self.rows:,}",
+                          f"{self.total:,}", 100 * self.rows / self.total, f"{rate:,.0f}", _duration(left))
+        else:
+            progress.info("scanned %s rows, %s rows/s", f"{self.rows:,}", f"{rate:,.0f}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: OutputPaths, scanned_at: datetime,

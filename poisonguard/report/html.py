@@ -98,12 +98,15 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     order = np.lexsort((frame[ROW_ID].to_numpy(), -reason_count.to_numpy()))
     top = frame.iloc[order[:TOP_ROWS]]
     data_columns = [c for c in top.columns if not c.startswith("_")]
-    score_columns = [c for c in top.columns if c.startswith(SCORE_PREFIX)]
+    score_columns = [c for c in top.columns if c.startswith(_NUMBERS_SHOWN)]  # each detector's score and p-value
     explained = [EXPLANATION] if EXPLANATION in top.columns else []  # quarantine files before it: codes only
     columns = [ROW_ID, REASONS, *explained, *data_columns, *score_columns]
     rows = [{c: _cell(record[c], c) for c in columns} for record in top[columns].to_dict("records")]
     numeric = {c for c in columns if c in top and pd.api.types.is_numeric_dtype(top[c])}
     return rows, len(frame), columns, numeric
+
+
+_NUMBERS_SHOWN = (SCORE_PREFIX, "_pvalue_")
 
 
 def _cell(value: Any, column: str) -> str:
@@ -115,7 +118,7 @@ def _cell(value: Any, column: str) -> str:
         shown = ", ".join(f"{v:.3g}" if isinstance(v, (int, float)) else str(v) for v in list(value)[:4])
         return f"[{shown}{', …' if len(value) > 4 else ''}] ({len(value):,} value{'s' if len(value) != 1 else ''})"
     if isinstance(value, float):
-        return f"{value:.4g}" if column.startswith(SCORE_PREFIX) else f"{value:g}"
+        return f"{value:.4g}" if column.startswith(_NUMBERS_SHOWN) else f"{value:g}"
     text = str(value)
     return text if len(text) <= _CELL_LIMIT else text[:_CELL_LIMIT] + f"… ({len(text):,} characters)"
 

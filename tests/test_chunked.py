@@ -70,26 +70,33 @@ def test_chunked_parquet_batch_keeps_its_column_types_and_conserves_rows(prefect
     assert set(range(10)) <= set(held[ROW_ID])  # the planted outliers, spread over the first chunk
 
 
+def typed(frame: pd.DataFrame, seed: int, columns: tuple[str, ...]) -> pd.DataFrame:
+    """``frame`` with typed columns of its own, those named in ``columns``: a bool, a zoned timestamp, a date,
+    a category, a decimal, a list of text, a nullable integer."""
+    rng = np.random.default_rng(seed)
+    n_rows = len(frame)
+    made = {
+        "active": rng.random(n_rows) < 0.5,
+        "seen_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, n_rows), unit="h"),
+        "day": (pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, n_rows), unit="D")).date,
+        "tier": pd.Categorical(rng.choice(["gold", "silver"], n_rows)),
+        "price": [Decimal(f"{cents / 100:.2f}") for cents in rng.integers(100, 9_999, n_rows)],
+        "tags": [["a", "b"][: int(k)] for k in rng.integers(0, 3, n_rows)],
+        "visits": pd.array(rng.integers(0, 50, n_rows), dtype="Int64"),
+    }
+    return frame.assign(**{column: made[column] for column in columns})
+
+
 @pytest.mark.parametrize("chunk_rows", [None, 128])
 def test_a_parquet_batch_keeps_its_bool_timestamp_date_and_category_types(tmp_path, chunk_rows):
-    """The suite checks these columns as text; the clean and quarantine files hold them as the file did."""
+    """The clean and quarantine files hold every column with the type the Parquet file gave it."""
     import pyarrow.parquet as pq
 
     from poisonguard.pipeline.steps import scan_file
 
-    def typed(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-        rng = np.random.default_rng(seed)
-        return frame.assign(
-            active=rng.random(len(frame)) < 0.5,
-            seen_at=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, len(frame)), unit="h"),
-            day=(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, len(frame)), unit="D")).date,
-            tier=pd.Categorical(rng.choice(["gold", "silver"], len(frame))),
-            price=[Decimal(f"{cents / 100:.2f}") for cents in rng.integers(100, 9_999, len(frame))],
-            tags=[["a", "b"][: int(k)] for k in rng.integers(0, 3, len(frame))],
-        )
-
-    typed(make_frame(600, seed=0), 0).to_parquet(tmp_path / "ref.parquet", index=False)
-    batch = typed(make_frame(1000, seed=1), 1)
+    parquet_types = ("active", "seen_at", "day", "tier", "price", "tags")
+    typed(make_frame(600, seed=0), 0, parquet_types).to_parquet(tmp_path / "ref.parquet", index=False)
+    batch = typed(make_frame(1000, seed=1), 1, parquet_types)
     batch.loc[:9, "x2"] = np.linspace(30.0, 40.0, 10)
     batch.to_parquet(tmp_path / "batch.parquet", index=False)
     summary = scan_file(tmp_path / "batch.parquet", ScanConfig(
@@ -112,19 +119,11 @@ def test_whole_and_chunked_scans_of_a_csv_write_one_schema_typed_by_the_suite(tm
 
     from poisonguard.pipeline.steps import scan_file
 
-    def typed(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-        rng = np.random.default_rng(seed)
-        return frame.assign(
-            active=rng.random(len(frame)) < 0.5,
-            seen_at=pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, len(frame)), unit="h"),
-            day=(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 90, len(frame)), unit="D")).date,
-            visits=pd.array(rng.integers(0, 50, len(frame)), dtype="Int64"),
-        )
-
-    reference = typed(make_frame(600, seed=0), 0)
+    csv_types = ("active", "seen_at", "day", "visits")
+    reference = typed(make_frame(600, seed=0), 0, csv_types)
     reference.loc[::50, "visits"] = pd.NA  # a CSV reader types this column float: it is still whole numbers
     reference.to_csv(tmp_path / "ref.csv", index=False)
-    batch = typed(make_frame(1000, seed=1), 1)
+    batch = typed(make_frame(1000, seed=1), 1, csv_types)
     batch.loc[[700, 701], "visits"] = pd.NA  # only the second chunk has empty cells
     batch.to_csv(tmp_path / "batch.csv", index=False)
     schemas = {}

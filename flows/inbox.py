@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.states import Completed, State
 
 from poisonguard.config import ScanConfig
 from poisonguard.config_file import config_from_mapping, load_config
@@ -26,6 +27,7 @@ from poisonguard.provenance.manifest import scan_dataset
 from poisonguard.report.scan_report import CLEAN, REPLAY, ROWS_QUARANTINED
 
 progress = logging.getLogger("poisonguard.progress")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,19 @@ def process_inbox(
         moved = settle_batch(taken, outcome, summary.batch_id)
         detail = "" if outcome == PROCESSED else ", ".join(summary.reasons)
         results.append(InboxResult(taken.name, outcome, summary.status, summary.batch_id, _filed(moved, inbox), detail))
-    return results
+    return inbox_state(results)
+
+
+def inbox_state(results: list[InboxResult]) -> State:
+    """The inbox run's final state, holding ``results``: Completed, named ``Some files failed`` when any did,
+    its message saying how many files were processed and which failed, with why."""
+    failed = [r for r in results if r.outcome == FAILED]
+    message = f"{len(results) - len(failed)} of {len(results)} file(s) processed"
+    if failed:
+        message += "; failed: " + "; ".join(f"{r.name} ({r.status}: {r.detail})" if r.detail else f"{r.name} ({r.status})"
+                                           for r in failed)
+    log.info("%s", message)
+    return Completed(name="Some files failed" if failed else "Completed", message=message, data=results)
 
 
 def _filed(moved: Path | None, inbox: Path) -> str:

@@ -10,6 +10,7 @@ the work.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 
@@ -17,14 +18,24 @@ import numpy as np
 import pandas as pd
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
+from prefect.states import Completed, Failed, State
 
 from poisonguard.config import ScanConfig
 from poisonguard.flows.runners import task_runner_for
 from poisonguard.pipeline import steps as pipeline
-from poisonguard.report.scan_report import ScanSummary, summary_markdown, summary_table
+from poisonguard.report.scan_report import (
+    CLEAN,
+    REJECTED,
+    REPLAY,
+    ROWS_QUARANTINED,
+    ScanSummary,
+    summary_markdown,
+    summary_table,
+)
 from poisonguard.safe_text import markdown_text
 from poisonguard.score.scorers import ChunkScorer
 
+log = logging.getLogger(__name__)
 _PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -103,16 +114,112 @@ def artifact_key(dataset: str) -> str:
     return f"poisonguard-{slug}"
 
 
-@flow(name="scan-batch")
-def scan_batch(path: str | Path, config: ScanConfig | None = None) -> ScanSummary:
-    """Scan one batch file; return its summary. A batch already scanned with the same settings is not redone.
+class BatchRefused(Exception):
+    """A batch none of whose rows may reach training (rejected whole, or a replay): the data of the scan's
+    Failed state, raised by a plain call of :func:`scan_batch`. ``summary``: what the scan decided."""
 
-    See :func:`poisonguard.pipeline.steps.scan_file`, whose steps run here as Prefect tasks.
+    def __init__(self, summary: ScanSummary) -> None:
+        super().__init__(outcome_line(summary))
+        self.summary = summary
+
+
+# The flow run's final state by the scan's status: a name the Prefect UI shows and automations filter on
+# (events ``prefect.flow-run.<name>``). Nothing of a rejected batch or a replay reaches training: Failed.
+STATE_NAMES = {CLEAN: "Clean", ROWS_QUARANTINED: "Quarantined", REJECTED: "Rejected", REPLAY: "Replay"}
+
+
+def outcome_line(summary: ScanSummary) -> str:
+    """One line that says what the scan of a batch decided and why: the run log's last line, the state's message."""
+    head = f"{summary.dataset} batch {summary.batch_id}: {summary.status.replace('_', ' ')}"
+    if summary.already_scanned:
+        head += " (already scanned with these settings)"
+    if summary.rows_in is not None:
+        head += (f"; {summary.rows_in:,} rows in, {summary.rows_clean:,} clean, "
+                 f"{summary.rows_quarantined or 0:,} quarantined")
+    if summary.reasons:
+        head += "; " + ", ".join(f"{code} {count:,}" for code, count in list(summary.reasons.items())[:8])
+        if len(summary.reasons) > 8:
+            head += f" and {len(summary.reasons) - 8} more reasons"
+    return head
+
+
+def outcome_state(summary: ScanSummary) -> State:
+    """The flow run's final state for ``summary``: Completed (named ``Clean`` or ``Quarantined``, holding the
+    summary) or Failed (``Rejected``, ``Replay``, holding :class:`BatchRefused`), its message the outcome line."""
+    name, message = STATE_NAMES[summary.status], outcome_line(summary)
+    if summary.status in (REJECTED, REPLAY):
+        return Failed(name=name, message=message, data=BatchRefused(summary))
+    return Completed(name=name, message=message, data=summary)
+
+
+def emit_outcome(summary: ScanSummary) -> None:
+    """One Prefect event per scanned batch, ``poisonguard.batch.<status>``, for automations ("notify when a
+    batch is rejected", "when more than 5% is quarantined"). The resource is the batch; the payload holds
+    the counts, the reasons and the report."""
+    from prefect.events import emit_event
+
+    event = {CLEAN: "clean", ROWS_QUARANTINED: "quarantined", REJECTED: "rejected", REPLAY: "replay"}[summary.status]
+    rows_in = summary.rows_in or 0
+    emit_event(
+        event=f"poisonguard.batch.{event}",
+        resource={"prefect.resource.id": f"poisonguard.batch.{summary.dataset}.{summary.batch_id}",
+                  "prefect.resource.name": f"{summary.dataset}/{summary.batch_id}",
+                  "poisonguard.dataset": summary.dataset},
+        payload={"dataset": summary.dataset, "batch_id": summary.batch_id, "status": summary.status,
+                 "already_scanned": summary.already_scanned, "rows_in": summary.rows_in,
+                 "rows_clean": summary.rows_clean, "rows_quarantined": summary.rows_quarantined,
+                 "quarantined_share": (summary.rows_quarantined or 0) / rows_in if rows_in else 0.0,
+                 "reasons": summary.reasons, "report": str(summary.report_path)},
+    )
+
+
+def _label_run(summary: ScanSummary) -> None:
+    """Name the running flow run after the batch it scanned and tag it with its dataset and outcome."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        tags = sorted({*run.tags, f"dataset:{summary.dataset}", f"outcome:{summary.status}"})
+        client.update_flow_run(flow_run.id, name=f"{summary.dataset}/{summary.batch_id}", tags=tags)
+
+
+def _run_name() -> str:
+    """A flow run's name before the batch is read: the file's name (renamed to dataset/batch when known)."""
+    from prefect.runtime import flow_run
+
+    return f"scan {Path(str(flow_run.parameters.get('path', 'batch'))).name}"
+
+
+@flow(name="scan-batch", flow_run_name=_run_name)
+def scan_batch(path: str | Path, config: ScanConfig | None = None) -> State:
+    """Scan one batch file. A batch already scanned with the same settings is not redone.
+
+    See :func:`poisonguard.pipeline.steps.scan_file`, whose steps run here as Prefect tasks. The run ends in
+    :func:`outcome_state`: called plainly, the flow returns the :class:`ScanSummary` of a batch whose clean
+    rows go on, and raises :class:`BatchRefused` (with ``.summary``) for a batch rejected whole or a replay;
+    :func:`run_scan` returns the summary either way. The run is renamed ``<dataset>/<batch_id>``, tagged
+    ``dataset:<name>`` and ``outcome:<status>``, logs the outcome line and emits ``poisonguard.batch.<status>``.
     """
-    return pipeline.scan_file(path, config or ScanConfig(), FLOW_STEPS)
+    summary = pipeline.scan_file(path, config or ScanConfig(), FLOW_STEPS)
+    log.info("%s", outcome_line(summary))
+    try:
+        emit_outcome(summary)
+        _label_run(summary)
+    except Exception as error:  # noqa: BLE001 - the batch's files are written; telling of it may fail alone
+        log.warning("could not announce the outcome to Prefect: %s: %s", type(error).__name__, error)
+    return outcome_state(summary)
 
 
 def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
-    """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`)."""
+    """Run :func:`scan_batch` on the task runner ``config`` asks for (see :mod:`poisonguard.flows.runners`) and
+    return what it decided, whatever the outcome; an error of the scan itself is raised."""
     runner = task_runner_for(config.execution)
-    return (scan_batch if runner is None else scan_batch.with_options(task_runner=runner))(path, config)
+    scan = scan_batch if runner is None else scan_batch.with_options(task_runner=runner)
+    state = scan(Path(path).resolve(), config, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BatchRefused):
+        return outcome.summary
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

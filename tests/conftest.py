@@ -47,11 +47,11 @@ def scanned_sample(tmp_path_factory, sample_batch, sample_reference, prefect_har
     """The bundled sample scanned once with its reference as dataset loans: (summary, output directory).
     Shared by the tests of a run: read it, or decide on a copy (``sample_out``)."""
     from poisonguard.config import ScanConfig
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     out_dir = tmp_path_factory.mktemp("reviewed-sample")
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
-    return scan_batch(sample_batch, config), out_dir
+    return run_scan(sample_batch, config), out_dir
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from conftest import make_frame
 from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.score.rows import score_rows
 from poisonguard.write.outputs import OutputPaths
 
@@ -253,7 +253,7 @@ def test_rows_are_conserved_with_every_detector_enabled(tmp_path):
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out",
                         detectors=tuple(REGISTRY))
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     clean = pd.read_parquet(paths.clean)
     held = pd.read_parquet(paths.quarantine) if paths.quarantine.exists() else clean.iloc[:0]
@@ -275,7 +275,7 @@ def test_backdoored_digits_are_quarantined_without_a_reference(tmp_path):
     frame.loc[triggered, "digit"] = 0  # half of class 0 is now triggered rows from the other digits
     frame.to_parquet(tmp_path / "digits.parquet")
     config = ScanConfig(label_col="digit", out_dir=tmp_path / "out", detectors=("trigger_values",))
-    summary = scan_batch(tmp_path / "digits.parquet", config)
+    summary = run_scan(tmp_path / "digits.parquet", config)
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     held = pd.read_parquet(paths.quarantine)[ROW_ID].to_numpy()
     assert len(held) + len(pd.read_parquet(paths.clean)) == len(frame)

@@ -13,7 +13,7 @@ from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.expectations.suite import infer_suite, load_suite, save_suite, suite_embeddings, suite_kinds
 from poisonguard.expectations.validate import SchemaValidator, validate_batch
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.provenance.ledger import content_sha256, row_hashes
 from poisonguard.review.export import export_csv
 from poisonguard.score.rows import score_rows
@@ -69,7 +69,7 @@ def test_a_scan_reads_the_embedding_column_finds_the_trigger_and_keeps_every_val
         batch.to_json(path, orient="records", lines=True, double_precision=15)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=tmp_path / "out",
                         detectors=("spectral", "robust_spectral"), embedding_column="emb")
-    summary = scan_batch(path, config)
+    summary = run_scan(path, config)
 
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
@@ -97,7 +97,7 @@ def test_a_chunked_scan_reads_the_embedding_too(tmp_path, option):
     batch.to_parquet(tmp_path / "batch.parquet")
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=tmp_path / "out",
                         detectors=("spectral",), chunk_rows=300, **{option: "emb" if option == "embedding_column" else "emb_"})
-    summary = scan_batch(tmp_path / "batch.parquet", config)
+    summary = run_scan(tmp_path / "batch.parquet", config)
 
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     clean, held = pd.read_parquet(paths.clean), pd.read_parquet(paths.quarantine)
@@ -170,9 +170,9 @@ def test_a_column_that_holds_no_lists_cannot_be_the_embedding(tmp_path):
     frame.assign(emb=frame["emb"].map(lambda cell: str(cell.tolist()))).to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", out_dir=tmp_path / "out", embedding_column="emb")
     with pytest.raises(InputError, match=r"batch\.csv: column 'emb' holds text values, not lists of numbers.*a CSV file cannot hold lists"):
-        scan_batch(tmp_path / "batch.csv", config)
+        run_scan(tmp_path / "batch.csv", config)
     with pytest.raises(InputError, match="no column is named 'vectors'; columns are: amount, label, emb"):
-        scan_batch(tmp_path / "batch.csv", config.with_overrides(embedding_column="vectors"))
+        run_scan(tmp_path / "batch.csv", config.with_overrides(embedding_column="vectors"))
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="either --embedding-prefix or --embedding-column"):
         ScanConfig(embedding_column="emb", embedding_prefix="emb_")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.ingest.inbox import FAILED, PROCESSED, claim, reclaim, stale_claims, waiting_files
 from poisonguard.provenance.ledger import Ledger
 
@@ -89,10 +89,14 @@ def test_the_inbox_flow_files_each_batch_as_processed_or_failed(inbox_setup):
     drop(inbox, "good.csv", 2)
     drop(inbox, "broken.csv", 3).write_text("label\n")  # header only, wrong columns: rejected whole
     os.utime(inbox / "broken.csv", (AN_HOUR_AGO, AN_HOUR_AGO))
-    results = {r.name: r for r in process_inbox(str(inbox), settings)}
+    state = process_inbox(str(inbox), settings, return_state=True)
+    results = {r.name: r for r in state.result()}
     assert results["good.csv"].outcome == PROCESSED and results["broken.csv"].outcome == FAILED
     assert (inbox / "processed" / "good.csv").exists() and (inbox / "failed" / "broken.csv").exists()
     assert not list((inbox / "processing").iterdir())
+    # The run says how many files failed and which, with the reason, where the Prefect UI shows it.
+    assert state.name == "Some files failed" and state.message.startswith("1 of 2 file(s) processed; failed: broken.csv")
+    assert "structural:" in state.message
     assert process_inbox(str(inbox), settings) == []  # nothing left for a second run
 
 
@@ -110,7 +114,7 @@ def test_a_run_killed_after_scanning_is_recovered_without_duplicating_output(inb
     dead = claim(batch)
     config = ScanConfig(label_col="label", reference=Path(settings["reference"]), out_dir=out, dataset="signed",
                         trust_store=tmp_path / "trust.json", require_provenance=True)
-    first = scan_batch(dead.path, config)
+    first = run_scan(dead.path, config)
     clean = out / "clean" / "signed" / f"{first.batch_id}.parquet"
     written = clean.read_bytes()
     os.utime(dead.path, (AN_HOUR_AGO, AN_HOUR_AGO))
@@ -271,14 +275,14 @@ def test_a_signed_batch_is_scanned_as_the_dataset_its_manifest_names(tmp_path, s
 def test_a_manifest_naming_a_path_as_its_dataset_never_becomes_a_folder(tmp_path, signed):
     import json
 
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     batch, trust = signed
     manifest = batch.with_name(batch.name + ".manifest.json")
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dataset": "../../escaped"}))
     config = ScanConfig(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out",
                         trust_store=trust, require_provenance=True)
-    summary = scan_batch(batch, config)
+    summary = run_scan(batch, config)
     assert summary.status == "rejected" and summary.dataset == "batch"  # the file's name, not the manifest's
     assert "provenance:signature_invalid" in summary.reasons
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()

@@ -15,7 +15,7 @@ from poisonguard import REASONS, ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.provenance.ledger import Ledger
 from poisonguard.write.outputs import OutputPaths
 
@@ -30,7 +30,7 @@ def invoke(*args: str):
 def test_a_signed_batch_passes_and_a_replay_of_it_writes_nothing(tmp_path, signed):
     batch, trust = signed
     config = config_for(tmp_path, trust)
-    first = scan_batch(batch, config)
+    first = run_scan(batch, config)
     assert first.status in ("clean", "rows_quarantined")
     assert first.provenance["status"] == "verified" and first.provenance["source_id"] == "bank-a"
     paths = OutputPaths.for_batch(config.io.out_dir, "toy", first.batch_id)
@@ -38,14 +38,14 @@ def test_a_signed_batch_passes_and_a_replay_of_it_writes_nothing(tmp_path, signe
     assert report["provenance"]["key_id"] == "bank-a-k1"
     written = {p: p.read_bytes() for p in (paths.clean, paths.report)}
 
-    replay = scan_batch(batch, config)
+    replay = run_scan(batch, config)
     assert replay.status == "replay" and int(replay.exit_code) == 3
     assert replay.reasons == {"provenance:replay": 80}
     assert {p: p.read_bytes() for p in written} == written  # the first delivery's outputs are untouched
     outcomes = [e.outcome for e in Ledger(config.ledger_path).entries()]
     assert outcomes == [first.status, "replay"]
 
-    forced = scan_batch(batch, config_for(tmp_path, trust, force=True))
+    forced = run_scan(batch, config_for(tmp_path, trust, force=True))
     assert forced.status == first.status  # an explicit --force rescans the same file
 
 
@@ -53,7 +53,7 @@ def test_a_signed_batch_passes_and_a_replay_of_it_writes_nothing(tmp_path, signe
 def test_a_batch_modified_after_signing_is_quarantined_whole_with_its_reason(tmp_path, signed):
     batch, trust = signed
     batch.write_bytes(batch.read_bytes().replace(b"red", b"rez", 1))
-    summary = scan_batch(batch, config_for(tmp_path, trust))
+    summary = run_scan(batch, config_for(tmp_path, trust))
     assert summary.status == "rejected" and summary.rows_quarantined == 80 and summary.rows_clean == 0
     paths = OutputPaths.for_batch(tmp_path / "out", "toy", summary.batch_id)
     assert not paths.clean.exists()
@@ -69,9 +69,9 @@ def test_a_batch_modified_after_signing_is_quarantined_whole_with_its_reason(tmp
 def test_a_batch_without_manifest_is_rejected_when_provenance_is_required(tmp_path, signed):
     batch, trust = signed
     Path(str(batch) + ".manifest.json").unlink()
-    summary = scan_batch(batch, config_for(tmp_path, trust))
+    summary = run_scan(batch, config_for(tmp_path, trust))
     assert summary.status == "rejected" and summary.reasons == {"provenance:manifest_missing": 80}
-    relaxed = scan_batch(batch, config_for(tmp_path, trust, require_provenance=False, out_dir=tmp_path / "adhoc"))
+    relaxed = run_scan(batch, config_for(tmp_path, trust, require_provenance=False, out_dir=tmp_path / "adhoc"))
     assert relaxed.status != "rejected" and relaxed.provenance["status"] == "unsigned"
 
 
@@ -80,7 +80,7 @@ def test_an_unreadable_untrusted_batch_is_kept_as_a_raw_file(tmp_path, signed):
     _, trust = signed
     broken = tmp_path / "broken.csv"
     broken.write_bytes(b"")
-    summary = scan_batch(broken, config_for(tmp_path, trust))
+    summary = run_scan(broken, config_for(tmp_path, trust))
     paths = OutputPaths.for_batch(tmp_path / "out", "toy", summary.batch_id)
     assert summary.status == "rejected"
     assert (paths.rejected / "broken.csv").exists() and "provenance:manifest_missing" in summary.reasons

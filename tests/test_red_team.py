@@ -60,13 +60,13 @@ def test_output_paths_refuse_a_dataset_that_could_overlay_or_hide_outputs(tmp_pa
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("file_name", ["loans..v2.csv", "=HYPERLINK(x) ünï.csv"])
 def test_every_row_lands_in_exactly_one_output_whatever_the_file_name(tmp_path, file_name):
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
     batch = tmp_path / file_name
     make_frame(120, seed=2).assign(x1=lambda f: f.x1.where(f.index % 10 != 0, 40.0)).to_csv(batch, index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(batch, config)
+    summary = run_scan(batch, config)
     assert summary.rows_quarantined > 0 and summary.rows_clean > 0
     outputs = [p for p in files_under(tmp_path / "out") if p.suffix == ".parquet"]
     ids = np.concatenate([pq.read_table(p, columns=[ROW_ID]).column(ROW_ID).to_numpy() for p in outputs])
@@ -163,7 +163,7 @@ def test_two_signed_copies_of_the_same_rows_scanned_at_once_are_delivered_once(t
 
     from conftest import signed_config
 
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     batch, trust = signed
     twin = tmp_path / "twin.csv"
@@ -171,7 +171,7 @@ def test_two_signed_copies_of_the_same_rows_scanned_at_once_are_delivered_once(t
     shutil.copy(f"{batch}.manifest.json", f"{twin}.manifest.json")
     config = signed_config(tmp_path, trust)
     with ThreadPoolExecutor(2) as pool:
-        summaries = list(pool.map(lambda path: scan_batch(path, config), [batch, twin]))
+        summaries = list(pool.map(lambda path: run_scan(path, config), [batch, twin]))
     statuses = [s.status for s in summaries]
     delivered = [s for s in statuses if s in ("clean", "rows_quarantined")]
     assert len(delivered) == 1 and statuses.count("replay") == 1, statuses
@@ -300,13 +300,13 @@ def test_outputs_honour_the_umask(tmp_path):
     import os
     import stat
 
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
     make_frame(60, seed=2).to_csv(tmp_path / "batch.csv", index=False)
     previous = os.umask(0o022)
     try:
-        summary = scan_batch(tmp_path / "batch.csv", ScanConfig(label_col="label", reference=tmp_path / "reference.csv",
+        summary = run_scan(tmp_path / "batch.csv", ScanConfig(label_col="label", reference=tmp_path / "reference.csv",
                                                                 out_dir=tmp_path / "out"))
     finally:
         os.umask(previous)
@@ -317,13 +317,13 @@ def test_outputs_honour_the_umask(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_parquet_column_of_structs_is_scanned_without_a_reference(tmp_path):
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     rng = np.random.default_rng(0)
     table = pa.table({"x": rng.normal(size=200), "meta": [{"a": i % 3, "b": "s"} for i in range(200)],
                       "y": ["a", "b"] * 100})
     pq.write_table(table, tmp_path / "structs.parquet")
-    summary = scan_batch(tmp_path / "structs.parquet", ScanConfig(label_col="y", out_dir=tmp_path / "out"))
+    summary = run_scan(tmp_path / "structs.parquet", ScanConfig(label_col="y", out_dir=tmp_path / "out"))
     paths = OutputPaths.for_batch(tmp_path / "out", summary.dataset, summary.batch_id)
     clean = pq.read_table(paths.clean)
     assert pa.types.is_struct(clean.schema.field("meta").type)
@@ -345,14 +345,14 @@ HOSTILE_CELL = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred"
 
 @pytest.fixture(scope="module")
 def hostile_scan(tmp_path_factory, prefect_harness):
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     folder = tmp_path_factory.mktemp("hostile")
     make_frame(400, seed=1).assign(**{HOSTILE_COLUMN: "ok"}).to_csv(folder / "reference.csv", index=False)
     batch = make_frame(60, seed=2).assign(**{HOSTILE_COLUMN: HOSTILE_CELL})
     batch.loc[:4, "x1"] = 500.0
     batch.to_csv(folder / "batch.csv", index=False)
-    summary = scan_batch(folder / "batch.csv", ScanConfig(label_col="label", reference=folder / "reference.csv",
+    summary = run_scan(folder / "batch.csv", ScanConfig(label_col="label", reference=folder / "reference.csv",
                                                           out_dir=folder / "out"))
     assert summary.rows_quarantined
     return summary, folder / "out"
@@ -416,7 +416,7 @@ def test_markdown_for_prefect_shows_names_literally():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
     from poisonguard.write.committed import committed_files
 
     make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
@@ -424,7 +424,7 @@ def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
     batch.loc[:2, "x1"] = 500.0
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "reference.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     paths = OutputPaths.for_batch(config.io.out_dir, "batch", summary.batch_id)
     assert committed_files(config.io.out_dir, "batch") == [paths.clean]
 
@@ -436,7 +436,7 @@ def test_the_committed_listing_follows_scans_releases_and_rejections(tmp_path):
     assert rows == 60  # every row of the batch, once
 
     make_frame(60, seed=3).drop(columns="x2").to_csv(tmp_path / "broken.csv", index=False)
-    broken = scan_batch(tmp_path / "broken.csv", config.with_overrides(dataset="batch"))
+    broken = run_scan(tmp_path / "broken.csv", config.with_overrides(dataset="batch"))
     assert broken.status == "rejected"
     assert len(committed_files(config.io.out_dir, "batch")) == 2  # the rejected batch adds nothing
 
@@ -447,10 +447,10 @@ def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed
 
     from conftest import signed_config
 
-    from poisonguard.flows.scan import scan_batch
+    from poisonguard.flows.scan import run_scan
 
     batch, trust = signed
-    first = scan_batch(batch, signed_config(tmp_path, trust))
+    first = run_scan(batch, signed_config(tmp_path, trust))
     assert first.status in ("clean", "rows_quarantined")
     with batch.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -463,7 +463,7 @@ def test_the_same_rows_resent_as_signed_json_lines_are_a_replay(tmp_path, signed
     signing = invoke("sign", resent, "--source", "bank-a", "--key", tmp_path / "keys" / "bank-a-k1.pem",
                      "--dataset", "toy")
     assert signing.exit_code == 0, signing.output
-    again = scan_batch(resent, signed_config(tmp_path, trust))
+    again = run_scan(resent, signed_config(tmp_path, trust))
     assert again.status == "rejected" and again.reasons == {"provenance:replay": 80}, again
     assert not OutputPaths.for_batch(tmp_path / "out", "toy", again.batch_id).clean.exists()
 
@@ -507,12 +507,12 @@ def test_a_file_rewritten_after_its_digest_was_taken_is_scanned_as_the_signed_co
 def test_prefect_artifacts_show_a_dataset_name_as_literal_text(tmp_path):
     from prefect.artifacts import Artifact
 
-    from poisonguard.flows.scan import artifact_key, scan_batch
+    from poisonguard.flows.scan import artifact_key, run_scan
 
     dataset = "loans_[click](javascript:alert(1))"
     make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
     make_frame(40, seed=2).to_csv(tmp_path / "batch.csv", index=False)
-    scan_batch(tmp_path / "batch.csv", ScanConfig(label_col="label", reference=tmp_path / "reference.csv",
+    run_scan(tmp_path / "batch.csv", ScanConfig(label_col="label", reference=tmp_path / "reference.csv",
                                                   out_dir=tmp_path / "out", dataset=dataset))
     for suffix in ("summary", "reasons"):
         artifact = Artifact.get(f"{artifact_key(dataset)}-{suffix}")

@@ -20,7 +20,7 @@ from poisonguard import EXPLANATION, REASONS, ROW_ID
 from poisonguard.cli import app
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.report.figures import class_balance, class_counts
 from poisonguard.review.audit import AuditLog, ReviewError
 from poisonguard.review.batches import released_row_ids
@@ -69,7 +69,7 @@ def test_values_from_the_data_are_escaped_in_the_html_report(tmp_path, prefect_h
     batch.loc[0, "label"] = "<script>alert('pwned')</script>"
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     assert summary.reasons.get("schema:in_set:label") == 1
     html = html_of(tmp_path / "out", summary)
     assert "<script>" not in html
@@ -122,7 +122,7 @@ def test_prefect_artifacts_show_each_scan_per_dataset(prefect_harness, tmp_path,
     from prefect.artifacts import Artifact
 
     # A dataset of its own: other tests scan the sample as "loans", in whatever order the run takes them.
-    summary = scan_batch(sample_batch, ScanConfig(label_col="risk_grade", reference=sample_reference,
+    summary = run_scan(sample_batch, ScanConfig(label_col="risk_grade", reference=sample_reference,
                                                   out_dir=tmp_path, dataset="loans-artifacts"))
     markdown = Artifact.get("poisonguard-loans-artifacts-summary")
     assert markdown is not None and summary.batch_id in markdown.data
@@ -237,7 +237,7 @@ def test_a_reviewed_batch_is_not_rescanned_over_its_decisions(sample_out, sample
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans",
                         force=True)
     with pytest.raises(ConfigError, match="reviewed row"):
-        scan_batch(sample_batch, config)
+        run_scan(sample_batch, config)
 
 
 def test_csv_exports_escape_spreadsheet_formulas(tmp_path):

@@ -14,7 +14,7 @@ from conftest import STRUCTURAL_BREAKS, make_frame
 from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.config import ScanConfig
 from poisonguard.errors import ConfigError
-from poisonguard.flows.scan import scan_batch
+from poisonguard.flows.scan import run_scan
 from poisonguard.report.scan_report import read_report
 from poisonguard.write.committed import committed_files
 from poisonguard.write.outputs import OutputPaths
@@ -41,7 +41,7 @@ def assert_conserved(summary, out_dir: Path, n_rows: int) -> None:
 def sample_scan(tmp_path_factory, sample_batch, sample_reference):
     out_dir = tmp_path_factory.mktemp("sample")
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans")
-    return scan_batch(sample_batch, config), out_dir, config
+    return run_scan(sample_batch, config), out_dir, config
 
 
 def test_injected_rows_in_the_sample_are_quarantined(sample_scan, sample_truth):
@@ -86,9 +86,9 @@ def test_report_counts_match_the_parquet_files(sample_scan):
 def test_rescanning_is_idempotent(sample_scan, sample_batch):
     summary, out_dir, config = sample_scan
     before = outputs(summary, out_dir)
-    again = scan_batch(sample_batch, config)
+    again = run_scan(sample_batch, config)
     assert again.already_scanned and again.rows_quarantined == summary.rows_quarantined
-    forced = scan_batch(sample_batch, ScanConfig(**{**config.__dict__, "force": True}))
+    forced = run_scan(sample_batch, ScanConfig(**{**config.__dict__, "force": True}))
     after = outputs(forced, out_dir)
     assert not forced.already_scanned
     for old, new in zip(before, after):
@@ -103,7 +103,7 @@ def test_structural_failures_quarantine_the_whole_batch(tmp_path, change, code):
     make_frame(300, seed=1).to_csv(tmp_path / "ref.csv", index=False)
     change(make_frame(80, seed=2)).to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     assert summary.status == "rejected" and summary.rows_quarantined == 80 and summary.rows_clean == 0
     paths = OutputPaths.for_batch(tmp_path / "out", "batch", summary.batch_id)
     assert (paths.rejected / "batch.csv").read_bytes() == (tmp_path / "batch.csv").read_bytes()
@@ -118,7 +118,7 @@ def test_structural_failures_quarantine_the_whole_batch(tmp_path, change, code):
 )
 def test_unreadable_files_are_kept_whole_in_quarantine(tmp_path, content, code):
     (tmp_path / "batch.csv").write_bytes(content)
-    summary = scan_batch(tmp_path / "batch.csv", ScanConfig(label_col="label", out_dir=tmp_path / "out"))
+    summary = run_scan(tmp_path / "batch.csv", ScanConfig(label_col="label", out_dir=tmp_path / "out"))
     assert summary.status == "rejected"
     assert list(summary.reasons) == [code]
     rejected = OutputPaths.for_batch(tmp_path / "out", "batch", summary.batch_id).rejected
@@ -129,7 +129,7 @@ def test_header_only_file_scans_to_an_empty_clean_file(tmp_path):
     make_frame(300).to_csv(tmp_path / "ref.csv", index=False)
     make_frame(0).to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     assert (summary.status, summary.rows_in, summary.rows_clean) == ("clean", 0, 0)
     assert_conserved(summary, tmp_path / "out", 0)
 
@@ -143,7 +143,7 @@ def test_nan_inf_and_a_10_megabyte_cell_are_quarantined_without_crashing(tmp_pat
     batch.loc[3, "label"] = "<script>" + "z" * 10_000_000
     batch.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
-    summary = scan_batch(tmp_path / "batch.csv", config)
+    summary = run_scan(tmp_path / "batch.csv", config)
     assert_conserved(summary, tmp_path / "out", 60)
     _, quarantined = outputs(summary, tmp_path / "out")
     reasons = dict(zip(quarantined[ROW_ID], quarantined[REASONS].map(list)))
@@ -160,7 +160,7 @@ def test_jsonl_and_parquet_batches_scan_like_csv(tmp_path):
     for name in ("batch.jsonl", "batch.parquet"):
         out_dir = tmp_path / f"out-{name}"
         config = ScanConfig(label_col="label", reference=tmp_path / "ref.parquet", out_dir=out_dir)
-        summary = scan_batch(tmp_path / name, config)
+        summary = run_scan(tmp_path / name, config)
         assert_conserved(summary, out_dir, 120)
 
 
@@ -174,7 +174,7 @@ def test_a_batch_that_drifted_as_a_whole_gets_a_score_drift_warning(sample_scan,
     drifted.to_csv(tmp_path / "batch.csv", index=False)
     config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out",
                         range_margin=5.0)
-    report = read_report(scan_batch(tmp_path / "batch.csv", config).report_path)
+    report = read_report(run_scan(tmp_path / "batch.csv", config).report_path)
     assert {d["detector"] for d in report["score_drift"]} >= {"ecod"}
     html = (tmp_path / "out" / "reports" / "batch" / f"{report['batch_id']}.html").read_text()
     assert "scores the batch differently from the held-out reference rows" in html

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, task
@@ -21,10 +22,22 @@ from poisonguard.config import ScanConfig
 from poisonguard.config_file import config_from_mapping, load_config
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import IO_RETRIES, run_scan
-from poisonguard.ingest.inbox import FAILED, PROCESSED, Claim, claim, reclaim, settle, stale_claims, waiting_files
+from poisonguard.ingest.inbox import (
+    FAILED,
+    PROCESSED,
+    Claim,
+    claim,
+    reclaim,
+    settle,
+    stale_claims,
+    waiting_files,
+    write_reason,
+)
 from poisonguard.ingest.read import file_sha256
 from poisonguard.provenance.manifest import scan_dataset
-from poisonguard.report.scan_report import CLEAN, REPLAY, ROWS_QUARANTINED
+from poisonguard.report.html import render_batch_report
+from poisonguard.report.scan_report import CLEAN, REPLAY, ROWS_QUARANTINED, read_report, with_filed_place
+from poisonguard.write.atomic import atomic_write_json
 
 progress = logging.getLogger("poisonguard.progress")
 log = logging.getLogger(__name__)
@@ -59,6 +72,26 @@ def settle_batch(taken: Claim, outcome: str, tag: str) -> Path | None:
         return None
 
 
+@task(name="explain-failure", cache_policy=NONE, **IO_RETRIES)
+def explain_failure(moved: Path | None, reason: dict) -> None:
+    """Put ``<file>.reason.json`` beside a file filed as failed: what the scan decided (status, reason codes
+    with their row counts, report) or the error, and when."""
+    if moved is not None:
+        filed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_reason(moved, {**reason, "filed_as": str(moved.resolve()), "filed_at": filed_at})
+
+
+@task(name="record-filed-place", cache_policy=NONE, **IO_RETRIES)
+def record_filed_place(report_path: Path, moved: Path, out_dir: Path) -> None:
+    """Make the batch's report name where the file was filed, not the transient claim it was scanned from."""
+    report = read_report(report_path)
+    if report is None:
+        return
+    report = with_filed_place(report, moved)
+    render_batch_report(report, out_dir)
+    atomic_write_json(report_path, report)
+
+
 @flow(name="process-inbox", validate_parameters=False)
 def process_inbox(
     inbox: str,
@@ -84,9 +117,9 @@ def process_inbox(
             summary = run_scan(taken.path, batch_config)
         except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
             moved = settle_batch(taken, FAILED, "error")
-            results.append(
-                InboxResult(taken.name, FAILED, "error", None, _filed(moved, inbox), f"{type(error).__name__}: {error}")
-            )
+            detail = f"{type(error).__name__}: {error}"
+            explain_failure(moved, {"file": taken.name, "status": "error", "error": detail})
+            results.append(InboxResult(taken.name, FAILED, "error", None, _filed(moved, inbox), detail))
             continue
         if summary.status in (CLEAN, ROWS_QUARANTINED):
             outcome = PROCESSED
@@ -96,6 +129,11 @@ def process_inbox(
         else:
             outcome = FAILED
         moved = settle_batch(taken, outcome, summary.batch_id)
+        if moved is not None and summary.status != REPLAY:  # a replay's report is the first delivery's
+            record_filed_place(Path(summary.report_path), moved, batch_config.io.out_dir)
+        if outcome == FAILED:
+            explain_failure(moved, {"file": taken.name, "status": summary.status, "batch_id": summary.batch_id,
+                                    "reasons": summary.reasons, "report": str(summary.report_path)})
         detail = "" if outcome == PROCESSED else ", ".join(summary.reasons)
         results.append(InboxResult(taken.name, outcome, summary.status, summary.batch_id, _filed(moved, inbox), detail))
     return inbox_state(results)

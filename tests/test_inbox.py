@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,17 @@ def test_the_inbox_flow_files_each_batch_as_processed_or_failed(inbox_setup):
     # The run says how many files failed and which, with the reason, where the Prefect UI shows it.
     assert state.name == "Some files failed" and state.message.startswith("1 of 2 file(s) processed; failed: broken.csv")
     assert "structural:" in state.message
+    # The failed file explains itself, and each report names where its file was filed, not the claim.
+    reason = json.loads((inbox / "failed" / "broken.csv.reason.json").read_text())
+    assert reason["status"] == "rejected" and reason["file"] == "broken.csv"
+    assert reason["reasons"] and all(code.startswith("structural:") for code in reason["reasons"])
+    assert reason["filed_as"] == str((inbox / "failed" / "broken.csv").resolve())
+    for name, folder in (("good.csv", "processed"), ("broken.csv", "failed")):
+        report = json.loads(next(out.glob(f"reports/*/{results[name].batch_id}.json")).read_text())
+        assert report["source"]["path"] == str((inbox / folder / name).resolve())
+        assert "processing" in report["source"]["scanned_as"]
+        html = next(out.glob(f"reports/*/{results[name].batch_id}.html")).read_text()
+        assert str(inbox / folder / name) in html
     assert process_inbox(str(inbox), settings) == []  # nothing left for a second run
 
 

@@ -116,6 +116,16 @@ def settle(claim: Claim, outcome: str, tag: str) -> Path:
     return target
 
 
+REASON_SUFFIX = ".reason.json"
+
+
+def write_reason(filed: Path, reason: dict) -> Path:
+    """Write why a batch was filed as failed beside it, ``<file>.reason.json`` (atomically); return its path."""
+    from poisonguard.write.atomic import atomic_write_json
+
+    return atomic_write_json(filed.with_name(filed.name + REASON_SUFFIX), reason)
+
+
 def _take(source: Path, target: Path) -> bool:
     try:
         os.rename(source, target)

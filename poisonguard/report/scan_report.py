@@ -175,6 +175,15 @@ def versions() -> dict[str, str]:
     return found
 
 
+def with_filed_place(report: dict[str, Any], filed: Path) -> dict[str, Any]:
+    """``report`` saying where its batch file was filed after the scan (an inbox moves it from its transient
+    claim to ``processed/`` or ``failed/``); the path it was scanned at is kept as ``source.scanned_as``."""
+    source = dict(report["source"])
+    source.setdefault("scanned_as", source["path"])
+    source["path"] = str(Path(filed).resolve())
+    return report | {"source": source}
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     """The report at ``path``, or ``None`` if there is none or it cannot be parsed."""
     try:

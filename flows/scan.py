@@ -32,6 +32,7 @@ from poisonguard.report.scan_report import (
     summary_markdown,
     summary_table,
 )
+from poisonguard.review.batches import batch_overview
 from poisonguard.safe_text import markdown_text
 from poisonguard.score.scorers import ChunkScorer
 
@@ -82,6 +83,23 @@ def publish(summary: ScanSummary, html_report: Path | None) -> None:
         key=f"{key}-reasons",
         table=summary_table(summary),
         description=f"rows per reason code, {markdown_text(summary.dataset)} batch {summary.batch_id}",
+    )
+    # The dataset's latest summary is replaced by each scan (a replay too): each batch keeps its own, and the
+    # dataset's batches awaiting review are listed in one artifact, so no scan hides pending work.
+    create_markdown_artifact(
+        key=f"{key}-batch-{summary.batch_id}",
+        markdown=summary_markdown(summary, html_report),
+        description=f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}",
+    )
+    out_dir = Path(summary.report_path).parents[2]  # <out>/reports/<dataset>/<batch_id>.json
+    pending = [{"batch_id": b["batch_id"], "scanned_at": b["scanned_at"], "status": b["status"],
+                "rows_quarantined": b["rows_quarantined"], "pending": b["pending"],
+                "report": str(out_dir / "reports" / summary.dataset / f"{b['batch_id']}.html")}
+               for b in batch_overview(out_dir, summary.dataset) if b["pending"]]
+    create_table_artifact(
+        key=f"{key}-pending",
+        table=pending or [{"batch_id": "", "pending": 0}],
+        description=f"{markdown_text(summary.dataset)}: {len(pending)} batch(es) with rows awaiting review",
     )
 
 

@@ -3,6 +3,7 @@ line in the run log, runs named and tagged after their batch. Against the test h
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -114,3 +115,22 @@ def test_the_readme_automation_on_rejected_batches_is_accepted_by_the_server():
     stored = Automation.read(id=automation.id)
     assert stored.trigger.expect == {"poisonguard.batch.rejected", "poisonguard.batch.replay"}
     stored.delete()
+
+
+def test_each_batch_keeps_its_artifact_and_the_dataset_lists_every_batch_awaiting_review(tmp_path):
+    from prefect.artifacts import Artifact
+
+    from poisonguard.flows.scan import artifact_key
+
+    held = make_frame(300, seed=3)
+    held.loc[:9, "x1"] = 60.0
+    first, _ = scanned(tmp_path, "pending-ds", held)
+    clean, _ = scanned(tmp_path, "pending-ds", make_frame(300, seed=4))  # the same dataset's next batch
+    key = artifact_key("pending-ds")
+    for state in (first, clean):
+        summary = state.result()
+        assert Artifact.get(f"{key}-batch-{summary.batch_id}") is not None
+    pending = Artifact.get(f"{key}-pending").data
+    listed = {row["batch_id"]: row for row in (json.loads(pending) if isinstance(pending, str) else pending)}
+    # The later scan of the dataset still lists the first batch, whose quarantined rows nobody has decided.
+    assert listed[first.result().batch_id]["pending"] == first.result().rows_quarantined > 0

@@ -17,8 +17,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from poisonguard import EXPLANATION, REASONS, ROW_ID, SCORE_PREFIX, __version__
-from poisonguard.review.audit import AuditLog
-from poisonguard.review.batches import batch_reports, review_counts
+from poisonguard.review.batches import batch_overview, review_counts
 from poisonguard.safe_text import format_count
 from poisonguard.write.atomic import atomic_write_text
 
@@ -67,24 +66,7 @@ def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
 
 def render_index(out_dir: Path, dataset: str) -> Path:
     """Write ``reports/<dataset>/index.html``: every batch of the dataset with its status and review state."""
-    out_dir = Path(out_dir)
-    entries = AuditLog(out_dir).entries()
-    batches = []
-    for report in batch_reports(out_dir, dataset):
-        rows = report["rows"]
-        counts = review_counts(out_dir, dataset, report["batch_id"], rows["quarantined"] or 0, entries)
-        batches.append(
-            {
-                "scanned_at": report.get("scanned_at"),
-                "batch_id": report["batch_id"],
-                "status": report["status"],
-                "provenance": (report.get("provenance") or {}).get("status", "not_checked"),
-                "rows_in": rows["in"],
-                "rows_clean": rows["clean"],
-                "rows_quarantined": rows["quarantined"],
-                **counts,
-            }
-        )
+    batches = batch_overview(out_dir, dataset)
     html = _environment().get_template("index.html.j2").render(dataset=dataset, batches=batches, version=__version__)
     return atomic_write_text(Path(out_dir) / "reports" / dataset / "index.html", html)
 

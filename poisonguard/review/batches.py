@@ -96,6 +96,28 @@ def refuse_rescan_of_reviewed(out_dir: Path, dataset: str, batch_id: str) -> Non
         )
 
 
+def batch_overview(out_dir: Path, dataset: str) -> list[dict[str, Any]]:
+    """Every scanned batch of ``dataset``, newest first: when, its status, provenance, row counts and review
+    state (``pending``, ``released``, ``confirmed`` rows). What the dataset's index page and its Prefect
+    artifact list."""
+    out_dir = Path(out_dir)
+    entries = AuditLog(out_dir).entries()
+    batches = []
+    for report in batch_reports(out_dir, dataset):
+        rows = report["rows"]
+        batches.append({
+            "scanned_at": report.get("scanned_at"),
+            "batch_id": report["batch_id"],
+            "status": report["status"],
+            "provenance": (report.get("provenance") or {}).get("status", "not_checked"),
+            "rows_in": rows["in"],
+            "rows_clean": rows["clean"],
+            "rows_quarantined": rows["quarantined"],
+            **review_counts(out_dir, dataset, report["batch_id"], rows["quarantined"] or 0, entries),
+        })
+    return batches
+
+
 def batch_reports(out_dir: Path, dataset: str | None = None) -> list[dict[str, Any]]:
     """Every scan report under ``out_dir`` (of one dataset when given), newest first."""
     reports = []

@@ -70,7 +70,7 @@ class ClassConditional(Detector):
     def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray | None:
         """The wrapped detector's per-feature outlyingness of each row, by its class's model."""
         check_is_fitted(self)
-        if self.overall_.feature_outlyingness(X[:0]) is None:
+        if self.base.spec.explains != "features":
             return None
         X = check_matrix(X, "class_conditional.feature_outlyingness")
         return self._by_class(X, y, lambda model, rows: model.feature_outlyingness(rows))

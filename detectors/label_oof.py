@@ -105,7 +105,6 @@ class OutOfFoldLabelDetector(Detector):
         # A label the batch's fitted rows never carried has probability 0: the largest margin.
         return _margin(given_label_probability(probabilities, self.classes_, labels))
 
-
     def label_probabilities(self, X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The folds' mean class probabilities; for rows it was fitted on (``rows``: their positions in
         :meth:`fit_decision_function`'s ``X``), those of the fold that left the row out."""

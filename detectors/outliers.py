@@ -54,16 +54,20 @@ class ECODDetector(Detector):
         X = check_matrix(X, "ecod.decision_function")
         if len(X) == 0:
             return np.zeros(0)
-        # Features are independent, and numpy's sort and search release the GIL: threads share the work.
-        with ThreadPoolExecutor(max_workers=_workers(self.n_jobs, X.shape[1])) as pool:
-            per_feature = pool.map(lambda j: self._feature_outlyingness(X[:, j], j), range(X.shape[1]))
-            return np.sum(list(per_feature), axis=0)
+        return self._terms(X).sum(axis=0)
 
     def feature_outlyingness(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Each feature's term of the score (rows x features): the score is their sum."""
         check_is_fitted(self)
-        X = check_matrix(X, "ecod.feature_outlyingness")
-        return np.column_stack([self._feature_outlyingness(X[:, j], j) for j in range(X.shape[1])]).reshape(X.shape)
+        return self._terms(check_matrix(X, "ecod.feature_outlyingness")).T
+
+    def _terms(self, X: np.ndarray) -> np.ndarray:
+        """Each feature's outlyingness of each row, features x rows."""
+        if X.shape[1] == 0:
+            return np.zeros((0, len(X)))
+        # Features are independent, and numpy's sort and search release the GIL: threads share the work.
+        with ThreadPoolExecutor(max_workers=_workers(self.n_jobs, X.shape[1])) as pool:
+            return np.array(list(pool.map(lambda j: self._feature_outlyingness(X[:, j], j), range(X.shape[1]))))
 
     def _feature_outlyingness(self, values: np.ndarray, j: int) -> np.ndarray:
         column = self.sorted_[:, j]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard import ROW_ID
-from poisonguard.cells import as_text, list_cells
+from poisonguard.cells import as_text, iso_datetimes, list_cells
 from poisonguard.expectations.row_checks import RowCheck, from_gx_result, run_row_checks
 from poisonguard.expectations.suite import (
     BOOLEAN,
@@ -162,8 +162,8 @@ def coerce_to_kinds(
         present = int(series.notna().sum())
         meta = (types or {}).get(column, {})
         if kind == EMBEDDING:
-            unparsable = _bad_embedding_cells(series, (embeddings or {}).get(column))
             width = (embeddings or {}).get(column)
+            unparsable = _bad_embedding_cells(series, width)
             expected = f"lists of {width} finite numbers" if width else "lists of finite numbers"
         elif kind == NUMERIC:
             values, unparsable, expected = _numbers(series, bool(meta.get("integer")))
@@ -230,7 +230,7 @@ def _datetimes(series: pd.Series, timezone: str | None, date_only: bool = False)
         zoned = getattr(series.dtype, "tz", None) is not None
         parsed = series if zoned or timezone is None else series.dt.tz_localize("UTC")
     else:
-        parsed = pd.to_datetime(as_text(series), errors="coerce", utc=True, format="ISO8601")
+        parsed = iso_datetimes(series)
     if getattr(parsed.dtype, "tz", None) is not None:
         parsed = parsed.dt.tz_convert(timezone) if timezone else parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     # Beyond nanoseconds' years 1677-2262 a cell cannot be held: it fails its row, not the batch.

@@ -35,6 +35,7 @@ from poisonguard.report.scan_report import (
 from poisonguard.review.batches import batch_overview
 from poisonguard.safe_text import markdown_text
 from poisonguard.score.scorers import ChunkScorer
+from poisonguard.write.outputs import OutputPaths
 
 log = logging.getLogger(__name__)
 _PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -74,33 +75,31 @@ def publish(summary: ScanSummary, html_report: Path | None) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = artifact_key(summary.dataset)
-    create_markdown_artifact(
-        key=f"{key}-summary",
-        markdown=summary_markdown(summary, html_report),
-        description=f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}",
-    )
+    description = f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}"
+    markdown = summary_markdown(summary, html_report)
+    # The dataset's latest summary is replaced by each scan (a replay too): each batch keeps its own, and the
+    # dataset's batches awaiting review are listed in one artifact, so no scan hides pending work.
+    for summary_key in (f"{key}-summary", f"{key}-batch-{summary.batch_id}"):
+        create_markdown_artifact(key=summary_key, markdown=markdown, description=description)
     create_table_artifact(
         key=f"{key}-reasons",
         table=summary_table(summary),
         description=f"rows per reason code, {markdown_text(summary.dataset)} batch {summary.batch_id}",
     )
-    # The dataset's latest summary is replaced by each scan (a replay too): each batch keeps its own, and the
-    # dataset's batches awaiting review are listed in one artifact, so no scan hides pending work.
-    create_markdown_artifact(
-        key=f"{key}-batch-{summary.batch_id}",
-        markdown=summary_markdown(summary, html_report),
-        description=f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}",
-    )
     out_dir = Path(summary.report_path).parents[2]  # <out>/reports/<dataset>/<batch_id>.json
     pending = [{"batch_id": b["batch_id"], "scanned_at": b["scanned_at"], "status": b["status"],
                 "rows_quarantined": b["rows_quarantined"], "pending": b["pending"],
-                "report": str(out_dir / "reports" / summary.dataset / f"{b['batch_id']}.html")}
+                "report": str(_html_report(out_dir, summary.dataset, b["batch_id"]))}
                for b in batch_overview(out_dir, summary.dataset) if b["pending"]]
     create_table_artifact(
         key=f"{key}-pending",
         table=pending or [{"batch_id": "", "pending": 0}],
         description=f"{markdown_text(summary.dataset)}: {len(pending)} batch(es) with rows awaiting review",
     )
+
+
+def _html_report(out_dir: Path, dataset: str, batch_id: str) -> Path:
+    return OutputPaths.for_batch(out_dir, dataset, batch_id).report.with_suffix(".html")
 
 
 FLOW_STEPS = pipeline.Steps(
@@ -176,7 +175,7 @@ def emit_outcome(summary: ScanSummary) -> None:
     the counts, the reasons and the report."""
     from prefect.events import emit_event
 
-    event = {CLEAN: "clean", ROWS_QUARANTINED: "quarantined", REJECTED: "rejected", REPLAY: "replay"}[summary.status]
+    event = STATE_NAMES[summary.status].lower()  # clean, quarantined, rejected, replay
     rows_in = summary.rows_in or 0
     emit_event(
         event=f"poisonguard.batch.{event}",

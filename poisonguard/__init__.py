@@ -15,9 +15,10 @@ STATUS = "_status"
 QUARANTINED_AT = "_quarantined_at"
 RAW_VALUES = "_raw_values"
 SCORE_PREFIX = "_score_"
+PVALUE_PREFIX = "_pvalue_"
 # A quarantined row's per-detector columns: ``_score_<detector>``, ``_pvalue_<detector>``, and what the detector
 # said of the row (``_predicted_<detector>``, ``_probability_<detector>``, ``_features_<detector>``).
-DETECTOR_COLUMN_PREFIXES = (SCORE_PREFIX, "_pvalue_", "_predicted_", "_probability_", "_features_")
+DETECTOR_COLUMN_PREFIXES = (SCORE_PREFIX, PVALUE_PREFIX, "_predicted_", "_probability_", "_features_")
 # Columns poisonguard adds to its outputs; an input batch may not carry them.
 RESERVED_COLUMNS = frozenset({ROW_ID, BATCH_ID, REASONS, EXPLANATION, STATUS, QUARANTINED_AT, RAW_VALUES})
 

@@ -27,6 +27,12 @@ def as_text(values: pd.Series | np.ndarray) -> pd.Series:
     return text.where(series.notna(), None)
 
 
+def iso_datetimes(values: pd.Series) -> pd.Series:
+    """Cells read as ISO 8601 dates or times, as UTC datetimes (naive text taken as UTC); a cell that is not
+    one is missing (``NaT``)."""
+    return pd.to_datetime(as_text(values), errors="coerce", utc=True, format="ISO8601")
+
+
 # --- list cells (a precomputed embedding held in one column) ------------------------------------------
 
 

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from poisonguard import ROW_ID
-from poisonguard.cells import as_text
+from poisonguard.cells import as_text, iso_datetimes
 from poisonguard.expectations.suite import BOOLEAN, DATETIME, EMBEDDING, NUMERIC, column_kind
 from poisonguard.featurize.representations import ListColumnScaler
 
@@ -140,7 +140,7 @@ def _numbers_or_nan(block: pd.DataFrame) -> np.ndarray:
         series = block[column]
         if not pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             if not pd.api.types.is_datetime64_any_dtype(series):
-                series = pd.to_datetime(as_text(series), errors="coerce", utc=True, format="ISO8601")
+                series = iso_datetimes(series)
             if getattr(series.dtype, "tz", None) is not None:
                 series = series.dt.tz_convert("UTC").dt.tz_localize(None)
             series = (series - pd.Timestamp(0)) / pd.Timedelta(seconds=1)

@@ -122,13 +122,12 @@ class BatchSource:
 
     def count_rows(self) -> int | None:
         """Rows in the batch (a rejected batch's report still says how many), ``None`` if unreadable."""
-        if self.batch.n_rows is not None:
-            return self.batch.n_rows
+        known = self.known_rows()
+        if known is not None:
+            return known
         if self.batch.size_bytes == 0:
             return 0
         try:
-            if self.batch.file_format == "parquet":
-                return pq.ParquetFile(self.batch.read_path).metadata.num_rows
             return sum(len(chunk) for chunk in _raw_chunks(self.batch, self.chunk_rows or 1_000_000))
         except Exception:  # noqa: BLE001 - an unreadable file has no row count to report
             return None

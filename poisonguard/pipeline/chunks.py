@@ -32,7 +32,7 @@ from poisonguard.cells import as_text
 from poisonguard.decide.explain import explain_rows
 from poisonguard.decide.result_table import build_result_table, reason_counts
 from poisonguard.errors import ConfigError, UnreadableBatchError
-from poisonguard.expectations.suite import CATEGORICAL, EMBEDDING, NUMERIC, TEXT, suite_arrow_types, suite_kinds
+from poisonguard.expectations.suite import CATEGORICAL, EMBEDDING, TEXT, suite_arrow_types, suite_kinds
 from poisonguard.expectations.validate import SchemaOutcome, SchemaValidator, StructuralFailure, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
 from poisonguard.memory import release_free_memory
@@ -151,15 +151,15 @@ class ChunkStager:
         self.quarantine = StagedParquet(paths.quarantine, metadata, keep_empty=False)
         self.found = ScanFindings(hash_rows=hash_rows)
         kinds = suite_kinds(scan_plan.suite) if scan_plan.suite is not None else {}
-        self._numeric = [c for c, k in kinds.items() if k == NUMERIC]
+        schema = _file_schema(source)
         # The suite checks categorical and text columns as text. A Parquet file fixes each column's type for
         # every chunk, so a column that came typed (bool, timestamp, date, category) is written as it came;
         # CSV and JSON Lines are typed per chunk by the parser, so their columns are written as checked.
-        self._as_read = _typed_columns(source, [c for c, k in kinds.items() if k in (CATEGORICAL, TEXT)])
+        self._as_read = _typed_columns(schema, [c for c, k in kinds.items() if k in (CATEGORICAL, TEXT)])
         # One schema for every chunk, whatever a chunk's reader inferred: a Parquet batch's columns are written
         # with the file's types; a CSV or JSON Lines batch's numbers, booleans, dates and timestamps as the
         # suite types them (so a whole and a chunked scan of one file write the same schema).
-        self._arrow_types = _written_types(source, kinds, scan_plan.suite)
+        self._arrow_types = _written_types(schema, kinds, scan_plan.suite)
 
     def __enter__(self) -> ChunkStager:
         return self
@@ -182,7 +182,7 @@ class ChunkStager:
             self.found.structural = outcome.structural
             self.discard()
             return None
-        return self.source.one_numeric_type(outcome.frame, self._numeric)
+        return outcome.frame  # numbers already float64 in every chunk: validation casts them
 
     def stage(self, chunk: pd.DataFrame, outcome: SchemaOutcome, frame: pd.DataFrame,
               scores: DetectorScores) -> pd.DataFrame:
@@ -245,28 +245,32 @@ class ChunkStager:
         self.quarantine.discard()
 
 
-def _typed_columns(source: BatchSource, columns: list[str]) -> list[str]:
-    """Which of ``columns`` a Parquet batch types other than as text (bool, timestamp, date, dictionary)."""
-    if source.batch.file_format != "parquet" or not columns:
-        return []
+def _file_schema(source: BatchSource) -> pa.Schema | None:
+    """A Parquet batch's schema (which fixes every chunk's column types); ``None`` for CSV and JSON Lines."""
+    if source.batch.file_format != "parquet":
+        return None
     try:
-        schema = pq.read_schema(source.batch.read_path)
+        return pq.read_schema(source.batch.read_path)
     except Exception:  # noqa: BLE001 - a file that cannot be read is rejected by the scan, not here
+        return None
+
+
+def _typed_columns(schema: pa.Schema | None, columns: list[str]) -> list[str]:
+    """Which of ``columns`` a Parquet batch (its ``schema``) types other than as text (bool, timestamp, date,
+    dictionary)."""
+    if schema is None:
         return []
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     return [c for c in columns if c in schema.names and not any(is_text(schema.field(c).type) for is_text in text)]
 
 
-def _written_types(source: BatchSource, kinds: dict[str, str], suite) -> dict[str, pa.DataType]:
-    """Column -> the Arrow type the outputs give it (see :class:`ChunkStager`)."""
+def _written_types(schema: pa.Schema | None, kinds: dict[str, str], suite) -> dict[str, pa.DataType]:
+    """Column -> the Arrow type the outputs give it (see :class:`ChunkStager`): a Parquet batch's (``schema``),
+    else the suite's."""
     if suite is None:
         return {}
-    if source.batch.file_format != "parquet":
+    if schema is None:
         return suite_arrow_types(suite)
-    try:
-        schema = pq.read_schema(source.batch.read_path)
-    except Exception:  # noqa: BLE001 - a file that cannot be read is rejected by the scan, not here
-        return {}
     return {c: schema.field(c).type for c, k in kinds.items() if c in schema.names and k != EMBEDDING}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from poisonguard import EXPLANATION, REASONS, ROW_ID, SCORE_PREFIX, __version__
+from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, __version__
 from poisonguard.review.batches import batch_overview, review_counts
 from poisonguard.safe_text import format_count
 from poisonguard.write.atomic import atomic_write_text
@@ -88,7 +88,7 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     return rows, len(frame), columns, numeric
 
 
-_NUMBERS_SHOWN = (SCORE_PREFIX, "_pvalue_")
+_NUMBERS_SHOWN = (SCORE_PREFIX, PVALUE_PREFIX)
 
 
 def _cell(value: Any, column: str) -> str:

@@ -236,7 +236,7 @@ def test_a_reviewed_batch_is_not_rescanned_over_its_decisions(sample_out, sample
     decide(out_dir, summary.batch_id, "confirm", row_ids=None, reason="poison", reviewer="bob")
     config = ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=out_dir, dataset="loans",
                         force=True)
-    with pytest.raises(ConfigError, match="reviewed row"):
+    with pytest.raises(ConfigError, match="review decision"):
         run_scan(sample_batch, config)
 
 

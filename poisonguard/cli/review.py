@@ -140,39 +140,78 @@ def require_output_dir(out_dir: Path) -> None:
         raise InputError(f"--out {out_dir}: no poisonguard outputs there (no reports/ or review/); check the path")
 
 
-def _parse_rows(rows: list[str] | None, all_pending: bool) -> list[int] | None:
-    if all_pending == bool(rows):
-        raise InputError("give either --rows ID[,ID...] or --all")
-    if all_pending:
+def _parse_rows(rows: list[str] | None, rows_from: Path | None) -> list[int] | None:
+    """Row ids from ``--rows`` and ``--rows-from`` (one id a line, or a CSV with a ``_row_id`` column such as
+    ``review show --csv`` writes); ``None`` when neither is given."""
+    if rows is None and rows_from is None:
         return None
+    parts = [part for chunk in rows or [] for part in chunk.split(",")]
+    if rows_from is not None:
+        parts += _ids_in_file(rows_from)
     ids = []
-    for chunk in rows:
-        for part in chunk.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                ids.append(int(part))
-            except ValueError:
-                raise InputError(f"--rows: {part!r} is not a row id (the _row_id column, an integer)") from None
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise InputError(f"--rows: {part!r} is not a row id (the _row_id column, an integer)") from None
+    if not ids:
+        raise InputError("--rows / --rows-from name no row id")
     return ids
 
 
-def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, reason: str,
-            reviewer: str | None, dataset: str | None, out_dir: Path, key: Path | None, reviewers: Path | None,
-            debug: bool) -> None:
+def _ids_in_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise InputError(f"--rows-from {path}: cannot read it ({error.strerror or error})") from None
+    header = [c.strip() for c in lines[0].split(",")] if lines else []
+    if "_row_id" in header:
+        column = header.index("_row_id")
+        import csv
+
+        return [record[column] for record in csv.reader(lines[1:]) if len(record) > column]
+    for number, line in enumerate(lines, start=1):
+        if line.strip() and not line.strip().lstrip("-").isdigit():
+            raise InputError(f"--rows-from {path}, line {number}: {line.strip()[:40]!r} is not a row id; give one "
+                             "id a line, or a CSV with a _row_id column")
+    return lines
+
+
+def _selection(rows: list[str] | None, rows_from: Path | None, where: str | None, all_pending: bool,
+               columns: list[str]) -> tuple[list[int] | None, object]:
+    """(row ids, filter): exactly one of --rows/--rows-from, --where and --all must be given."""
+    from poisonguard.review.filters import parse_where
+
+    given = sum((rows is not None or rows_from is not None, where is not None, all_pending))
+    if given != 1:
+        raise InputError("give one of --rows ID[,ID...] (or --rows-from FILE), --where FILTER, or --all")
+    if where is not None:
+        return None, parse_where(where, columns)
+    return _parse_rows(rows, rows_from), None
+
+
+def _decide(action: str, batch: str, rows: list[str] | None, rows_from: Path | None, where: str | None,
+            all_pending: bool, reason: str, reviewer: str | None, dataset: str | None, out_dir: Path,
+            key: Path | None, reviewers: Path | None, debug: bool) -> None:
     try:
         require_output_dir(out_dir)
         from poisonguard.report.html import render_batch_report, render_index
+        from poisonguard.review.batches import find_batch, quarantined_rows
         from poisonguard.review.decisions import decide
         from poisonguard.review.reviewers import load_reviewers, signer_for
         from poisonguard.write.committed import list_batch
 
         if (key is None) != (reviewers is None):
             raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
+        columns = list(quarantined_rows(find_batch(out_dir, batch, dataset)).columns) if where else []
+        row_ids, row_filter = _selection(rows, rows_from, where, all_pending, columns)
+        if action == "undo" and all_pending:
+            raise InputError("--all means every pending row; say which decisions to undo with --rows or --where")
         known = load_reviewers(reviewers) if reviewers is not None else None
         signer = signer_for(key, known, reviewers) if key is not None else None
-        decision = decide(out_dir, batch, action, row_ids=_parse_rows(rows, all_pending), reason=reason,
+        decision = decide(out_dir, batch, action, row_ids=row_ids, where=row_filter, reason=reason,
                           reviewer=reviewer, dataset=dataset, signer=signer, reviewers=known)
     except typer.Exit:
         raise
@@ -194,7 +233,7 @@ def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, 
         problem = storage_error(error) or error
         console.print(f"[yellow]warning:[/] the decision is recorded, but the HTML report was not refreshed: "
                       f"{shown(problem)}", highlight=False, soft_wrap=True)
-    done = "released" if action == "release" else "confirmed as poison"
+    done = {"release": "released", "confirm": "confirmed as poison", "undo": "back to pending"}[action]
     out.print(
         f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {done} by "
         f"{decision.entry['reviewer']} (audit seq {decision.entry['seq']})",
@@ -205,6 +244,11 @@ def _decide(action: str, batch: str, rows: list[str] | None, all_pending: bool, 
 
 
 Rows = Annotated[Optional[list[str]], typer.Option("--rows", help="Row ids, comma-separated or repeated.")]
+RowsFrom = Annotated[Optional[Path], typer.Option(
+    "--rows-from", help="A file of row ids: one a line, or a CSV with a _row_id column (review show --csv).")]
+Where = Annotated[Optional[str], typer.Option(
+    help="The rows matching a filter, e.g. \"only_reason=schema:range:f5\" or \"detector=ecod and label=B\" "
+         "(keys: reason, only_reason, detector, status, label, column.<name>).")]
 All = Annotated[bool, typer.Option("--all", help="Every row of the batch still pending review.")]
 Reason = Annotated[str, typer.Option(help="Why; recorded in the audit log.")]
 Reviewer = Annotated[Optional[str], typer.Option(help="Who decides, without --key [the OS user].")]
@@ -216,12 +260,14 @@ Dataset = Annotated[Optional[str], typer.Option(help="Dataset, when the batch id
 
 
 def _decision_command(action: str, summary: str):
-    """One command function per decision; both take the same options."""
+    """One command function per decision; all take the same options."""
 
     def command(
         batch: Annotated[str, typer.Argument(help="Batch id (or its first 6+ characters).")],
         reason: Reason,
         rows: Rows = None,
+        rows_from: RowsFrom = None,
+        where: Where = None,
         all_pending: All = False,
         reviewer: Reviewer = None,
         dataset: Dataset = None,
@@ -230,7 +276,8 @@ def _decision_command(action: str, summary: str):
         reviewers: Reviewers = None,
         debug: Debug = False,
     ) -> None:
-        _decide(action, batch, rows, all_pending, reason, reviewer, dataset, out_dir, key, reviewers, debug)
+        _decide(action, batch, rows, rows_from, where, all_pending, reason, reviewer, dataset, out_dir, key,
+                reviewers, debug)
 
     command.__doc__ = summary
     return command
@@ -241,6 +288,10 @@ review_app.command("release")(_decision_command(
 ))
 review_app.command("confirm")(_decision_command(
     "confirm", "Confirm quarantined rows as poison: they stay in quarantine for good."
+))
+review_app.command("undo")(_decision_command(
+    "undo", "Take decisions back: the rows are pending again, released ones leave the clean area. The undo is "
+            "a new audit entry; nothing in the log is rewritten."
 ))
 
 

@@ -28,6 +28,7 @@ from poisonguard.review.reviewers import ReviewerKey, Signer, signature_problem
 
 RELEASE = "release"
 CONFIRM = "confirm"
+UNDO = "undo"  # takes earlier decisions of rows back: the rows are pending again (nothing is rewritten)
 GENESIS = "0" * 64
 
 
@@ -85,6 +86,8 @@ class AuditLog:
         except ReviewError as exc:
             return AuditCheck(0, GENESIS, [str(exc)])
         problems, previous = [], GENESIS
+        withdrawn = {name: entry for entry in entries if entry.get("action") == UNDO
+                     for name in entry.get("withdrawn") or []}
         for position, entry in enumerate(entries, start=1):
             where = f"entry {position} (seq {entry.get('seq')})"
             if entry.get("seq") != position:
@@ -96,19 +99,28 @@ class AuditLog:
             if reviewers is not None and (problem := signature_problem(entry, reviewers)) is not None:
                 problems.append(f"{where}: {problem}")
             previous = entry.get("hash", "")
-            if entry.get("action") == RELEASE:
-                problems += self._check_release_file(entry, where)
+            if entry.get("output"):
+                problems += self._check_released_file(str(entry["output"]), withdrawn.get(str(entry["output"])), where)
         problems += self._orphan_release_files(entries)
         return AuditCheck(len(entries), previous, problems)
 
-    def _check_release_file(self, entry: dict[str, Any], where: str) -> list[str]:
-        target = self.out_dir / str(entry.get("output"))
-        if not target.exists():
-            return [f"{where}: released file {target} is missing"]
-        return []
+    def _check_released_file(self, name: str, undo: dict[str, Any] | None, where: str) -> list[str]:
+        """A release's (or an undo's) file is in the clean area, or, once a later undo withdrew it, kept
+        under ``review/withdrawn/`` and gone from the clean area."""
+        target = self.out_dir / name
+        if undo is None:
+            return [] if target.exists() else [f"{where}: released file {target} is missing"]
+        problems = []
+        if target.exists():
+            problems.append(f"{where}: {target} was withdrawn by undo seq {undo.get('seq')} but is still in the "
+                            "clean area (an interrupted undo; the next decision finishes it)")
+        kept = withdrawn_path(self.out_dir, name)
+        if not kept.exists() and not target.exists():
+            problems.append(f"{where}: withdrawn file {name} is missing from review/withdrawn/")
+        return problems
 
     def _orphan_release_files(self, entries: list[dict[str, Any]]) -> list[str]:
-        logged = {str(e.get("output")) for e in entries if e.get("action") == RELEASE}
+        logged = {str(e.get("output")) for e in entries if e.get("output")}
         problems = []
         for path in sorted((self.out_dir / "clean").glob("*/*.released-*.parquet")):
             if str(path.relative_to(self.out_dir)) not in logged:
@@ -137,6 +149,12 @@ class AuditLog:
         finally:
             os.close(descriptor)
         return entry
+
+
+def withdrawn_path(out_dir: Path, name: str) -> Path:
+    """Where an undo keeps a released file (``name``, relative to ``out_dir``) it took out of the clean area:
+    kept for the audit, never trained on."""
+    return Path(out_dir) / "review" / "withdrawn" / Path(name).relative_to("clean")
 
 
 def entry_hash(entry: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from poisonguard import ROW_ID, STATUS
 from poisonguard.errors import ConfigError
-from poisonguard.review.audit import RELEASE, AuditLog, ReviewError
+from poisonguard.review.audit import RELEASE, UNDO, AuditLog, ReviewError
 from poisonguard.write.outputs import OutputPaths
 
 PENDING, RELEASED, CONFIRMED = "pending", "released", "confirmed"
@@ -53,13 +53,21 @@ def quarantined_rows(batch: ReviewedBatch) -> pd.DataFrame:
 
 
 def row_decisions(entries: list[dict[str, Any]], dataset: str, batch_id: str) -> dict[int, dict[str, Any]]:
-    """Row id -> the entry that decided it, for one batch."""
-    decided = {}
-    for entry in entries:
-        if entry.get("dataset") == dataset and entry.get("batch_id") == batch_id:
-            for row_id in entry["row_ids"]:
+    """Row id -> the entry whose decision stands for it, for one batch: the latest release or confirmation,
+    unless a later undo took it back (the row is then pending again and absent here)."""
+    decided: dict[int, dict[str, Any]] = {}
+    for entry in batch_entries(entries, dataset, batch_id):
+        for row_id in entry["row_ids"]:
+            if entry.get("action") == UNDO:
+                decided.pop(int(row_id), None)
+            else:
                 decided[int(row_id)] = entry
     return decided
+
+
+def batch_entries(entries: list[dict[str, Any]], dataset: str, batch_id: str) -> list[dict[str, Any]]:
+    """The audit entries about one batch, in order."""
+    return [e for e in entries if e.get("dataset") == dataset and e.get("batch_id") == batch_id]
 
 
 def review_counts(out_dir: Path, dataset: str, batch_id: str, quarantined: int,
@@ -88,10 +96,10 @@ def refuse_rescan_of_reviewed(out_dir: Path, dataset: str, batch_id: str) -> Non
     A rescan replaces the batch's clean and quarantine files; rows already released would then be in
     the clean area twice, and decisions would point at rows of another scan.
     """
-    decided = row_decisions(AuditLog(out_dir).entries(), dataset, batch_id)
+    decided = batch_entries(AuditLog(out_dir).entries(), dataset, batch_id)
     if decided:
         raise ConfigError(
-            f"batch {batch_id} of dataset {dataset!r} has {len(decided)} reviewed row(s) in {out_dir}; "
+            f"batch {batch_id} of dataset {dataset!r} has {len(decided)} review decision(s) in {out_dir}; "
             "rescanning would replace the files those decisions refer to. Scan into another --out instead"
         )
 

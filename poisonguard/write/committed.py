@@ -49,16 +49,19 @@ def committed_files(out_dir: Path, dataset: str) -> list[Path]:
 
 def list_batch(out_dir: Path, report: dict[str, Any]) -> None:
     """Bring the batch of ``report`` (a scan's JSON report, once written) up to date in its dataset's
-    listing: its clean file and released files when it was delivered, nothing when it was rejected."""
+    listing: its clean file when it was delivered, and the files of rows reviewers released."""
     out_dir, dataset, batch_id = Path(out_dir), report["dataset"], report["batch_id"]
     folder = out_dir / "clean" / dataset
     entry = None
     clean = (report.get("outputs") or {}).get("clean")
+    # A released file is renamed into place only after its audit entry is durable: each one is final. A
+    # batch rejected whole has released files only once a reviewer releases its rows (a fixed manifest).
+    files = sorted(p.name for p in folder.glob(f"{batch_id}.released-*.parquet"))
     if report.get("status") in DELIVERED and clean and (out_dir / clean).exists():
-        # A released file is renamed into place only after its audit entry is durable: each one is final.
-        released = sorted(p.name for p in folder.glob(f"{batch_id}.released-*.parquet"))
+        files = [Path(clean).name, *files]
+    if files:
         entry = {
-            "files": [Path(clean).name, *released],
+            "files": files,
             "scanned_at": report.get("scanned_at"),
             "status": report["status"],
             "rows_clean": (report.get("rows") or {}).get("clean"),

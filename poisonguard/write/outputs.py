@@ -115,8 +115,8 @@ def split_rows(
     Both keep the batch's columns plus ``_row_id`` (last but one) and ``_batch_id``; the quarantined table
     adds ``_reasons``, ``_explanation`` (the reasons in words, when ``explanations`` gives them per row of
     ``frame``), per detector ``_score_<detector>``, ``_pvalue_<detector>`` (with a reference) and what it said of
-    the row (``_predicted_``, ``_probability_``, ``_features_<detector>``, where it says it), ``_quarantined_at``, ``_status``
-    (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null). ``column_types``:
+    the row (``_predicted_``, ``_probability_``, ``_features_<detector>``, where it says it), ``_quarantined_at``,
+    ``_status`` (``pending``) and ``_raw_values`` (JSON of cells that could not be parsed, else null). ``column_types``:
     the Arrow type to write a column as (the suite's, so that every chunk of every batch writes one schema).
     """
     if not np.array_equal(frame[ROW_ID].to_numpy(), result[ROW_ID].to_numpy()):

@@ -142,3 +142,23 @@ def test_an_interrupted_undo_is_finished_by_the_next_decision(sample_out):
     assert sorted(released_row_ids(out_dir, summary.dataset, summary.batch_id).tolist()) == sorted(ids[1:4])
     complete_undo(out_dir, entry)  # finishing it again changes nothing
     assert log.verify().ok
+
+
+def test_a_batch_rejected_for_its_structure_is_confirmed_as_a_batch_and_never_released(tmp_path, prefect_harness):
+    from conftest import make_frame
+
+    from poisonguard.config import ScanConfig
+    from poisonguard.flows.scan import run_scan
+
+    make_frame(400, seed=0).to_csv(tmp_path / "ref.csv", index=False)
+    make_frame(120, seed=1).drop(columns="x2").to_csv(tmp_path / "broken.csv", index=False)
+    out = tmp_path / "out"
+    summary = run_scan(tmp_path / "broken.csv", ScanConfig(label_col="label", reference=tmp_path / "ref.csv",
+                                                            out_dir=out))
+    assert summary.status == "rejected" and summary.rows_quarantined == 120
+    refused = invoke("review", "release", summary.batch_id, "--all", "--reason", "x", "--out", out)
+    assert refused.exit_code == 2 and "rejected for its structure" in refused.output
+    confirmed = invoke("review", "confirm", summary.batch_id, "--all", "--reason", "broken export", "--out", out)
+    assert confirmed.exit_code == 0, confirmed.output
+    listed = invoke("review", "list", "--status", "pending", "--out", out)
+    assert listed.output.startswith("no batches")

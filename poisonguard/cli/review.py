@@ -10,7 +10,7 @@ from rich.table import Table
 
 from poisonguard.cli.common import console, count, fail, out, shown
 from poisonguard.cli.scan import app
-from poisonguard.errors import ExitCode, InputError, storage_error
+from poisonguard.errors import ExitCode, InputError
 
 review_app = typer.Typer(help="Review quarantined rows: release them to training or confirm them as poison.",
                          no_args_is_help=True, rich_markup_mode=None)
@@ -197,11 +197,9 @@ def _decide(action: str, batch: str, rows: list[str] | None, rows_from: Path | N
             key: Path | None, reviewers: Path | None, debug: bool) -> None:
     try:
         require_output_dir(out_dir)
-        from poisonguard.report.html import render_batch_report, render_index
         from poisonguard.review.batches import find_batch, quarantined_rows
-        from poisonguard.review.decisions import decide
+        from poisonguard.review.decisions import decide, refresh_outputs
         from poisonguard.review.reviewers import load_reviewers, signer_for
-        from poisonguard.write.committed import list_batch
 
         if (key is None) != (reviewers is None):
             raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
@@ -217,22 +215,8 @@ def _decide(action: str, batch: str, rows: list[str] | None, rows_from: Path | N
         raise
     except Exception as error:  # noqa: BLE001
         fail(error, debug)
-    # The decision is committed (its audit entry and any released file are durable): a listing or a report
-    # that cannot be updated now must not make it look failed; the batch's next decision or scan redoes both.
-    try:
-        list_batch(out_dir, decision.batch.report)
-    except Exception as error:  # noqa: BLE001
-        problem = storage_error(error) or error
-        console.print(f"[yellow]warning:[/] the decision is recorded, but clean/{shown(decision.batch.dataset)}/"
-                      f"_committed.json does not list the released rows yet ({shown(problem)}); the batch's "
-                      "next decision or scan lists them", highlight=False, soft_wrap=True)
-    try:
-        render_batch_report(decision.batch.report, out_dir)
-        render_index(out_dir, decision.batch.dataset)
-    except Exception as error:  # noqa: BLE001
-        problem = storage_error(error) or error
-        console.print(f"[yellow]warning:[/] the decision is recorded, but the HTML report was not refreshed: "
-                      f"{shown(problem)}", highlight=False, soft_wrap=True)
+    for warning in refresh_outputs(out_dir, decision):
+        console.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False, soft_wrap=True)
     done = {"release": "released", "confirm": "confirmed as poison", "undo": "back to pending"}[action]
     out.print(
         f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {done} by "
@@ -365,3 +349,43 @@ def review_add_reviewer(
         fail(error, debug)
     out.print(f"reviewer {shown(name)}: key {key.key_id}, private key {key.private_key_path} (mode 0600; "
               f"keep it with {shown(name)}), public key added to {reviewers}", highlight=False)
+
+
+@review_app.command("serve")
+def review_serve(
+    out_dir: OutDir = Path("poisonguard-out"),
+    host: Annotated[str, typer.Option(help="The address to listen on; keep 127.0.0.1 unless behind a proxy.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8765,
+    reviewers: Reviewers = None,
+    key: Annotated[Optional[list[Path]], typer.Option(
+        "--key", help="A reviewer's Ed25519 private key (repeat for several reviewers); decisions are signed.")] = None,
+    reviewer: Annotated[Optional[str], typer.Option(
+        help="Without --reviewers: the one reviewer who decides here, unsigned [the OS user].")] = None,
+    debug: Debug = False,
+) -> None:
+    """Serve the review queue in a browser: filter quarantined rows, release, confirm or undo them."""
+    try:
+        require_output_dir(out_dir)
+        import uvicorn
+
+        from poisonguard.review.app import create_app, login_tokens
+        from poisonguard.review.decisions import os_user
+
+        tokens = login_tokens(reviewers, list(key or []), None if reviewers else reviewer or os_user())
+        hosts = tuple(dict.fromkeys((host, "127.0.0.1", "localhost")))
+        app = create_app(out_dir, tokens, reviewers, hosts)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(error, debug)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    out.print(f"reviewing {out_dir} at http://{shown_host}:{port}/ (Ctrl-C stops); log in with:", highlight=False)
+    for token, login in tokens.items():
+        signed = f", decisions signed with {login.key_path}" if login.key_path else ", decisions unsigned"
+        out.print(f"  {shown(login.name)}{signed}: http://{shown_host}:{port}/login?token={token}", highlight=False,
+                  soft_wrap=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach it and holds a token can "
+                      "decide; the traffic is plain http", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -17,7 +17,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, __version__
-from poisonguard.review.batches import batch_overview, review_counts
+from poisonguard.review.batches import batch_overview, label_column, review_counts
+from poisonguard.review.filters import evidence_order
 from poisonguard.safe_text import format_count
 from poisonguard.write.atomic import atomic_write_text
 
@@ -76,13 +77,17 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     if not relative or not (out_dir / relative).exists():
         return [], 0, [], set()
     frame = pd.read_parquet(out_dir / relative)
-    reason_count = frame[REASONS].map(lambda codes: 0 if codes is None else len(codes))
-    order = np.lexsort((frame[ROW_ID].to_numpy(), -reason_count.to_numpy()))
-    top = frame.iloc[order[:TOP_ROWS]]
-    data_columns = [c for c in top.columns if not c.startswith("_")]
+    # Strongest evidence first (the smallest p-value), not the most reasons: one large genuine row can break
+    # seven range rules and would sit above every flipped label.
+    top = frame.iloc[evidence_order(frame)[:TOP_ROWS]]
+    label = label_column(report)
+    labels = [label] if label in top.columns else []
+    data_columns = [c for c in top.columns if not c.startswith("_") and c not in labels]
     score_columns = [c for c in top.columns if c.startswith(_NUMBERS_SHOWN)]  # each detector's score and p-value
     explained = [EXPLANATION] if EXPLANATION in top.columns else []  # quarantine files before it: codes only
-    columns = [ROW_ID, REASONS, *explained, *data_columns, *score_columns]
+    # What decides a row first (its label, reasons and evidence), then its values: at 1,400 px a reviewer
+    # sees why a row is held without scrolling past twenty columns.
+    columns = [ROW_ID, *labels, REASONS, *explained, *score_columns, *data_columns]
     rows = [{c: _cell(record[c], c) for c in columns} for record in top[columns].to_dict("records")]
     numeric = {c for c in columns if c in top and pd.api.types.is_numeric_dtype(top[c])}
     return rows, len(frame), columns, numeric

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poisonguard import ROW_ID, STATUS
+from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.errors import ConfigError
 from poisonguard.review.audit import RELEASE, UNDO, AuditLog, ReviewError
 from poisonguard.write.outputs import OutputPaths
@@ -46,10 +46,28 @@ def find_batch(out_dir: Path, batch: str, dataset: str | None = None) -> Reviewe
     return ReviewedBatch(report["dataset"], report["batch_id"], paths, report)
 
 
+def label_column(report: dict[str, Any]) -> str | None:
+    """The label column a scan report names, or ``None``."""
+    return (report.get("schema") or {}).get("label_col") or (report.get("settings") or {}).get("label_col")
+
+
 def quarantined_rows(batch: ReviewedBatch) -> pd.DataFrame:
-    if not batch.paths.quarantine.exists():
-        return pd.DataFrame({ROW_ID: pd.Series([], dtype="int64")})
-    return pd.read_parquet(batch.paths.quarantine)
+    """The batch's quarantined rows. A batch rejected whole for its structure keeps its raw file, not rows
+    (:func:`rejected_raw`): its rows are then ids and the rejection's reasons only, so that they can be
+    confirmed as a batch."""
+    if batch.paths.quarantine.exists():
+        return pd.read_parquet(batch.paths.quarantine)
+    held = (batch.report.get("rows") or {}).get("quarantined") or 0
+    reasons = sorted(batch.report.get("reasons") or {})
+    if rejected_raw(batch) and held:
+        return pd.DataFrame({ROW_ID: np.arange(held, dtype="int64"), REASONS: [reasons] * held})
+    return pd.DataFrame({ROW_ID: pd.Series([], dtype="int64")})
+
+
+def rejected_raw(batch: ReviewedBatch) -> bool:
+    """Whether the batch was rejected whole and kept as its raw file (its structure could not be read)."""
+    return batch.report.get("status") == "rejected" and batch.paths.rejected.exists() \
+        and not batch.paths.quarantine.exists()
 
 
 def row_decisions(entries: list[dict[str, Any]], dataset: str, batch_id: str) -> dict[int, dict[str, Any]]:

@@ -3,7 +3,7 @@
 Nothing written by a scan is ever rewritten here. A release writes the released rows as a new Parquet
 file beside the batch's clean file (``clean/<dataset>/<batch_id>.released-<seq>.parquet``); a
 confirmation writes nothing but its audit entry; an undo takes rows back to pending by a new entry. After
-each decision the batch's status file (``quarantine/<dataset>/<batch_id>.review.parquet``) is rewritten
+each decision the batch's status file (``quarantine/<dataset>/_review/<batch_id>.parquet``) is rewritten
 from the log.
 """
 
@@ -19,11 +19,14 @@ from typing import Any
 import pandas as pd
 
 from poisonguard import DETECTOR_COLUMN_PREFIXES, EXPLANATION, QUARANTINED_AT, RAW_VALUES, REASONS, ROW_ID, STATUS
+from poisonguard.errors import storage_error
 from poisonguard.review.audit import CONFIRM, RELEASE, UNDO, AuditLog, ReviewError, withdrawn_path
 from poisonguard.review.batches import (
     ReviewedBatch,
     find_batch,
+    label_column,
     quarantined_rows,
+    rejected_raw,
     row_decisions,
     with_review_status,
 )
@@ -89,6 +92,12 @@ def decide(
                 "(see `poisonguard review audit --verify`)"
             )
         found = find_batch(out_dir, batch, dataset)
+        if action == RELEASE and rejected_raw(found):
+            raise ReviewError(
+                f"batch {found.batch_id} was rejected for its structure and kept as its raw file "
+                f"({found.paths.rejected}); there are no rows to release. Fix the file and scan it again, or "
+                "confirm the batch as rejected"
+            )
         rows = quarantined_rows(found)
         decided = row_decisions(entries, found.dataset, found.batch_id)
         if where is not None:
@@ -97,7 +106,7 @@ def decide(
             chosen = _choose_rows(found, rows, decided, row_ids, action)
         fields = {
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "reviewer": signer.reviewer if signer is not None else reviewer or _os_user(),
+            "reviewer": signer.reviewer if signer is not None else reviewer or os_user(),
             "action": action,
             "dataset": found.dataset,
             "batch_id": found.batch_id,
@@ -127,6 +136,30 @@ def decide(
             decision = Decision(action, found, chosen, entry, target)
         write_status(out_dir, found, rows, log.entries())
         return decision
+
+
+def refresh_outputs(out_dir: Path, decision: Decision) -> list[str]:
+    """Bring what readers see up to date after ``decision``: the dataset's listing of clean files, the
+    batch's HTML report and the dataset's index. The decision is committed already (its audit entry and
+    files are durable), so a failure here is returned as a warning, never raised: the batch's next decision
+    or scan redoes all three."""
+    from poisonguard.report.html import render_batch_report, render_index
+    from poisonguard.write.committed import list_batch
+
+    warnings = []
+    try:
+        list_batch(out_dir, decision.batch.report)
+    except Exception as error:  # noqa: BLE001
+        warnings.append(f"the decision is recorded, but clean/{decision.batch.dataset}/_committed.json does not "
+                        f"list the released rows yet ({storage_error(error) or error}); the batch's next "
+                        "decision or scan lists them")
+    try:
+        render_batch_report(decision.batch.report, out_dir)
+        render_index(out_dir, decision.batch.dataset)
+    except Exception as error:  # noqa: BLE001
+        warnings.append(f"the decision is recorded, but the HTML report was not refreshed: "
+                        f"{storage_error(error) or error}")
+    return warnings
 
 
 def _undo(out_dir: Path, log: AuditLog, found: ReviewedBatch, fields: dict[str, Any],
@@ -174,18 +207,22 @@ def released_files(out_dir: Path, batch: ReviewedBatch) -> dict[Path, set[int]]:
 
 
 def write_status(out_dir: Path, batch: ReviewedBatch, rows: pd.DataFrame, entries: list[dict[str, Any]]) -> Path:
-    """Write ``quarantine/<dataset>/<batch_id>.review.parquet``: each quarantined row's review status, who
+    """Write the batch's status file (:func:`status_path`): each quarantined row's review status, who
     decided it, when, why and in which audit entry. It is derived from the audit log and rewritten after
     every decision, so a pandas or DuckDB reader sees released and confirmed rows without the log."""
     decided = row_decisions(entries, batch.dataset, batch.batch_id)
     status = with_review_status(rows[[ROW_ID]], decided)
     status["_audit_seq"] = pd.array([decided[int(i)]["seq"] if int(i) in decided else None for i in rows[ROW_ID]],
                                     dtype="Int64")
-    return atomic_write_parquet(status_path(batch), status)
+    path = status_path(batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_parquet(path, status)
 
 
 def status_path(batch: ReviewedBatch) -> Path:
-    return batch.paths.quarantine.with_name(f"{batch.batch_id}.review.parquet")
+    """``quarantine/<dataset>/_review/<batch_id>.parquet``: beside the quarantine files, in a folder whose
+    leading ``_`` keeps it out of a dataset read of ``quarantine/<dataset>/`` (pyarrow and Spark skip it)."""
+    return batch.paths.quarantine.parent / "_review" / f"{batch.batch_id}.parquet"
 
 
 def _released_path(batch: ReviewedBatch, seq: int) -> Path:
@@ -200,9 +237,8 @@ def _matching_rows(batch: ReviewedBatch, rows: pd.DataFrame, decided: dict[int, 
                    where: RowFilter, action: str) -> list[int]:
     """The rows ``where`` keeps that ``action`` can take: pending rows for a release or confirmation,
     decided ones for an undo."""
-    label_col = (batch.report.get("settings") or {}).get("label_col")
     rows = with_review_status(rows, decided)
-    matched = rows[where.mask(rows, label_col)]
+    matched = rows[where.mask(rows, label_column(batch.report))]
     wanted = matched[STATUS] != "pending" if action == UNDO else matched[STATUS] == "pending"
     chosen = sorted(matched.loc[wanted, ROW_ID].astype("int64").tolist())
     if not chosen:
@@ -256,7 +292,7 @@ def _ids(ids: list[int], limit: int = 10) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def _os_user() -> str:
+def os_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):

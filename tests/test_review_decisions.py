@@ -162,3 +162,18 @@ def test_a_batch_rejected_for_its_structure_is_confirmed_as_a_batch_and_never_re
     assert confirmed.exit_code == 0, confirmed.output
     listed = invoke("review", "list", "--status", "pending", "--out", out)
     assert listed.output.startswith("no batches")
+
+
+def test_entries_cut_from_the_end_of_the_log_are_caught_by_the_ledgers_copy_of_its_head(sample_out):
+    summary, out_dir = sample_out
+    ids = held(out_dir, summary)[ROW_ID].astype(int).tolist()
+    for i in range(3):
+        decide(out_dir, summary.batch_id, "confirm", row_ids=[ids[i]], reason=f"poison {i}", reviewer="bob")
+    log = AuditLog(out_dir)
+    assert log.verify().ok and log.mirrored_head() == (3, log.entries()[-1]["hash"])
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join(lines[:2]) + "\n")  # the chain of the two left is intact
+    problems = log.verify().problems
+    assert any("entries were cut from its end" in p for p in problems)
+    result = invoke("review", "audit", "--verify", "--out", out_dir)
+    assert result.exit_code == 3 and "cut from its end" in result.output

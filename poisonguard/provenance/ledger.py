@@ -49,6 +49,15 @@ CREATE TRIGGER IF NOT EXISTS batches_no_update BEFORE UPDATE ON batches
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS batches_no_delete BEFORE DELETE ON batches
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_heads (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_heads_no_update BEFORE UPDATE ON audit_heads
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_heads_no_delete BEFORE DELETE ON audit_heads
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 """
 
 
@@ -88,6 +97,19 @@ class Ledger:
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
+
+    def record_audit_head(self, seq: int, entry_hash: str) -> None:
+        """Mirror the review audit log's newest entry (its sequence number and hash): the log alone cannot
+        show entries cut from its end, the ledger's copy of its head can."""
+        with closing(self._connect()) as connection, connection:
+            connection.execute("INSERT OR IGNORE INTO audit_heads (seq, hash, recorded_at) VALUES (?, ?, ?)",
+                               (int(seq), entry_hash, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """The newest audit head mirrored here, or ``None``."""
+        with closing(self._connect()) as connection:
+            found = connection.execute("SELECT seq, hash FROM audit_heads ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(found[0]), str(found[1])) if found else None
 
     def record(self, entry: LedgerEntry) -> None:
         columns = list(LedgerEntry.__dataclass_fields__)

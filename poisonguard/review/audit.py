@@ -102,7 +102,34 @@ class AuditLog:
             if entry.get("output"):
                 problems += self._check_released_file(str(entry["output"]), withdrawn.get(str(entry["output"])), where)
         problems += self._orphan_release_files(entries)
+        problems += self._check_mirrored_head(entries)
         return AuditCheck(len(entries), previous, problems)
+
+    def _check_mirrored_head(self, entries: list[dict[str, Any]]) -> list[str]:
+        """The ledger's copy of the head must be an entry of the log, with the same hash: a log cut short or
+        rewritten from some entry on no longer holds it. The copy is written just after its entry, so it may
+        lag the log by the entry a crash interrupted, never lead it."""
+        head = self.mirrored_head()
+        if head is None:
+            return []
+        seq, mirrored = head
+        if seq > len(entries):
+            return [f"{self.ledger_path}: the ledger's copy of the audit head is entry {seq}, but the log ends at "
+                    f"entry {len(entries)}; entries were cut from its end"]
+        if entries[seq - 1].get("hash") != mirrored:
+            return [f"entry {seq}: its hash is not the one the ledger mirrored; the log was rewritten from there"]
+        return []
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.out_dir / "ledger.sqlite"
+
+    def mirrored_head(self) -> tuple[int, str] | None:
+        if not self.ledger_path.exists():
+            return None
+        from poisonguard.provenance.ledger import Ledger
+
+        return Ledger(self.ledger_path).audit_head()
 
     def _check_released_file(self, name: str, undo: dict[str, Any] | None, where: str) -> list[str]:
         """A release's (or an undo's) file is in the clean area, or, once a later undo withdrew it, kept
@@ -148,7 +175,24 @@ class AuditLog:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+        self._mirror_head(entry)
         return entry
+
+    def _mirror_head(self, entry: dict[str, Any]) -> None:
+        """Copy the new head into the ledger. The entry is durable already (and a release's file is renamed
+        into place after this returns), so a ledger that cannot be written is a warning, never a failed
+        decision: verification accepts a copy that lags the log."""
+        import logging
+        import sqlite3
+
+        from poisonguard.errors import ConfigError
+        from poisonguard.provenance.ledger import Ledger
+
+        try:
+            Ledger(self.ledger_path).record_audit_head(entry["seq"], entry["hash"])
+        except (ConfigError, OSError, sqlite3.Error) as error:
+            logging.getLogger(__name__).warning("audit entry %s is written, but %s could not mirror it: %s",
+                                                entry["seq"], self.ledger_path, error)
 
 
 def withdrawn_path(out_dir: Path, name: str) -> Path:

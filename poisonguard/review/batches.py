@@ -99,13 +99,23 @@ def review_counts(out_dir: Path, dataset: str, batch_id: str, quarantined: int,
 
 def with_review_status(rows: pd.DataFrame, decided: dict[int, dict[str, Any]]) -> pd.DataFrame:
     """``rows`` with ``_status`` set from the decisions and who decided, when and why."""
-    rows = rows.copy()
-    entries = [decided.get(int(i)) for i in rows[ROW_ID]]
-    rows[STATUS] = [PENDING if e is None else RELEASED if e["action"] == RELEASE else CONFIRMED for e in entries]
-    rows["_reviewer"] = [e["reviewer"] if e else None for e in entries]
-    rows["_reviewed_at"] = [e["at"] if e else None for e in entries]
-    rows["_review_reason"] = [e["reason"] if e else None for e in entries]
-    return rows
+    entries = list(decided.values())
+    # Each row's entry by one index lookup, not a dictionary lookup per row: the review app calls this on
+    # every page of a 100,000-row quarantine.
+    at = pd.Index(np.fromiter(decided, dtype="int64", count=len(decided))).get_indexer(
+        rows[ROW_ID].to_numpy(dtype="int64"))
+    known = at >= 0
+
+    def column(values: list) -> np.ndarray:
+        filled = np.full(len(rows), None, dtype=object)
+        filled[known] = np.asarray(values, dtype=object)[at[known]] if values else []
+        return filled
+
+    status = column([RELEASED if e["action"] == RELEASE else CONFIRMED for e in entries])
+    status[~known] = PENDING
+    return rows.assign(**{STATUS: status, "_reviewer": column([e["reviewer"] for e in entries]),
+                          "_reviewed_at": column([e["at"] for e in entries]),
+                          "_review_reason": column([e["reason"] for e in entries])})
 
 
 def refuse_rescan_of_reviewed(out_dir: Path, dataset: str, batch_id: str) -> None:

@@ -29,6 +29,7 @@ from poisonguard.report.scan_report import (
     REPLAY,
     ROWS_QUARANTINED,
     ScanSummary,
+    review_link,
     summary_markdown,
     summary_table,
 )
@@ -70,13 +71,14 @@ def stage(stager, chunk, outcome, frame, scores) -> None:
 
 
 @task(name="publish", cache_policy=NONE)
-def publish(summary: ScanSummary, html_report: Path | None) -> None:
-    """Show the outcome in the Prefect UI: a markdown summary and a reasons table, keyed per dataset."""
+def publish(summary: ScanSummary, html_report: Path | None, review_url: str | None) -> None:
+    """Show the outcome in the Prefect UI: a markdown summary and a reasons table, keyed per dataset; links go
+    to the review app at ``review_url`` when one serves the output directory."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = artifact_key(summary.dataset)
     description = f"poisonguard scan of {markdown_text(summary.dataset)} batch {summary.batch_id}"
-    markdown = summary_markdown(summary, html_report)
+    markdown = summary_markdown(summary, html_report, review_url)
     # The dataset's latest summary is replaced by each scan (a replay too): each batch keeps its own, and the
     # dataset's batches awaiting review are listed in one artifact, so no scan hides pending work.
     for summary_key in (f"{key}-summary", f"{key}-batch-{summary.batch_id}"):
@@ -89,7 +91,8 @@ def publish(summary: ScanSummary, html_report: Path | None) -> None:
     out_dir = Path(summary.report_path).parents[2]  # <out>/reports/<dataset>/<batch_id>.json
     pending = [{"batch_id": b["batch_id"], "scanned_at": b["scanned_at"], "status": b["status"],
                 "rows_quarantined": b["rows_quarantined"], "pending": b["pending"],
-                "report": str(_html_report(out_dir, summary.dataset, b["batch_id"]))}
+                "report": review_link(review_url, summary.dataset, b["batch_id"])
+                or str(_html_report(out_dir, summary.dataset, b["batch_id"]))}
                for b in batch_overview(out_dir, summary.dataset) if b["pending"]]
     create_table_artifact(
         key=f"{key}-pending",

@@ -62,6 +62,9 @@ class IOSettings(_Settings):
     # Column roles. ``id_col``: a key of each row (a patient or order id), kept in the outputs and shown in
     # review; ``ignore_cols``: columns carried through as they are. Neither is ever a feature of a detector
     # nor given a range or value set by an inferred suite: a new id is not an outlier.
+    # Where `poisonguard review serve` serves this output directory (http://host:port): Prefect artifacts
+    # then link each batch's review page. Not in the fingerprint.
+    review_url: str | None = None
     id_col: str | None = None
     ignore_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
     # Kind overrides: columns an inferred suite checks and the detectors read as categories (a numeric code,
@@ -73,6 +76,8 @@ class IOSettings(_Settings):
     def _check(self) -> IOSettings:
         if self.embedding_prefix is not None and self.embedding_column is not None:
             raise ConfigError("give either --embedding-prefix or --embedding-column, not both")
+        if self.review_url is not None and not self.review_url.startswith(("http://", "https://")):
+            raise ConfigError(f"review_url must be an http:// or https:// address, got {self.review_url!r}")
         roles = [c for c in (self.label_col, self.id_col) if c is not None]
         clash = sorted(set(roles) & set(self.ignore_cols)) or ([self.id_col] if self.id_col == self.label_col
                                                                and self.id_col is not None else [])
@@ -259,7 +264,7 @@ GROUPS: dict[str, type[_Settings]] = {
 GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 # Settings that never change which rows a scan quarantines: left out of the scan's fingerprint. Provenance
 # is left out too: with a trust store it is checked on every scan anyway.
-_NOT_FINGERPRINTED = {"out_dir", "reference", "file_format", "suite", "suite_dir", "force", "strict",
+_NOT_FINGERPRINTED = {"out_dir", "reference", "file_format", "suite", "suite_dir", "force", "strict", "review_url",
                       *ExecutionSettings.model_fields, *ProvenanceSettings.model_fields}
 
 

@@ -132,6 +132,22 @@ def test_prefect_artifacts_show_each_scan_per_dataset(prefect_harness, tmp_path,
     assert {r["reason"]: r["rows"] for r in rows} == summary.reasons
 
 
+def test_prefect_artifacts_link_the_review_app_when_it_serves_the_output(prefect_harness, tmp_path, sample_batch,
+                                                                          sample_reference):
+    from prefect.artifacts import Artifact
+
+    summary = run_scan(sample_batch, ScanConfig(label_col="risk_grade", reference=sample_reference, out_dir=tmp_path,
+                                                dataset="loans-linked", review_url="http://127.0.0.1:8765"))
+    markdown = Artifact.get(f"poisonguard-loans-linked-batch-{summary.batch_id}").data
+    assert f"(http://127.0.0.1:8765/batch/loans-linked/{summary.batch_id})" in markdown
+    assert "file://" not in markdown
+    pending = Artifact.get("poisonguard-loans-linked-pending").data
+    rows = json.loads(pending) if isinstance(pending, str) else pending
+    assert rows[0]["report"] == f"http://127.0.0.1:8765/batch/loans-linked/{summary.batch_id}"
+    with pytest.raises(ConfigError, match="review_url"):
+        ScanConfig(review_url="127.0.0.1:8765")
+
+
 def conserved(out_dir: Path, summary) -> None:
     paths = OutputPaths.for_batch(out_dir, summary.dataset, summary.batch_id)
     clean = pd.read_parquet(paths.clean)[ROW_ID].to_numpy()

@@ -153,8 +153,9 @@ def list_for_training(data: dict, out_dir: Path) -> None:
     list_batch(out_dir, data)
 
 
-def publish(summary: ScanSummary, html_report: Path | None) -> None:
-    """Where the scan's outcome is shown beyond its files: nowhere in process (the flow: Prefect artifacts)."""
+def publish(summary: ScanSummary, html_report: Path | None, review_url: str | None) -> None:
+    """Where the scan's outcome is shown beyond its files: nowhere in process (the flow: Prefect artifacts,
+    linking the review app at ``review_url`` when one serves the output directory)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def _scan(path: Path, config: ScanConfig, steps: Steps, replay_lock: ReplayLock,
             if (first := read_report(paths.report)) is not None:
                 steps.list_for_training(first, config.io.out_dir)
             summary = replay_summary(batch, checked, paths.report)
-            steps.publish(summary, None)
+            steps.publish(summary, None, config.io.review_url)
             return summary
     else:
         previous = read_report(paths.report)
@@ -350,5 +351,5 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
     steps.record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
     steps.list_for_training(data, config.io.out_dir)
     summary = ScanSummary.from_report(data, paths.report)
-    steps.publish(summary, html)
+    steps.publish(summary, html, config.io.review_url)
     return summary

@@ -9,6 +9,7 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from poisonguard import __version__
 from poisonguard.errors import ExitCode
@@ -199,8 +200,17 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
-    """A short markdown summary of a scan for the Prefect UI; values from the data are escaped."""
+def review_link(review_url: str | None, dataset: str, batch_id: str) -> str | None:
+    """The batch's page in the review app served at ``review_url``, or ``None`` without one."""
+    if not review_url:
+        return None
+    return f"{review_url.rstrip('/')}/batch/{quote(dataset, safe='')}/{batch_id}"
+
+
+def summary_markdown(summary: ScanSummary, html_report: Path | None, review_url: str | None = None) -> str:
+    """A short markdown summary of a scan for the Prefect UI; values from the data are escaped. The link
+    goes to the batch's page in the review app when ``review_url`` is given; otherwise the report's path
+    is spelled out (a browser opens no ``file://`` link from the Prefect UI)."""
     lines = [
         f"### {markdown_text(summary.dataset)} / batch `{summary.batch_id}`: {summary.status.replace('_', ' ')}",
         "",
@@ -218,9 +228,11 @@ def summary_markdown(summary: ScanSummary, html_report: Path | None) -> str:
             f"- {markdown_text(f['code'])}: {markdown_text(f['message'])}" for f in provenance.get("failures", [])
         ]
         lines.append("")
+    if (link := review_link(review_url, summary.dataset, summary.batch_id)) is not None:
+        lines.append(f"Review it: [{markdown_text(link)}]({link})")
     if html_report is not None:
-        uri = Path(html_report).resolve().as_uri()
-        lines.append(f"Report for review: [{markdown_text(str(html_report))}]({uri})")
+        lines.append(f"Report: `{markdown_text(str(Path(html_report).resolve()))}` (`poisonguard review serve` "
+                     "serves it with the review queue)")
     return "\n".join(lines)
 
 

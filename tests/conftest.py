@@ -63,6 +63,23 @@ def sample_out(scanned_sample, tmp_path) -> tuple[object, Path]:
     return summary, copy
 
 
+@pytest.fixture()
+def signed_out(sample_out, tmp_path) -> tuple[object, Path, Path, Path]:
+    """A copy of the scanned sample, a reviewers file naming alice, and alice's private key:
+    (summary, output directory, reviewers file, key)."""
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import app
+
+    summary, out = sample_out
+    reviewers = tmp_path / "trusted" / "reviewers.json"
+    made = CliRunner().invoke(app, ["review", "add-reviewer", "alice", "--reviewers", str(reviewers),
+                                    "--key-dir", str(tmp_path / "keys")])
+    assert made.exit_code == 0, made.output
+    (key,) = (tmp_path / "keys").glob("alice-*.pem")
+    return summary, out, reviewers, key
+
+
 @pytest.fixture(scope="session")
 def sample_truth() -> pd.DataFrame:
     return pd.read_csv(SAMPLES / "loans_batch_truth.csv")

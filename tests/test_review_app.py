@@ -22,17 +22,6 @@ from poisonguard.review.reviewers import load_reviewers
 from poisonguard.write.outputs import OutputPaths
 
 
-@pytest.fixture()
-def signed_out(sample_out, tmp_path) -> tuple[object, Path, Path, Path]:
-    """The scanned sample's copy, a reviewers file naming alice, and alice's private key."""
-    summary, out = sample_out
-    reviewers = tmp_path / "trusted" / "reviewers.json"
-    made = cli("review", "add-reviewer", "alice", "--reviewers", reviewers, "--key-dir", tmp_path / "keys")
-    assert made.exit_code == 0, made.output
-    (key,) = (tmp_path / "keys").glob("alice-*.pem")
-    return summary, out, reviewers, key
-
-
 def client_for(out: Path, reviewers: Path, key: Path) -> tuple[TestClient, str]:
     tokens = login_tokens(reviewers, [key], None)
     (token,) = tokens

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_review import conserved
-from test_review_app import signed_out  # noqa: F401 - the fixture
 
 from poisonguard import REASONS
 from poisonguard.review.app import create_app, login_tokens
@@ -41,7 +40,7 @@ def _browser():
 
 
 @pytest.fixture()
-def served(signed_out):  # noqa: F811
+def served(signed_out):
     """The review app on a free local port, served by uvicorn in a thread: (url, token, summary, out, reviewers)."""
     import uvicorn
 

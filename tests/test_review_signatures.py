@@ -19,13 +19,9 @@ def invoke(*args):
 
 
 @pytest.fixture()
-def reviewed(sample_out, tmp_path) -> tuple[str, Path, Path, Path]:
-    """A copy of the scanned sample, a reviewers file naming alice, and alice's private key."""
-    summary, out = sample_out
-    reviewers = tmp_path / "trusted" / "reviewers.json"
-    made = invoke("review", "add-reviewer", "alice", "--reviewers", reviewers, "--key-dir", tmp_path / "keys")
-    assert made.exit_code == 0, made.output
-    (key,) = (tmp_path / "keys").glob("alice-*.pem")
+def reviewed(signed_out) -> tuple[str, Path, Path, Path]:
+    """The batch id, the output directory, the reviewers file naming alice, and alice's private key."""
+    summary, out, reviewers, key = signed_out
     return summary.batch_id, out, reviewers, key
 
 

@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed, State
 from poisonguard.config import ScanConfig
 from poisonguard.flows.runners import task_runner_for
 from poisonguard.pipeline import steps as pipeline
+from poisonguard.report.html import report_html_path
 from poisonguard.report.scan_report import (
     CLEAN,
     REJECTED,
@@ -36,7 +37,6 @@ from poisonguard.report.scan_report import (
 from poisonguard.review.batches import batch_overview
 from poisonguard.safe_text import markdown_text
 from poisonguard.score.scorers import ChunkScorer
-from poisonguard.write.outputs import OutputPaths
 
 log = logging.getLogger(__name__)
 _PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -92,17 +92,13 @@ def publish(summary: ScanSummary, html_report: Path | None, review_url: str | No
     pending = [{"batch_id": b["batch_id"], "scanned_at": b["scanned_at"], "status": b["status"],
                 "rows_quarantined": b["rows_quarantined"], "pending": b["pending"],
                 "report": review_link(review_url, summary.dataset, b["batch_id"])
-                or str(_html_report(out_dir, summary.dataset, b["batch_id"]))}
+                or str(report_html_path(out_dir, summary.dataset, b["batch_id"]))}
                for b in batch_overview(out_dir, summary.dataset) if b["pending"]]
     create_table_artifact(
         key=f"{key}-pending",
         table=pending or [{"batch_id": "", "pending": 0}],
         description=f"{markdown_text(summary.dataset)}: {len(pending)} batch(es) with rows awaiting review",
     )
-
-
-def _html_report(out_dir: Path, dataset: str, batch_id: str) -> Path:
-    return OutputPaths.for_batch(out_dir, dataset, batch_id).report.with_suffix(".html")
 
 
 FLOW_STEPS = pipeline.Steps(

@@ -197,13 +197,13 @@ def _decide(action: str, batch: str, rows: list[str] | None, rows_from: Path | N
             key: Path | None, reviewers: Path | None, debug: bool) -> None:
     try:
         require_output_dir(out_dir)
-        from poisonguard.review.batches import find_batch, quarantined_rows
+        from poisonguard.review.batches import find_batch, quarantined_columns
         from poisonguard.review.decisions import decide, refresh_outputs
         from poisonguard.review.reviewers import load_reviewers, signer_for
 
         if (key is None) != (reviewers is None):
             raise InputError("give --key and --reviewers together: the key signs, the reviewers file names its owner")
-        columns = list(quarantined_rows(find_batch(out_dir, batch, dataset)).columns) if where else []
+        columns = quarantined_columns(find_batch(out_dir, batch, dataset)) if where else []
         row_ids, row_filter = _selection(rows, rows_from, where, all_pending, columns)
         if action == "undo" and all_pending:
             raise InputError("--all means every pending row; say which decisions to undo with --rows or --where")
@@ -217,9 +217,10 @@ def _decide(action: str, batch: str, rows: list[str] | None, rows_from: Path | N
         fail(error, debug)
     for warning in refresh_outputs(out_dir, decision):
         console.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False, soft_wrap=True)
-    done = {"release": "released", "confirm": "confirmed as poison", "undo": "back to pending"}[action]
+    from poisonguard.review.audit import DONE
+
     out.print(
-        f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {done} by "
+        f"{len(decision.row_ids):,} row(s) of {decision.batch.dataset} / {decision.batch.batch_id} {DONE[action]} by "
         f"{decision.entry['reviewer']} (audit seq {decision.entry['seq']})",
         highlight=False,
     )

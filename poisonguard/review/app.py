@@ -39,7 +39,8 @@ from starlette.routing import Route
 
 from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, STATUS, __version__
 from poisonguard.errors import ConfigError, InputError
-from poisonguard.review.audit import CONFIRM, RELEASE, UNDO, AuditLog
+from poisonguard.report.html import report_html_path
+from poisonguard.review.audit import CONFIRM, DONE, RELEASE, UNDO, AuditLog
 from poisonguard.review.batches import (
     batch_overview,
     batch_reports,
@@ -216,7 +217,7 @@ def create_app(out_dir: Path, tokens: dict[str, ReviewerLogin], reviewers_path: 
             session.notice = f"Not decided: {error}"
             return RedirectResponse(back, status_code=303)
         warnings = refresh_outputs(server.out_dir, decision)
-        session.notice = (f"{len(decision.row_ids):,} row(s) {_DONE[action]} by {decision.entry['reviewer']} "
+        session.notice = (f"{len(decision.row_ids):,} row(s) {DONE[action]} by {decision.entry['reviewer']} "
                           f"(audit seq {decision.entry['seq']}). " + " ".join(warnings))
         return RedirectResponse(back, status_code=303)
 
@@ -224,7 +225,7 @@ def create_app(out_dir: Path, tokens: dict[str, ReviewerLogin], reviewers_path: 
         if session_of(request) is None:
             return RedirectResponse("/login", status_code=303)
         found = _batch(server, request)
-        path = found.paths.report.with_suffix(".html")
+        path = report_html_path(server.out_dir, found.dataset, found.batch_id)
         if not path.exists():
             return PlainTextResponse("this batch has no HTML report", status_code=404)
         return FileResponse(path, headers=_SECURITY_HEADERS)
@@ -247,9 +248,6 @@ def create_app(out_dir: Path, tokens: dict[str, ReviewerLogin], reviewers_path: 
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
     app.state.server = server
     return app
-
-
-_DONE = {RELEASE: "released", CONFIRM: "confirmed as poison", UNDO: "taken back to pending"}
 
 
 async def _form(request: Request) -> dict[str, list[str]]:

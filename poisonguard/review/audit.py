@@ -30,6 +30,7 @@ RELEASE = "release"
 CONFIRM = "confirm"
 UNDO = "undo"  # takes earlier decisions of rows back: the rows are pending again (nothing is rewritten)
 GENESIS = "0" * 64
+DONE = {RELEASE: "released", CONFIRM: "confirmed as poison", UNDO: "taken back to pending"}  # what a decision did
 
 
 class ReviewError(InputError):

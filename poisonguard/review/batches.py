@@ -64,6 +64,15 @@ def quarantined_rows(batch: ReviewedBatch) -> pd.DataFrame:
     return pd.DataFrame({ROW_ID: pd.Series([], dtype="int64")})
 
 
+def quarantined_columns(batch: ReviewedBatch) -> list[str]:
+    """The columns of the batch's quarantined rows, read from the Parquet schema alone."""
+    if batch.paths.quarantine.exists():
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(batch.paths.quarantine).names)
+    return list(quarantined_rows(batch).columns)
+
+
 def rejected_raw(batch: ReviewedBatch) -> bool:
     """Whether the batch was rejected whole and kept as its raw file (its structure could not be read)."""
     return batch.report.get("status") == "rejected" and batch.paths.rejected.exists() \
@@ -165,9 +174,14 @@ def batch_reports(out_dir: Path, dataset: str | None = None) -> list[dict[str, A
     return sorted(reports, key=lambda r: r.get("scanned_at", ""), reverse=True)
 
 
+def released_files(out_dir: Path, dataset: str, batch_id: str) -> dict[Path, set[int]]:
+    """The batch's released files now in the clean area, each with the row ids it holds."""
+    folder = Path(out_dir) / "clean" / dataset
+    return {path: set(pd.read_parquet(path, columns=[ROW_ID])[ROW_ID].astype("int64").tolist())
+            for path in sorted(folder.glob(f"{batch_id}.released-*.parquet"))}
+
+
 def released_row_ids(out_dir: Path, dataset: str, batch_id: str) -> np.ndarray:
     """Row ids in the batch's released files (for checks that rows are conserved)."""
-    files = sorted((Path(out_dir) / "clean" / dataset).glob(f"{batch_id}.released-*.parquet"))
-    if not files:
-        return np.empty(0, dtype="int64")
-    return np.concatenate([pd.read_parquet(f, columns=[ROW_ID])[ROW_ID].to_numpy() for f in files])
+    held = [np.fromiter(ids, dtype="int64") for ids in released_files(out_dir, dataset, batch_id).values()]
+    return np.concatenate(held) if held else np.empty(0, dtype="int64")

@@ -27,6 +27,7 @@ from poisonguard.review.batches import (
     label_column,
     quarantined_rows,
     rejected_raw,
+    released_files,
     row_decisions,
     with_review_status,
 )
@@ -130,11 +131,11 @@ def decide(
             # The file is flushed before the entry is appended, so a full disk fails the decision before it
             # is logged, never after.
             with atomic_path(target) as staged:
-                write_parquet(staged, released, _metadata(found, seq))
+                write_parquet(staged, released, _metadata(found.batch_id, seq))
                 sync_file(staged)
                 entry = log.append(fields, signer)
             decision = Decision(action, found, chosen, entry, target)
-        write_status(out_dir, found, rows, log.entries())
+        write_status(found, rows, [*entries, decision.entry])  # the log as it now stands, without rereading it
         return decision
 
 
@@ -169,7 +170,8 @@ def _undo(out_dir: Path, log: AuditLog, found: ReviewedBatch, fields: dict[str, 
     chosen = fields["row_ids"]
     fields["supersedes"] = sorted({int(decided[i]["seq"]) for i in chosen})
     undone_releases = {i for i in chosen if decided[i]["action"] == RELEASE}
-    holding = {path: ids for path, ids in released_files(out_dir, found).items() if undone_releases & ids}
+    holding = {path: ids for path, ids in released_files(out_dir, found.dataset, found.batch_id).items()
+               if undone_releases & ids}
     fields["withdrawn"] = [str(path.relative_to(Path(out_dir))) for path in holding]
     if set().union(*holding.values()) - undone_releases:  # rows those files release that stay released
         fields["output"] = str(_released_path(found, seq).relative_to(Path(out_dir)))
@@ -195,25 +197,16 @@ def complete_undo(out_dir: Path, entry: dict[str, Any]) -> None:
         undone = set(int(i) for i in entry["row_ids"])
         kept_rows = pd.concat([pd.read_parquet(path) for path in moved], ignore_index=True)
         kept_rows = kept_rows[~kept_rows[ROW_ID].isin(undone)].sort_values(ROW_ID).reset_index(drop=True)
-        metadata = {"poisonguard.batch_id": str(entry["batch_id"]), "poisonguard.audit_seq": str(entry["seq"])}
-        atomic_write_parquet(out_dir / entry["output"], kept_rows, metadata)
+        atomic_write_parquet(out_dir / entry["output"], kept_rows, _metadata(str(entry["batch_id"]), entry["seq"]))
 
 
-def released_files(out_dir: Path, batch: ReviewedBatch) -> dict[Path, set[int]]:
-    """The batch's released files now in the clean area, each with the row ids it holds."""
-    folder = batch.paths.clean.parent
-    return {path: set(pd.read_parquet(path, columns=[ROW_ID])[ROW_ID].astype("int64").tolist())
-            for path in sorted(folder.glob(f"{batch.batch_id}.released-*.parquet"))}
-
-
-def write_status(out_dir: Path, batch: ReviewedBatch, rows: pd.DataFrame, entries: list[dict[str, Any]]) -> Path:
+def write_status(batch: ReviewedBatch, rows: pd.DataFrame, entries: list[dict[str, Any]]) -> Path:
     """Write the batch's status file (:func:`status_path`): each quarantined row's review status, who
     decided it, when, why and in which audit entry. It is derived from the audit log and rewritten after
     every decision, so a pandas or DuckDB reader sees released and confirmed rows without the log."""
     decided = row_decisions(entries, batch.dataset, batch.batch_id)
     status = with_review_status(rows[[ROW_ID]], decided)
-    status["_audit_seq"] = pd.array([decided[int(i)]["seq"] if int(i) in decided else None for i in rows[ROW_ID]],
-                                    dtype="Int64")
+    status["_audit_seq"] = rows[ROW_ID].astype("int64").map({i: e["seq"] for i, e in decided.items()}).astype("Int64")
     path = status_path(batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_parquet(path, status)
@@ -229,8 +222,9 @@ def _released_path(batch: ReviewedBatch, seq: int) -> Path:
     return batch.paths.clean.with_name(f"{batch.batch_id}.released-{seq:06d}.parquet")
 
 
-def _metadata(batch: ReviewedBatch, seq: int) -> dict[str, str]:
-    return {"poisonguard.batch_id": batch.batch_id, "poisonguard.audit_seq": str(seq)}
+def _metadata(batch_id: str, seq: int) -> dict[str, str]:
+    """A released file's key/value metadata: its batch and the audit entry that wrote it."""
+    return {"poisonguard.batch_id": batch_id, "poisonguard.audit_seq": str(seq)}
 
 
 def _matching_rows(batch: ReviewedBatch, rows: pd.DataFrame, decided: dict[int, dict[str, Any]],

@@ -75,6 +75,20 @@ def test_a_request_for_another_host_is_refused(signed_out):
     assert client.get("/login").status_code == 400
 
 
+def test_a_hand_made_url_for_no_batch_or_an_unsafe_dataset_is_a_400_on_every_route(signed_out):
+    summary, out, reviewers, key = signed_out
+    client, token = client_for(out, reviewers, key)
+    csrf = logged_in(client, token)
+    for dataset, batch in (("%2E%2E", summary.batch_id), (".hidden", summary.batch_id), ("a%5Cb", summary.batch_id),
+                           (summary.dataset, "0" * 16), (summary.dataset, "short")):
+        assert client.get(f"/batch/{dataset}/{batch}").status_code == 400
+        assert client.get(f"/report/{dataset}/{batch}").status_code == 400
+        refused = client.post(f"/batch/{dataset}/{batch}/decide", follow_redirects=False,
+                              data={"csrf": csrf, "action": "release", "decision_reason": "x", "scope": "matching"})
+        assert refused.status_code == 400 and 'id="error"' in refused.text
+    assert not AuditLog(out).path.exists()
+
+
 def test_an_unknown_reviewer_cannot_log_in_or_decide(signed_out, tmp_path):
     summary, out, reviewers, key = signed_out
     cli("keys", "generate", "--source", "mallory", "--key-id", "mallory-k", "--key-dir", tmp_path / "other")
@@ -133,4 +147,8 @@ def test_filter_release_undo_and_confirm_through_the_app_are_signed_and_conserve
     conserved(out, summary)
     check = AuditLog(out).verify(load_reviewers(reviewers))
     assert check.ok and check.entries == 3, check.problems
+    # The HTML report, refreshed after each decision, shows each top row's status where a reader looks.
+    report = client.get(f"/report/{summary.dataset}/{summary.batch_id}").text
+    table = report[report.index('id="quarantined-rows"'):]
+    assert "<th>_status</th>" in table and ">confirmed<" in table and ">pending<" not in table
     assert cli("review", "audit", "--verify", "-o", out, "--reviewers", reviewers).exit_code == 0

@@ -180,6 +180,29 @@ def test_a_batch_that_drifted_as_a_whole_gets_a_score_drift_warning(sample_scan,
     assert "scores the batch differently from the held-out reference rows" in html
 
 
+def test_a_batch_that_drifted_as_a_whole_gets_one_verdict_and_a_plot_per_drifted_column(sample_scan, tmp_path):
+    summary, _, _ = sample_scan
+    verdict = read_report(summary.report_path)["batch_drift"]
+    assert verdict["drifted"] is False and verdict["message"] is None  # 5% poisoned rows are not drift
+
+    make_frame(600, seed=0).to_csv(tmp_path / "ref.csv", index=False)
+    drifted = make_frame(400, seed=1)
+    drifted["x1"], drifted["x2"] = drifted["x1"] + 1.2, drifted["x2"] * 1.8 + 0.8  # a new source, every row
+    drifted.to_csv(tmp_path / "batch.csv", index=False)
+    config = ScanConfig(label_col="label", reference=tmp_path / "ref.csv", out_dir=tmp_path / "out")
+    report = read_report(run_scan(tmp_path / "batch.csv", config).report_path)
+    verdict = report["batch_drift"]
+    assert verdict["drifted"] and set(verdict["columns_drifted"]) == {"x1", "x2"}
+    assert f"{report['rows']['quarantined']:,} of 400 rows" in verdict["message"]
+    assert "update the reference" in verdict["message"]
+    shares = report["feature_drift"][0]["histogram"]
+    assert sum(shares["batch"]) == pytest.approx(1, abs=1e-3) and sum(shares["reference"]) == pytest.approx(1, abs=1e-3)
+    html = (tmp_path / "out" / "reports" / "batch" / f"{report['batch_id']}.html").read_text()
+    assert 'id="batch-drift"' in html and html.count("<svg") >= len(report["distributions"]) + 2
+    plots = html[html.index('id="drift-plots"'):]
+    assert ">x1<" in plots and ">x2<" in plots
+
+
 def test_score_drift_reads_conformal_p_values_only():
     from poisonguard.report.figures import CONFORMAL_AXIS, score_drift
 

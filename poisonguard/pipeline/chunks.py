@@ -41,9 +41,8 @@ from poisonguard.provenance.ledger import digest_row_hashes, row_hashes
 from poisonguard.report.figures import (
     DRIFT_SAMPLE_ROWS,
     class_balance_of_counts,
-    feature_drift,
+    drift_checks,
     score_distributions,
-    score_drift,
 )
 from poisonguard.score.types import DetectorScores
 from poisonguard.write.outputs import OutputPaths, StagedParquet, _parquet_metadata, commit_staged, split_rows
@@ -96,16 +95,16 @@ class ScanFindings:
 
     def figures(self, scan_plan: ScanPlan) -> dict[str, Any]:
         """The report's batch-level figures: score histograms and score drift (from every chunk's evidence),
-        feature drift against the reference (on the drift sample), class balance (from every row)."""
+        feature drift against the reference (on the drift sample) and the verdict on the batch as a whole,
+        class balance (from every row)."""
         threshold = self.calibration.get("evidence_threshold")
         axis = self.calibration.get("evidence_axis", "score")
         evidence = {name: np.concatenate(parts) for name, parts in self.evidence.items()}
         flags = {name: np.concatenate(parts) for name, parts in self.evidence_flags.items()}
-        sample = self.drift_rows.frame
         figures = {
             "distributions": score_distributions(evidence, flags, threshold, axis),
-            "feature_drift": feature_drift(sample, scan_plan.reference, scan_plan.kinds) if sample is not None else [],
-            "score_drift": score_drift(evidence, axis),
+            **drift_checks(self.drift_rows.frame, scan_plan.reference, scan_plan.kinds, evidence, axis,
+                           self.rows_in, self.rows_quarantined),
         }
         if scan_plan.label_col is not None:
             figures["class_balance"] = class_balance_of_counts(dict(self.class_counts), scan_plan.reference_class_counts)

@@ -16,13 +16,15 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, __version__
-from poisonguard.review.batches import batch_overview, label_column, review_counts
+from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, STATUS, __version__
+from poisonguard.review.audit import AuditLog
+from poisonguard.review.batches import batch_overview, label_column, review_counts, row_decisions, with_review_status
 from poisonguard.review.filters import evidence_order
 from poisonguard.safe_text import format_count
 from poisonguard.write.atomic import atomic_write_text
 
 TOP_ROWS = 50
+DRIFT_PLOTS = 12  # the most drifted columns are plotted; the rest are listed
 _CELL_LIMIT = 120
 
 
@@ -44,16 +46,24 @@ def report_html_path(out_dir: Path, dataset: str, batch_id: str) -> Path:
 def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``reports/<dataset>/<batch_id>.html`` for ``report`` (a scan's JSON report), atomically."""
     out_dir = Path(out_dir)
-    rows, total, columns, numeric = _top_quarantined_rows(report, out_dir)
     quarantined = report["rows"]["quarantined"] or 0
-    review = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined) if quarantined else None
+    entries = AuditLog(out_dir).entries() if quarantined else []
+    rows, total, columns, numeric = _top_quarantined_rows(report, out_dir, entries)
+    review = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined, entries) if quarantined else None
+    verdict = report.get("batch_drift") or {}
     warnings = [w for w in [(report.get("class_balance") or {}).get("drift")] if w]
-    warnings += [d["message"] for d in report.get("feature_drift") or []]
-    warnings += [d["message"] for d in report.get("score_drift") or []]
+    if not verdict.get("drifted"):  # else the verdict says it once, and the drift section lists the details
+        warnings += [d["message"] for d in report.get("feature_drift") or []]
+        warnings += [d["message"] for d in report.get("score_drift") or []]
+    drifted = sorted(report.get("feature_drift") or [], key=lambda d: -d.get("ks_statistic", 0))
     html = _environment().get_template("report.html.j2").render(
         r=report,
         version=__version__,
         plots={name: _histogram_svg(name, d) for name, d in (report.get("distributions") or {}).items()},
+        verdict=verdict.get("message"),
+        drifted=drifted,
+        drift_plots={d["column"]: _drift_svg(d["column"], d["histogram"])
+                     for d in drifted[:DRIFT_PLOTS] if d.get("histogram")},
         rows=rows,
         rows_shown=len(rows),
         rows_total=total,
@@ -72,7 +82,8 @@ def render_index(out_dir: Path, dataset: str) -> Path:
     return atomic_write_text(Path(out_dir) / "reports" / dataset / "index.html", html)
 
 
-def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[dict], int, list[str], set[str]]:
+def _top_quarantined_rows(report: dict[str, Any], out_dir: Path,
+                          entries: list[dict[str, Any]]) -> tuple[list[dict], int, list[str], set[str]]:
     relative = (report.get("outputs") or {}).get("quarantine")
     if not relative or not (out_dir / relative).exists():
         return [], 0, [], set()
@@ -80,6 +91,7 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     # Strongest evidence first (the smallest p-value), not the most reasons: one large genuine row can break
     # seven range rules and would sit above every flipped label.
     top = frame.iloc[evidence_order(frame)[:TOP_ROWS]]
+    top = with_review_status(top, row_decisions(entries, report["dataset"], report["batch_id"]))
     label = label_column(report)
     labels = [label] if label in top.columns else []
     data_columns = [c for c in top.columns if not c.startswith("_") and c not in labels]
@@ -87,7 +99,7 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path) -> tuple[list[d
     explained = [EXPLANATION] if EXPLANATION in top.columns else []  # quarantine files before it: codes only
     # What decides a row first (its label, reasons and evidence), then its values: at 1,400 px a reviewer
     # sees why a row is held without scrolling past twenty columns.
-    columns = [ROW_ID, *labels, REASONS, *explained, *score_columns, *data_columns]
+    columns = [ROW_ID, STATUS, *labels, REASONS, *explained, *score_columns, *data_columns]
     rows = [{c: _cell(record[c], c) for c in columns} for record in top[columns].to_dict("records")]
     numeric = {c for c in columns if c in top and pd.api.types.is_numeric_dtype(top[c])}
     return rows, len(frame), columns, numeric
@@ -111,20 +123,14 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _histogram_svg(name: str, distribution: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
     edges = np.asarray(distribution["edges"])
     kept = np.asarray(distribution["counts_kept"])
     flagged = np.asarray(distribution["counts_flagged"])
-    # Drawn as two filled outlines (flagged stacked on kept) with plain-text tick labels and fixed margins:
-    # a bar per bin, mathtext ticks and tight_layout made the report's histograms take about 0.5 s each.
-    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
-        figure, axes = plt.subplots(figsize=(4.6, 2.3))
+
+    def draw(axes: Any) -> None:
         axes.stairs(kept + flagged, edges, fill=True, color="#cf222e")
         axes.stairs(kept, edges, fill=True, color="#8c96a8")
         handles = [Patch(color="#8c96a8", label="not flagged"), Patch(color="#cf222e", label="flagged")]
@@ -133,12 +139,45 @@ def _histogram_svg(name: str, distribution: dict[str, Any]) -> str:
             handles.append(axes.axvline(threshold, color="#1d2330", linestyle="--", linewidth=1, label="threshold"))
         axes.set_yscale("symlog", linthresh=10)
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _short_count(value)))
-        axes.set_title(name, loc="left", fontsize=10, fontweight="bold")
         axes.set_xlabel(distribution["axis"])
         axes.set_ylabel("rows")
         axes.legend(handles=handles, fontsize=8, framealpha=0.85, edgecolor="none")
+
+    return _svg(name, draw)
+
+
+def _drift_svg(column: str, histogram: dict[str, Any]) -> str:
+    """One column's distribution in the batch against the reference's, as shares of their rows."""
+    edges = np.asarray(histogram["edges"])
+
+    def draw(axes: Any) -> None:
+        axes.stairs(histogram["reference"], edges, fill=True, color="#8c96a8", label="reference")
+        axes.stairs(histogram["batch"], edges, color="#cf222e", linewidth=1.6, label="batch")
+        axes.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+        axes.set_xlabel(f"{column} (the end bins hold values beyond)")
+        axes.set_ylabel("share of rows")
+        axes.legend(fontsize=8, framealpha=0.85, edgecolor="none")
+
+    return _svg(column, draw)
+
+
+def _svg(title: str, draw: Any) -> str:
+    """A small titled plot drawn by ``draw(axes)``, as inline SVG text.
+
+    Plots are filled outlines (``stairs``) with plain-text tick labels and fixed margins: a bar per bin,
+    mathtext ticks and tight_layout made the report's histograms take about 0.5 s each.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
+        figure, axes = plt.subplots(figsize=(4.6, 2.3))
+        draw(axes)
+        axes.set_title(title, loc="left", fontsize=10, fontweight="bold")
         axes.spines[["top", "right"]].set_visible(False)
-        figure.subplots_adjust(left=0.13, right=0.98, top=0.88, bottom=0.21)
+        figure.subplots_adjust(left=0.14, right=0.98, top=0.88, bottom=0.21)
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
         plt.close(figure)

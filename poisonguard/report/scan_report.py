@@ -155,6 +155,7 @@ def build_report(
         "class_balance": figures.get("class_balance"),
         "feature_drift": figures.get("feature_drift", []),
         "score_drift": figures.get("score_drift", []),
+        "batch_drift": figures.get("batch_drift"),
         "schema": {"suite": suite_origin, "label_col": label_col, "expectations": expectations,
                    "unchecked_columns": unchecked or {}},
         "structural_failures": structural_failures,

@@ -175,15 +175,12 @@ def create_app(out_dir: Path, tokens: dict[str, ReviewerLogin], reviewers_path: 
         session = session_of(request)
         if session is None:
             return RedirectResponse("/login", status_code=303)
-        try:
-            found = _batch(server, request)
-            row_filter = _filter_of(request.query_params)
-            view = _batch_view(server, found, row_filter, request.query_params)
-        except InputError as error:
-            return page("error.html.j2", status=400, error=str(error), reviewer=session.reviewer.name)
+        found = _batch(server, request)
+        view = _batch_view(server, found, _filter_of(request.query_params), request.query_params)
         notice, session.notice = session.notice, ""
         return page("batch.html.j2", reviewer=session.reviewer.name, csrf=session.csrf, batch=found,
-                    notice=notice, actions=ACTIONS, **view)
+                    notice=notice, actions=ACTIONS, drift=(found.report.get("batch_drift") or {}).get("message"),
+                    **view)
 
     async def decide_rows(request: Request) -> Response:
         session = session_of(request)
@@ -245,7 +242,14 @@ def create_app(out_dir: Path, tokens: dict[str, ReviewerLogin], reviewers_path: 
         Route("/batch/{dataset}/{batch_id}/decide", decide_rows, methods=["POST"]),
         Route("/report/{dataset}/{batch_id}", report),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
+    async def refused(request: Request, error: Exception) -> Response:
+        # A hand-made URL (a dataset name that could leave the output area, no such batch) or a bad filter
+        # is the visitor's mistake: 400 with the reason, for any route.
+        session = session_of(request)
+        return page("error.html.j2", status=400, error=str(error), reviewer=session.reviewer.name if session else "")
+
+    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
+                    exception_handlers={InputError: refused})
     app.state.server = server
     return app
 
@@ -260,7 +264,7 @@ def _batch(server: ReviewServer, request: Request):
     dataset, batch_id = request.path_params["dataset"], request.path_params["batch_id"]
     try:
         OutputPaths.for_batch(server.out_dir, dataset, batch_id)  # refuses names that could leave the output area
-    except (ValueError, InputError) as error:
+    except (ValueError, ConfigError) as error:
         raise InputError(str(error)) from None
     return find_batch(server.out_dir, batch_id, dataset)
 

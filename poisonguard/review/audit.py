@@ -123,6 +123,10 @@ class AuditLog:
 
     @property
     def ledger_path(self) -> Path:
+        """Where the head is mirrored: the output area's ledger, the replay ledger's default place. When
+        ``provenance.ledger`` puts the replay ledger elsewhere, this file holds the mirror alone: review
+        commands read no scan configuration, and a pointer to the ledger kept in the output area would let
+        whoever rewrites the log point verification at an empty ledger."""
         return self.out_dir / "ledger.sqlite"
 
     def mirrored_head(self) -> tuple[int, str] | None:
@@ -148,9 +152,11 @@ class AuditLog:
         return problems
 
     def _orphan_release_files(self, entries: list[dict[str, Any]]) -> list[str]:
+        from poisonguard.write.outputs import released_glob
+
         logged = {str(e.get("output")) for e in entries if e.get("output")}
         problems = []
-        for path in sorted((self.out_dir / "clean").glob("*/*.released-*.parquet")):
+        for path in sorted((self.out_dir / "clean").glob(f"*/{released_glob()}")):
             if str(path.relative_to(self.out_dir)) not in logged:
                 problems.append(f"{path}: a released file with no audit entry; its rows are not released")
         return problems

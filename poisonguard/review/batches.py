@@ -16,7 +16,7 @@ import pandas as pd
 from poisonguard import REASONS, ROW_ID, STATUS
 from poisonguard.errors import ConfigError
 from poisonguard.review.audit import RELEASE, UNDO, AuditLog, ReviewError
-from poisonguard.write.outputs import OutputPaths
+from poisonguard.write.outputs import OutputPaths, released_glob
 
 PENDING, RELEASED, CONFIRMED = "pending", "released", "confirmed"
 
@@ -178,7 +178,7 @@ def released_files(out_dir: Path, dataset: str, batch_id: str) -> dict[Path, set
     """The batch's released files now in the clean area, each with the row ids it holds."""
     folder = Path(out_dir) / "clean" / dataset
     return {path: set(pd.read_parquet(path, columns=[ROW_ID])[ROW_ID].astype("int64").tolist())
-            for path in sorted(folder.glob(f"{batch_id}.released-*.parquet"))}
+            for path in sorted(folder.glob(released_glob(batch_id)))}
 
 
 def released_row_ids(out_dir: Path, dataset: str, batch_id: str) -> np.ndarray:

@@ -34,6 +34,7 @@ from poisonguard.review.batches import (
 from poisonguard.review.filters import RowFilter
 from poisonguard.review.reviewers import ReviewerKey, Signer
 from poisonguard.write.atomic import atomic_path, atomic_write_parquet, sync_file, write_parquet
+from poisonguard.write.outputs import released_name
 
 # Review-only columns of the quarantine file; a released row goes back to the clean area without them.
 _REVIEW_COLUMNS = (REASONS, EXPLANATION, QUARANTINED_AT, STATUS, RAW_VALUES)
@@ -219,7 +220,7 @@ def status_path(batch: ReviewedBatch) -> Path:
 
 
 def _released_path(batch: ReviewedBatch, seq: int) -> Path:
-    return batch.paths.clean.with_name(f"{batch.batch_id}.released-{seq:06d}.parquet")
+    return batch.paths.clean.with_name(released_name(batch.batch_id, seq))
 
 
 def _metadata(batch_id: str, seq: int) -> dict[str, str]:

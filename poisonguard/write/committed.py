@@ -25,6 +25,7 @@ from filelock import FileLock
 
 from poisonguard.provenance.ledger import DELIVERED
 from poisonguard.write.atomic import atomic_write_json
+from poisonguard.write.outputs import released_glob
 
 LISTING = "_committed.json"
 
@@ -56,7 +57,7 @@ def list_batch(out_dir: Path, report: dict[str, Any]) -> None:
     clean = (report.get("outputs") or {}).get("clean")
     # A released file is renamed into place only after its audit entry is durable: each one is final. A
     # batch rejected whole has released files only once a reviewer releases its rows (a fixed manifest).
-    files = sorted(p.name for p in folder.glob(f"{batch_id}.released-*.parquet"))
+    files = sorted(p.name for p in folder.glob(released_glob(batch_id)))
     if report.get("status") in DELIVERED and clean and (out_dir / clean).exists():
         files = [Path(clean).name, *files]
     if files:

@@ -60,6 +60,17 @@ class OutputPaths:
         )
 
 
+def released_name(batch_id: str, seq: int) -> str:
+    """The name of the file of rows a reviewer released from a batch by audit entry ``seq``, beside the
+    batch's clean file in ``clean/<dataset>/``."""
+    return f"{batch_id}.released-{seq:06d}.parquet"
+
+
+def released_glob(batch_id: str = "*") -> str:
+    """The pattern of :func:`released_name` for one batch's released files (every batch's by default)."""
+    return f"{batch_id}.released-*.parquet"
+
+
 # Clean rows are copied out of the batch and written this many at a time, one Parquet row group each, so
 # writing never holds a second copy of the whole batch.
 WRITE_SLICE_ROWS = 100_000

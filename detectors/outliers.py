@@ -6,7 +6,6 @@ on PyOD's API. ECOD is written here from its definition: see :class:`ECODDetecto
 
 from __future__ import annotations
 
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from poisonguard.detectors.base import Detector, check_matrix, check_rows, random_generator
 from poisonguard.detectors.spec import DetectorSpec
+from poisonguard.detectors.threads import worker_threads
 
 
 class ECODDetector(Detector):
@@ -66,7 +66,10 @@ class ECODDetector(Detector):
         if X.shape[1] == 0:
             return np.zeros((0, len(X)))
         # Features are independent, and numpy's sort and search release the GIL: threads share the work.
-        with ThreadPoolExecutor(max_workers=_workers(self.n_jobs, X.shape[1])) as pool:
+        workers = worker_threads(self.n_jobs, X.shape[1])
+        if workers == 1:
+            return np.array([self._feature_outlyingness(X[:, j], j) for j in range(X.shape[1])])
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             return np.array(list(pool.map(lambda j: self._feature_outlyingness(X[:, j], j), range(X.shape[1]))))
 
     def _feature_outlyingness(self, values: np.ndarray, j: int) -> np.ndarray:
@@ -86,13 +89,6 @@ class ECODDetector(Detector):
         sign = self.skew_sign_[j]
         chosen = left if sign < 0 else right if sign > 0 else left + right
         return np.maximum(np.maximum(left, right), chosen)
-
-
-def _workers(n_jobs: int, tasks: int) -> int:
-    """``n_jobs`` as scikit-learn reads it (-1: every core), never more than there are tasks."""
-    cores = os.cpu_count() or 1
-    wanted = cores if n_jobs < 0 else n_jobs
-    return max(1, min(wanted, tasks))
 
 
 class IForestDetector(Detector):
@@ -142,7 +138,7 @@ class IForestDetector(Detector):
         X = check_matrix(X, "iforest.decision_function")
         # Threads split the rows, not the trees: scikit-learn's tree-parallel scoring adds depths in
         # whatever order threads finish, so the same row could score differently from run to run.
-        workers = _workers(self.n_jobs, max(1, len(X) // 1000))
+        workers = worker_threads(self.n_jobs, max(1, len(X) // 1000))
         if workers == 1:
             return self.model_.decision_function(X)
         bounds = np.linspace(0, len(X), workers + 1).astype(int)

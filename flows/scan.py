@@ -56,7 +56,9 @@ def _step(name: str, function, retry: bool = False):
 
 @task(name="score-slice", cache_policy=NONE)
 def score_slice(scorer: ChunkScorer, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    return scorer.slice_scores(rows)
+    # One of many slices scored at once, one per worker thread: a detector that would start one thread per
+    # core in each of them is held to one.
+    return scorer.slice_scores(rows, threads=1)
 
 
 def score_slices(scorer: ChunkScorer, slices: list[pd.DataFrame]) -> list[dict[str, np.ndarray]]:

@@ -233,7 +233,7 @@ def test_a_served_deployment_on_a_real_server_processes_a_dropped_file(inbox_set
 
     def start(command, log):
         started.append(subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                        start_new_session=True))
+                                        start_new_session=True, cwd=tmp_path))
 
     def healthy() -> bool:
         try:
@@ -244,12 +244,16 @@ def test_a_served_deployment_on_a_real_server_processes_a_dropped_file(inbox_set
     try:
         start([*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "server.log")
         _wait_for(healthy, 90, "the Prefect server")
-        start([*poisonguard, "serve", "--inbox", str(inbox), "-y", "label", "-r", settings["reference"],
-               "--out", str(out), "--no-require-provenance", "--min-age", "0", "--cron", "0 0 1 1 *"],
-              tmp_path / "serve.log")
+        # Paths given relative to where serve runs: the deployment's parameters hold them absolute.
+        start([*poisonguard, "serve", "--inbox", os.path.relpath(inbox, tmp_path), "-y", "label",
+               "-r", settings["reference"], "--out", os.path.relpath(out, tmp_path), "--no-require-provenance",
+               "--min-age", "0", "--cron", "0 0 1 1 *"], tmp_path / "serve.log")
         inspect = [*prefect, "deployment", "inspect", "process-inbox/poisonguard-inbox"]
         _wait_for(lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 90,
                   "the served deployment")
+        with urllib.request.urlopen(f"{api}/deployments/name/process-inbox/poisonguard-inbox", timeout=10) as got:
+            parameters = json.load(got)["parameters"]
+        assert parameters["inbox"] == str(inbox.resolve()) and parameters["settings"]["out_dir"] == str(out.resolve())
         drop(inbox, "dropped.csv", 21)
         triggered = subprocess.run([*prefect, "deployment", "run", "process-inbox/poisonguard-inbox"], env=env,
                                    capture_output=True, text=True, timeout=60)

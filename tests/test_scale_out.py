@@ -101,3 +101,119 @@ def test_scan_on_a_local_dask_cluster_matches_the_default_runner(prefect_harness
         slice_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="score-slice")))
     # 2,000 rows in slices of 500 whole (4), and in chunks of 700 (2 + 2 + 1): each slice a task on the cluster
     assert len(slice_runs) >= 9
+
+
+def test_a_thread_cap_holds_for_its_own_thread_only():
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from poisonguard.detectors.threads import thread_cap, worker_threads
+
+    cores = os.cpu_count() or 1
+    assert worker_threads(-1, 1000) == cores and worker_threads(3, 2) == 2
+    with thread_cap(1):
+        assert worker_threads(-1, 1000) == 1
+        with ThreadPoolExecutor(1) as other:  # another worker thread of the process keeps its cores
+            assert other.submit(worker_threads, -1, 1000).result() == cores
+    assert worker_threads(-1, 1000) == cores
+    with pytest.raises(ValueError, match="at least 1"), thread_cap(0):
+        pass
+
+
+def test_a_slice_scored_for_a_parallel_runner_starts_one_thread_per_detector(monkeypatch):
+    """ECOD and Isolation Forest share their work among one thread per core; a slice that a runner scores
+    beside others (Dask's score-slice task) holds each to one thread, and scores the same."""
+    import os
+
+    from poisonguard.detectors import outliers
+    from poisonguard.detectors.outliers import ECODDetector, IForestDetector
+    from poisonguard.score.scorers import ChunkScorer
+
+    pools, real_pool = [], outliers.ThreadPoolExecutor
+    monkeypatch.setattr(outliers, "ThreadPoolExecutor", lambda max_workers: pools.append(max_workers)
+                        or real_pool(max_workers))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    X = np.random.default_rng(0).normal(size=(4000, 6))
+    fitted = [ECODDetector().fit(X), IForestDetector().fit(X)]
+
+    class Scorer(ChunkScorer):
+        def _slice_scores(self, rows):
+            return {type(d).__name__: d.decision_function(rows.to_numpy()) for d in fitted}
+
+    scorer = Scorer(ScanConfig())
+    free = scorer.slice_scores(pd.DataFrame(X))
+    assert pools == [6, 4]  # ECOD: one thread per feature; the forest: per 1,000 rows; up to 8 cores
+    pools.clear()
+    capped = scorer.slice_scores(pd.DataFrame(X), threads=1)
+    assert pools == []  # one thread each: no pool is started
+    for name, scores in free.items():
+        np.testing.assert_array_equal(capped[name], scores)
+
+
+@pytest.fixture
+def dask_cluster(prefect_harness, tmp_path):
+    """A real multi-process cluster: ``dask scheduler`` and two ``dask worker`` processes of one thread each,
+    whose tasks report to the test's Prefect server. Yields the scheduler's address."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL
+
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    dask = [str(Path(sys.executable).with_name("dask"))]
+    common = ["--scheduler-file", str(scheduler_file), "--no-dashboard"]
+    processes = [subprocess.Popen([*dask, "scheduler", "--port", "0", *common], env=env, cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            processes.append(subprocess.Popen([*dask, "worker", "--nthreads", "1", "--nworkers", "1", *common],
+                                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        for _ in range(600):  # the scheduler writes its file once it listens
+            if scheduler_file.exists() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            yield client
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_scan_on_a_multi_process_dask_cluster_matches_the_default_runner(dask_cluster, tmp_path, sample_batch,
+                                                                         sample_reference):
+    """Chunked on a scheduler with two worker processes, against the Prefect server: the same rows out as
+    the default runner, and the slices scored in the worker processes."""
+    import os
+
+    from distributed import get_task_stream
+
+    from poisonguard.flows.scan import run_scan
+
+    settings = dict(label_col="risk_grade", dataset="loans", reference=sample_reference,
+                    suite_dir=tmp_path / "no-suites", score_chunk_rows=500,
+                    detectors=("ecod", "iforest", "label_model"))
+    default = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "default", **settings))
+    with get_task_stream(dask_cluster) as stream:
+        on_cluster = run_scan(sample_batch, ScanConfig(out_dir=tmp_path / "cluster", task_runner="dask",
+                                                       dask_address=dask_cluster.scheduler.address,
+                                                       chunk_rows=700, **settings))
+    assert (on_cluster.rows_clean, on_cluster.rows_quarantined) == (default.rows_clean, default.rows_quarantined)
+    for ours, theirs in zip(_outputs(tmp_path / "cluster", on_cluster), _outputs(tmp_path / "default", default)):
+        pd.testing.assert_frame_equal(ours.drop(columns=TIMESTAMPS, errors="ignore"),
+                                      theirs.drop(columns=TIMESTAMPS, errors="ignore"), check_dtype=False)
+    pids = dask_cluster.run(os.getpid)  # worker address -> its process
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    ran_on = {task["worker"] for task in stream.data}
+    assert len(stream.data) >= 5 and ran_on <= set(pids)  # 2,000 rows in chunks of 700: 2 + 2 + 1 slices

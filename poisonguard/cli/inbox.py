@@ -99,7 +99,10 @@ def serve(
     """Process the inbox on a cron schedule with Prefect's flow.serve (needs a running Prefect server)."""
     try:
         settings = _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance)
-        _check(inbox, settings, config_file)
+        config = _check(inbox, settings, config_file)
+        # Where the runs write, as an absolute path in the deployment's parameters even when it is the default
+        # (relative to wherever the serving process runs): what the Prefect UI shows is where the files are.
+        settings.setdefault("out_dir", str(Path(config.io.out_dir).resolve()))
         prepare_prefect_environment(verbose=True)
         if not os.environ.get("PREFECT_API_URL") and not _configured_api_url():
             raise ConfigError(
@@ -123,8 +126,9 @@ def serve(
         fail(error, debug)
 
 
-def _check(inbox: Path, settings: dict, config_file: Path | None) -> None:
-    """Fail before Prefect starts on a missing inbox or an inconsistent configuration."""
+def _check(inbox: Path, settings: dict, config_file: Path | None):
+    """Fail before Prefect starts on a missing inbox or an inconsistent configuration; the configuration
+    the runs will use."""
     from poisonguard.config_file import config_from_mapping, load_config
     from poisonguard.provenance.trust import load_trust_store
 
@@ -134,6 +138,7 @@ def _check(inbox: Path, settings: dict, config_file: Path | None) -> None:
     config = config_from_mapping({"require_provenance": True, **settings}, base=base)
     if config.provenance.trust_store is not None:
         load_trust_store(config.provenance.trust_store)
+    return config
 
 
 def _configured_api_url() -> str | None:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from poisonguard import ROW_ID
 from poisonguard.detectors import detector_spec
+from poisonguard.detectors.threads import thread_cap
 from poisonguard.errors import ConfigError, UnreadableBatchError
 from poisonguard.expectations.validate import SchemaValidator, validate_batch
 from poisonguard.ingest.source import BatchSource, UniformSample
@@ -60,7 +61,13 @@ class ChunkScorer:
         step = self.config.execution.score_chunk_rows
         return [frame.iloc[start : start + step] for start in range(0, len(frame), step)]
 
-    def slice_scores(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    def slice_scores(self, rows: pd.DataFrame, threads: int | None = None) -> dict[str, np.ndarray]:
+        """Scores of ``rows`` (one of :meth:`slices`) by the detectors that score rows one by one. ``threads``:
+        at most this many threads per detector call, for a runner that scores many slices at once."""
+        with thread_cap(threads):
+            return self._slice_scores(rows)
+
+    def _slice_scores(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
         return {}
 
     def flag(self, frame: pd.DataFrame, fit_mask: np.ndarray,
@@ -85,7 +92,7 @@ class WholeBatchScorer(ChunkScorer):
         super().__init__(config, skipped)
         self.scan_plan, self.fitted = scan_plan, fitted
 
-    def slice_scores(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _slice_scores(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
         return score_chunk(self.fitted, rows) if self.fitted is not None else {}
 
     def _flag(self, frame, fit_mask, parts) -> DetectorScores:
@@ -105,7 +112,7 @@ class ReferenceChunkScorer(ChunkScorer):
         super().__init__(config, skipped)
         self.fitted, self.calibration = fitted, calibration
 
-    def slice_scores(self, rows):
+    def _slice_scores(self, rows):
         return score_chunk(self.fitted, rows)
 
     def _flag(self, frame, fit_mask, parts):
@@ -121,7 +128,7 @@ class SampleChunkScorer(ChunkScorer):
         super().__init__(config, skipped)
         self.fitted = fitted
 
-    def slice_scores(self, rows):
+    def _slice_scores(self, rows):
         return sample_scores(self.fitted, rows)
 
     def _flag(self, frame, fit_mask, parts):

@@ -207,7 +207,8 @@ def _verdict_message(columns: list[dict], compared: int, detectors: list[dict], 
     found = []
     if columns:
         names = ", ".join(repr(t["column"]) for t in columns[:5]) + (", …" if len(columns) > 5 else "")
-        found.append(f"{len(columns)} of {compared} numeric columns are distributed differently ({names})")
+        verb = "is" if len(columns) == 1 else "are"
+        found.append(f"{len(columns)} of {compared} numeric columns {verb} distributed differently ({names})")
     if detectors:
         found.append(f"{len(detectors)} of {scored} detectors score it differently from the held-out reference "
                      "rows")

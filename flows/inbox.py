@@ -10,6 +10,7 @@ default: a scheduled inbox must not take batches nobody signed.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,18 +23,9 @@ from poisonguard.config import ScanConfig
 from poisonguard.config_file import config_from_mapping, load_config
 from poisonguard.errors import ConfigError
 from poisonguard.flows.scan import IO_RETRIES, run_scan
-from poisonguard.ingest.inbox import (
-    FAILED,
-    PROCESSED,
-    Claim,
-    claim,
-    reclaim,
-    settle,
-    stale_claims,
-    waiting_files,
-    write_reason,
-)
-from poisonguard.ingest.read import file_sha256
+from poisonguard.ingest.inbox import FAILED, PROCESSED, FolderInbox
+from poisonguard.ingest.object_inbox import ObjectInbox
+from poisonguard.names import is_url
 from poisonguard.provenance.manifest import scan_dataset
 from poisonguard.report.html import render_batch_report
 from poisonguard.report.scan_report import CLEAN, REPLAY, ROWS_QUARANTINED, read_report, with_filed_place
@@ -53,43 +45,57 @@ class InboxResult:
     detail: str = ""
 
 
+def open_inbox(location: str, work_dir: Path, storage_options: dict | None = None):
+    """The inbox at ``location``: a local folder, or an fsspec URL of object storage (``s3://bucket/inbox``)
+    whose claimed files are copied into ``work_dir`` to be scanned. Credentials and endpoints come from the
+    store's own configuration (for S3: the ``AWS_*`` environment variables, ``AWS_ENDPOINT_URL``, or
+    ``~/.aws``), never from the flow's parameters, which the Prefect UI shows."""
+    if is_url(location):
+        return ObjectInbox(location, work_dir, storage_options)
+    return FolderInbox(Path(location.removeprefix("file://")))
+
+
 @task(name="claim-batches", cache_policy=NONE, **IO_RETRIES)
-def claim_batches(inbox: Path, min_age_seconds: float, stale_after_seconds: float) -> list[Claim]:
+def claim_batches(inbox, min_age_seconds: float, stale_after_seconds: float) -> list:
     """Claims for this run: stale claims of dead runs first, then waiting files, each taken atomically."""
-    claims = [c for c in (reclaim(p) for p in stale_claims(inbox, stale_after_seconds)) if c is not None]
-    claims += [c for c in (claim(p) for p in waiting_files(inbox, min_age_seconds)) if c is not None]
-    progress.info("claimed %d batch file(s) in %s", len(claims), inbox)
+    claims = [c for c in (inbox.reclaim(s) for s in inbox.stale(stale_after_seconds)) if c is not None]
+    claims += [c for c in (inbox.claim(w) for w in inbox.waiting(min_age_seconds)) if c is not None]
+    progress.info("claimed %d batch file(s) in %s", len(claims), getattr(inbox, "url", None) or inbox.root)
     return claims
 
 
 @task(name="settle-batch", cache_policy=NONE, **IO_RETRIES)
-def settle_batch(taken: Claim, outcome: str, tag: str) -> Path | None:
-    """File the claimed batch away; ``None`` when another run took the claim over meanwhile."""
-    try:
-        return settle(taken, outcome, tag)
-    except FileNotFoundError:
+def settle_batch(inbox, taken, outcome: str, tag: str) -> str | None:
+    """File the claimed batch away; where it was filed, or ``None`` when another run took the claim over."""
+    filed = inbox.settle(taken, outcome, tag)
+    if filed is None:
         progress.info("%s was taken over by another run; leaving it to that run", taken.name)
-        return None
+    return filed
 
 
 @task(name="explain-failure", cache_policy=NONE, **IO_RETRIES)
-def explain_failure(moved: Path | None, reason: dict) -> None:
+def explain_failure(inbox, filed: str | None, reason: dict) -> None:
     """Put ``<file>.reason.json`` beside a file filed as failed: what the scan decided (status, reason codes
     with their row counts, report) or the error, and when."""
-    if moved is not None:
+    if filed is not None:
         filed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_reason(moved, {**reason, "filed_as": str(moved.resolve()), "filed_at": filed_at})
+        inbox.write_reason(filed, {**reason, "filed_as": filed, "filed_at": filed_at})
 
 
 @task(name="record-filed-place", cache_policy=NONE, **IO_RETRIES)
-def record_filed_place(report_path: Path, moved: Path, out_dir: Path) -> None:
-    """Make the batch's report name where the file was filed, not the transient claim it was scanned from."""
+def record_filed_place(report_path: Path, filed: str, out_dir: Path, publish_url: str | None) -> None:
+    """Make the batch's report name where the file was filed, not the transient claim it was scanned from
+    (and its published copy, when the outputs are published)."""
     report = read_report(report_path)
     if report is None:
         return
-    report = with_filed_place(report, moved)
+    report = with_filed_place(report, filed)
     render_batch_report(report, out_dir)
     atomic_write_json(report_path, report)
+    if publish_url is not None:
+        from poisonguard.write.remote import publish_batch
+
+        publish_batch(out_dir, report, publish_url, reports_only=True)
 
 
 @flow(name="process-inbox", validate_parameters=False)
@@ -105,38 +111,43 @@ def process_inbox(
     ``settings`` are :class:`ScanConfig` fields as plain values (so a deployment can carry them as JSON),
     applied over ``config_file``'s ``[scan]`` table; ``require_provenance`` defaults to true here.
     """
-    inbox = Path(inbox)
-    if not inbox.is_dir():
-        raise ConfigError(f"{inbox}: inbox directory not found")
-    base = load_config(Path(config_file)) if config_file else ScanConfig()
-    config = config_from_mapping({"require_provenance": True, **(settings or {})}, base=base)
-    results = []
-    for taken in claim_batches(inbox, min_age_seconds, stale_after_seconds):
-        try:
-            batch_config = config.with_overrides(dataset=scan_dataset(taken.path, config, file_name=taken.name))
-            summary = run_scan(taken.path, batch_config)
-        except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
-            moved = settle_batch(taken, FAILED, "error")
-            detail = f"{type(error).__name__}: {error}"
-            explain_failure(moved, {"file": taken.name, "status": "error", "error": detail})
-            results.append(InboxResult(taken.name, FAILED, "error", None, _filed(moved, inbox), detail))
-            continue
-        if summary.status in (CLEAN, ROWS_QUARANTINED):
-            outcome = PROCESSED
-        elif summary.status == REPLAY and taken.recovered and _first_delivery_was_this_claim(inbox, taken):
-            # The run that died had already scanned it: its outputs stand, and this is no replay.
-            outcome = PROCESSED
-        else:
-            outcome = FAILED
-        moved = settle_batch(taken, outcome, summary.batch_id)
-        if moved is not None and summary.status != REPLAY:  # a replay's report is the first delivery's
-            record_filed_place(Path(summary.report_path), moved, batch_config.io.out_dir)
-        if outcome == FAILED:
-            explain_failure(moved, {"file": taken.name, "status": summary.status, "batch_id": summary.batch_id,
-                                    "reasons": summary.reasons, "report": str(summary.report_path)})
-        detail = "" if outcome == PROCESSED else ", ".join(summary.reasons)
-        results.append(InboxResult(taken.name, outcome, summary.status, summary.batch_id, _filed(moved, inbox), detail))
+    with tempfile.TemporaryDirectory(prefix="poisonguard-inbox-") as work_dir:
+        opened = open_inbox(inbox, Path(work_dir))
+        if not opened.exists():
+            raise ConfigError(f"{inbox}: inbox directory not found")
+        base = load_config(Path(config_file)) if config_file else ScanConfig()
+        config = config_from_mapping({"require_provenance": True, **(settings or {})}, base=base)
+        results = [_process(opened, taken, config) for taken in
+                   claim_batches(opened, min_age_seconds, stale_after_seconds)]
     return inbox_state(results)
+
+
+def _process(inbox, taken, config: ScanConfig) -> InboxResult:
+    """Scan one claimed file and file it as processed or failed, with a reason file for a failure."""
+    try:
+        batch_config = config.with_overrides(dataset=scan_dataset(taken.path, config, file_name=taken.name))
+        summary = run_scan(taken.path, batch_config)
+    except Exception as error:  # noqa: BLE001 - one bad batch must not stop the others
+        filed = settle_batch(inbox, taken, FAILED, "error")
+        detail = f"{type(error).__name__}: {error}"
+        explain_failure(inbox, filed, {"file": taken.name, "status": "error", "error": detail})
+        return InboxResult(taken.name, FAILED, "error", None, inbox.relative(filed), detail)
+    if summary.status in (CLEAN, ROWS_QUARANTINED):
+        outcome = PROCESSED
+    elif summary.status == REPLAY and taken.recovered and not inbox.filed_before(taken):
+        # The run that died had already scanned it: its outputs stand, and this is no replay (unless the
+        # same bytes were already filed as processed: then it is a genuine replay of a finished delivery).
+        outcome = PROCESSED
+    else:
+        outcome = FAILED
+    filed = settle_batch(inbox, taken, outcome, summary.batch_id)
+    if filed is not None and summary.status != REPLAY:  # a replay's report is the first delivery's
+        record_filed_place(Path(summary.report_path), filed, batch_config.io.out_dir, batch_config.io.publish_url)
+    if outcome == FAILED:
+        explain_failure(inbox, filed, {"file": taken.name, "status": summary.status, "batch_id": summary.batch_id,
+                                       "reasons": summary.reasons, "report": str(summary.report_path)})
+    detail = "" if outcome == PROCESSED else ", ".join(summary.reasons)
+    return InboxResult(taken.name, outcome, summary.status, summary.batch_id, inbox.relative(filed), detail)
 
 
 def inbox_state(results: list[InboxResult]) -> State:
@@ -149,16 +160,3 @@ def inbox_state(results: list[InboxResult]) -> State:
                                            for r in failed)
     log.info("%s", message)
     return Completed(name="Some files failed" if failed else "Completed", message=message, data=results)
-
-
-def _filed(moved: Path | None, inbox: Path) -> str:
-    if moved is None:
-        return "(taken over by another run)"
-    return str(moved.relative_to(inbox))
-
-
-def _first_delivery_was_this_claim(inbox: Path, taken: Claim) -> bool:
-    """A replay found for a taken-over claim is that claim's own earlier scan unless the same bytes were
-    already filed as processed (then it is a genuine replay of a finished delivery)."""
-    filed = inbox / PROCESSED / taken.name
-    return not (filed.exists() and file_sha256(filed) == file_sha256(taken.path))

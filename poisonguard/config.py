@@ -59,12 +59,16 @@ class IOSettings(_Settings):
     # of training a probe network. At most one of the two.
     embedding_prefix: str | None = None
     embedding_column: str | None = None
-    # Column roles. ``id_col``: a key of each row (a patient or order id), kept in the outputs and shown in
-    # review; ``ignore_cols``: columns carried through as they are. Neither is ever a feature of a detector
-    # nor given a range or value set by an inferred suite: a new id is not an outlier.
     # Where `poisonguard review serve` serves this output directory (http://host:port): Prefect artifacts
     # then link each batch's review page. Not in the fingerprint.
     review_url: str | None = None
+    # An fsspec URL (s3://bucket/prefix, gs://..., file://...) that each batch's outputs are copied to, all
+    # or none, for readers off this machine; out_dir stays the working area (ledger, audit log, review).
+    # See poisonguard.write.remote. Not in the fingerprint.
+    publish_url: str | None = None
+    # Column roles. ``id_col``: a key of each row (a patient or order id), kept in the outputs and shown in
+    # review; ``ignore_cols``: columns carried through as they are. Neither is ever a feature of a detector
+    # nor given a range or value set by an inferred suite: a new id is not an outlier.
     id_col: str | None = None
     ignore_cols: Annotated[tuple[str, ...], Field(strict=False)] = ()
     # Kind overrides: columns an inferred suite checks and the detectors read as categories (a numeric code,
@@ -78,6 +82,8 @@ class IOSettings(_Settings):
             raise ConfigError("give either --embedding-prefix or --embedding-column, not both")
         if self.review_url is not None and not self.review_url.startswith(("http://", "https://")):
             raise ConfigError(f"review_url must be an http:// or https:// address, got {self.review_url!r}")
+        if self.publish_url is not None and "://" not in self.publish_url:
+            raise ConfigError(f"publish_url must be a URL such as s3://bucket/prefix, got {self.publish_url!r}")
         roles = [c for c in (self.label_col, self.id_col) if c is not None]
         clash = sorted(set(roles) & set(self.ignore_cols)) or ([self.id_col] if self.id_col == self.label_col
                                                                and self.id_col is not None else [])
@@ -265,7 +271,7 @@ GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.mod
 # Settings that never change which rows a scan quarantines: left out of the scan's fingerprint. Provenance
 # is left out too: with a trust store it is checked on every scan anyway.
 _NOT_FINGERPRINTED = {"out_dir", "reference", "file_format", "suite", "suite_dir", "force", "strict", "review_url",
-                      *ExecutionSettings.model_fields, *ProvenanceSettings.model_fields}
+                      "publish_url", *ExecutionSettings.model_fields, *ProvenanceSettings.model_fields}
 
 
 class ScanConfig(_Settings):

@@ -58,3 +58,9 @@ def column_not_found(where: object, role: str, column: str, columns: list[str]) 
     close = closest_name(column, columns)
     hint = f"; did you mean {close!r}?" if close else ""
     return f"{where}: {role} column {column!r} not found{hint} (columns: {', '.join(map(str, columns))})"
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` names object storage (``scheme://...``, fsspec) rather than a local path;
+    ``file://`` is a local path."""
+    return "://" in str(location) and not str(location).startswith("file://")

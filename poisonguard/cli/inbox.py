@@ -12,9 +12,11 @@ from rich.table import Table
 from poisonguard.cli.common import console, fail, out, quiet_libraries, shown
 from poisonguard.cli.scan import app
 from poisonguard.errors import ConfigError, ExitCode
+from poisonguard.names import is_url
 from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
-InboxDir = Annotated[Path, typer.Option("--inbox", help="The inbox directory batch files are dropped into.")]
+InboxDir = Annotated[str, typer.Option("--inbox", help="The inbox batch files are dropped into: a directory, or a URL "
+                                                        "on object storage (s3://bucket/inbox).")]
 LabelCol = Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")]
 Reference = Annotated[Optional[Path], typer.Option("--reference", "-r", help="Trusted reference data.")]
 Dataset = Annotated[
@@ -29,9 +31,13 @@ MinAge = Annotated[float, typer.Option(help="Leave files younger than this many 
 StaleAfter = Annotated[float, typer.Option(help="Take over claims older than this many seconds (a dead run's).")]
 
 
-def _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance) -> dict:
+PublishUrl = Annotated[Optional[str], typer.Option(
+    "--publish", help="Also copy each batch's outputs to this URL (s3://bucket/prefix), the listing last.")]
+
+
+def _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance, publish_url=None) -> dict:
     given = {"label_col": label_col, "reference": reference, "dataset": dataset, "out_dir": out_dir,
-             "trust_store": trust_store, "require_provenance": require_provenance}
+             "trust_store": trust_store, "require_provenance": require_provenance, "publish_url": publish_url}
     return {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
 
@@ -42,6 +48,7 @@ def inbox_run(
     reference: Reference = None,
     dataset: Dataset = None,
     out_dir: OutDir = None,
+    publish_url: PublishUrl = None,
     trust_store: TrustStore = None,
     require_provenance: Require = True,
     config_file: ConfigFile = None,
@@ -52,7 +59,7 @@ def inbox_run(
 ) -> None:
     """Scan every batch file waiting in the inbox once, then move it to processed/ or failed/."""
     try:
-        settings = _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance)
+        settings = _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance, publish_url)
         _check(inbox, settings, config_file)
         prepare_prefect_environment(verbose)
         from poisonguard.flows.inbox import process_inbox
@@ -60,7 +67,7 @@ def inbox_run(
         quiet_libraries(verbose)
         with console.status("[bold]poisonguard[/] processing the inbox", spinner="dots"):
             start_temporary_server()
-            results = process_inbox(str(inbox.resolve()), settings, str(config_file) if config_file else None,
+            results = process_inbox(_located(inbox), settings, str(config_file) if config_file else None,
                                     min_age, stale_after)
     except typer.Exit:
         raise
@@ -89,6 +96,7 @@ def serve(
     reference: Reference = None,
     dataset: Dataset = None,
     out_dir: OutDir = None,
+    publish_url: PublishUrl = None,
     trust_store: TrustStore = None,
     require_provenance: Require = True,
     config_file: ConfigFile = None,
@@ -98,7 +106,7 @@ def serve(
 ) -> None:
     """Process the inbox on a cron schedule with Prefect's flow.serve (needs a running Prefect server)."""
     try:
-        settings = _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance)
+        settings = _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance, publish_url)
         config = _check(inbox, settings, config_file)
         # Where the runs write, as an absolute path in the deployment's parameters even when it is the default
         # (relative to wherever the serving process runs): what the Prefect UI shows is where the files are.
@@ -116,7 +124,7 @@ def serve(
         process_inbox.serve(
             name=name,
             cron=cron,
-            parameters={"inbox": str(inbox.resolve()), "settings": settings,
+            parameters={"inbox": _located(inbox), "settings": settings,
                         "config_file": str(config_file.resolve()) if config_file else None,
                         "min_age_seconds": min_age, "stale_after_seconds": stale_after},
         )
@@ -126,19 +134,24 @@ def serve(
         fail(error, debug)
 
 
-def _check(inbox: Path, settings: dict, config_file: Path | None):
+def _check(inbox: str, settings: dict, config_file: Path | None):
     """Fail before Prefect starts on a missing inbox or an inconsistent configuration; the configuration
     the runs will use."""
     from poisonguard.config_file import config_from_mapping, load_config
     from poisonguard.provenance.trust import load_trust_store
 
-    if not inbox.is_dir():
+    if not is_url(inbox) and not Path(inbox).is_dir():
         raise ConfigError(f"{inbox}: inbox directory not found")
     base = load_config(config_file) if config_file else None
     config = config_from_mapping({"require_provenance": True, **settings}, base=base)
     if config.provenance.trust_store is not None:
         load_trust_store(config.provenance.trust_store)
     return config
+
+
+def _located(inbox: str) -> str:
+    """The inbox as the flow's parameter: a URL as given, a directory as an absolute path."""
+    return inbox if is_url(inbox) else str(Path(inbox).resolve())
 
 
 def _configured_api_url() -> str | None:

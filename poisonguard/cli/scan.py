@@ -80,6 +80,10 @@ def scan(
         Optional[str], typer.Option(help="Dataset name [with --trust-store the manifest's, else the file name].")
     ] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
+    publish_url: Annotated[
+        Optional[str], typer.Option("--publish", help="Also copy the outputs to this URL (s3://bucket/prefix), "
+                                                      "the listing last.")
+    ] = None,
     file_format: Annotated[
         Optional[FileFormat], typer.Option("--format", help="The batch's format (default: from its suffix).")
     ] = None,
@@ -160,6 +164,7 @@ def scan(
             reference=reference,
             dataset=dataset,
             out_dir=out_dir,
+            publish_url=publish_url,
             file_format=file_format.value if file_format else None,
             suite=suite,
             suite_dir=suite_dir,

@@ -126,6 +126,49 @@ def write_reason(filed: Path, reason: dict) -> Path:
     return atomic_write_json(filed.with_name(filed.name + REASON_SUFFIX), reason)
 
 
+class FolderInbox:
+    """The inbox folder ``root`` behind the interface the inbox flow uses for any inbox (see
+    :class:`poisonguard.ingest.object_inbox.ObjectInbox` for one on object storage)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def waiting(self, min_age: float) -> list[Path]:
+        return waiting_files(self.root, min_age)
+
+    def claim(self, path: Path) -> Claim | None:
+        return claim(path)
+
+    def stale(self, stale_after: float) -> list[Path]:
+        return stale_claims(self.root, stale_after)
+
+    def reclaim(self, path: Path) -> Claim | None:
+        return reclaim(path)
+
+    def settle(self, taken: Claim, outcome: str, tag: str) -> str | None:
+        """The filed file's absolute path; ``None`` when another run took the claim over meanwhile."""
+        try:
+            return str(settle(taken, outcome, tag).resolve())
+        except FileNotFoundError:
+            return None
+
+    def write_reason(self, filed: str, reason: dict) -> str:
+        return str(write_reason(Path(filed), reason))
+
+    def filed_before(self, taken: Claim) -> bool:
+        """Whether the same bytes as the claimed file are already filed as processed."""
+        from poisonguard.ingest.read import file_sha256
+
+        filed = self.root / PROCESSED / taken.name
+        return filed.exists() and file_sha256(filed) == file_sha256(taken.path)
+
+    def relative(self, filed: str | None) -> str:
+        return "(taken over by another run)" if filed is None else str(Path(filed).relative_to(self.root.resolve()))
+
+
 def _take(source: Path, target: Path) -> bool:
     try:
         os.rename(source, target)

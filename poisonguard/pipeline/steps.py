@@ -148,9 +148,15 @@ def report(path: Path, data: dict, out_dir: Path) -> Path:
     return html
 
 
-def list_for_training(data: dict, out_dir: Path) -> None:
-    """The scan's last step: list (or unlist) the batch's clean files in ``clean/<dataset>/_committed.json``."""
+def list_for_training(data: dict, out_dir: Path, publish_url: str | None = None) -> None:
+    """The scan's last step: list (or unlist) the batch's clean files in ``clean/<dataset>/_committed.json``;
+    with ``publish_url``, copy the batch's outputs there, the listing last (:mod:`poisonguard.write.remote`)."""
     list_batch(out_dir, data)
+    if publish_url is not None:
+        from poisonguard.write.remote import publish_batch
+
+        written = publish_batch(out_dir, data, publish_url)
+        progress.info("copied %d file(s) to %s", len(written), publish_url)
 
 
 def publish(summary: ScanSummary, html_report: Path | None, review_url: str | None) -> None:
@@ -230,7 +236,7 @@ def _scan(path: Path, config: ScanConfig, steps: Steps, replay_lock: ReplayLock,
             progress.info("batch %s is a replay; nothing is written", batch.batch_id)
             steps.record(batch, REPLAY, checked, config, (0, batch.n_rows))
             if (first := read_report(paths.report)) is not None:
-                steps.list_for_training(first, config.io.out_dir)
+                steps.list_for_training(first, config.io.out_dir, config.io.publish_url)
             summary = replay_summary(batch, checked, paths.report)
             steps.publish(summary, None, config.io.review_url)
             return summary
@@ -238,7 +244,8 @@ def _scan(path: Path, config: ScanConfig, steps: Steps, replay_lock: ReplayLock,
         previous = read_report(paths.report)
         if previous and previous.get("fingerprint") == scan_plan.fingerprint and not config.force:
             progress.info("batch %s was already scanned with these settings", batch.batch_id)
-            steps.list_for_training(previous, config.io.out_dir)  # repairs a listing an interrupted scan left
+            # Repairs a listing (and its published copy) that an interrupted scan left.
+            steps.list_for_training(previous, config.io.out_dir, config.io.publish_url)
             return ScanSummary.from_report(previous, paths.report, already_scanned=True)
     refuse_rescan_of_reviewed(config.io.out_dir, batch.dataset, batch.batch_id)
 
@@ -349,7 +356,7 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
     )
     html = steps.report(paths.report, data, config.io.out_dir)
     steps.record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
-    steps.list_for_training(data, config.io.out_dir)
+    steps.list_for_training(data, config.io.out_dir, config.io.publish_url)
     summary = ScanSummary.from_report(data, paths.report)
     steps.publish(summary, html, config.io.review_url)
     return summary

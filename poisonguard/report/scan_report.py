@@ -177,12 +177,13 @@ def versions() -> dict[str, str]:
     return found
 
 
-def with_filed_place(report: dict[str, Any], filed: Path) -> dict[str, Any]:
+def with_filed_place(report: dict[str, Any], filed: str) -> dict[str, Any]:
     """``report`` saying where its batch file was filed after the scan (an inbox moves it from its transient
-    claim to ``processed/`` or ``failed/``); the path it was scanned at is kept as ``source.scanned_as``."""
+    claim to ``processed/`` or ``failed/``: an absolute path, or a URL on object storage); the path it was
+    scanned at is kept as ``source.scanned_as``."""
     source = dict(report["source"])
     source.setdefault("scanned_as", source["path"])
-    source["path"] = str(Path(filed).resolve())
+    source["path"] = str(filed)
     return report | {"source": source}
 
 

@@ -34,6 +34,11 @@ def listing_path(out_dir: Path, dataset: str) -> Path:
     return Path(out_dir) / "clean" / dataset / LISTING
 
 
+def listing_lock(out_dir: Path, dataset: str) -> FileLock:
+    """The lock every writer (and copier, :mod:`poisonguard.write.remote`) of the dataset's listing holds."""
+    return FileLock(Path(out_dir) / "clean" / dataset / f".{LISTING}.lock", timeout=600)
+
+
 def read_listing(out_dir: Path, dataset: str) -> dict[str, Any]:
     """The dataset's listing; an empty one when no batch has been committed yet."""
     path = listing_path(out_dir, dataset)
@@ -70,7 +75,7 @@ def list_batch(out_dir: Path, report: dict[str, Any]) -> None:
     if entry is None and not listing_path(out_dir, dataset).exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / f".{LISTING}.lock", timeout=600):
+    with listing_lock(out_dir, dataset):
         listing = read_listing(out_dir, dataset)
         if listing["batches"].get(batch_id) == entry:
             return

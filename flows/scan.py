@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed, State
 
 from poisonguard.config import ScanConfig
 from poisonguard.flows.runners import task_runner_for
+from poisonguard.names import is_url
 from poisonguard.pipeline import steps as pipeline
 from poisonguard.report.html import report_html_path
 from poisonguard.report.scan_report import (
@@ -253,7 +254,7 @@ def run_scan(path: str | Path, config: ScanConfig) -> ScanSummary:
     return what it decided, whatever the outcome; an error of the scan itself is raised."""
     runner = task_runner_for(config.execution)
     scan = scan_batch if runner is None else scan_batch.with_options(task_runner=runner)
-    state = scan(Path(path).resolve(), config, return_state=True)
+    state = scan(path if is_url(path) else Path(path).resolve(), config, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BatchRefused):
         return outcome.summary

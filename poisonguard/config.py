@@ -25,10 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from poisonguard.errors import ConfigError
-from poisonguard.names import checked_dataset_name, closest_name
+from poisonguard.names import checked_dataset_name, closest_name, is_url
 
 # Every detector that applies to what a scan is given (labels, a reference): see poisonguard.detectors.
 DEFAULT_DETECTORS = ("auto",)
@@ -36,6 +36,15 @@ TASK_RUNNERS = ("default", "dask")
 
 # Paths and the detector list come as text and lists from TOML and JSON; every other value must have its type.
 _Path = Annotated[Path, Field(strict=False)]
+
+
+def _location(value: Any) -> Any:
+    return str(value) if is_url(value) else Path(value) if isinstance(value, str) else value
+
+
+# An input a scan only reads (the reference, a suite, the trust store): a local path, or an fsspec URL
+# (s3://bucket/key) that the scan copies into its snapshot folder first (poisonguard.ingest.fetch).
+_Location = Annotated[Path | str, BeforeValidator(_location), Field(strict=False)]
 
 
 class _Settings(BaseModel):
@@ -48,7 +57,7 @@ class IOSettings(_Settings):
     label_col: str | None = None
     dataset: str | None = None
     out_dir: _Path = Path("poisonguard-out")
-    reference: _Path | None = None
+    reference: _Location | None = None
     file_format: str | None = None
     # Read, validate, score and write the batch this many rows at a time (a batch larger than memory);
     # None: read it whole, as one chunk. See poisonguard.ingest.source and poisonguard.pipeline.chunks.
@@ -120,7 +129,7 @@ class IOSettings(_Settings):
 class ExpectationSettings(_Settings):
     """The schema suite a batch is validated against (``ScanConfig.expectations``)."""
 
-    suite: _Path | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
+    suite: _Location | None = None  # explicit suite file; else <suite_dir>/<dataset>.json, else inferred
     suite_dir: _Path = Path("expectations/suites")
     range_margin: float = 0.1  # margin on inferred numeric ranges, as a share of the observed span
     # The part of max_false_quarantine (at most a tenth) that inferred ranges and value sets may spend:
@@ -207,7 +216,7 @@ class CalibrationSettings(_Settings):
 class ProvenanceSettings(_Settings):
     """Manifests, sources and replays (``ScanConfig.provenance``); no trust store means no check."""
 
-    trust_store: _Path | None = None  # JSON trust store; given, every batch's manifest and replay are checked
+    trust_store: _Location | None = None  # JSON trust store; given, every batch's manifest and replay are checked
     require_provenance: bool = False  # refuse batches without a valid manifest (needs trust_store)
     manifest_max_age_hours: float = 168.0  # a manifest older than this is refused
     clock_skew_seconds: float = 300.0  # how far in the future a manifest's created_at may lie

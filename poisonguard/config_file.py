@@ -13,6 +13,7 @@ from typing import Any
 
 from poisonguard.config import GROUP_OF, GROUPS, ScanConfig, unknown_keys
 from poisonguard.errors import ConfigError
+from poisonguard.names import is_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,7 +86,10 @@ def _plain_values(values: dict[str, Any], base_dir: Path | None) -> dict[str, An
         if key in _PATH_FIELDS:
             if not isinstance(value, (str, Path)):
                 raise ConfigError(f"{key}: expected a path (text), got {type(value).__name__} {value!r}")
-            value = (Path(base_dir) / value).resolve() if base_dir is not None else Path(value)
+            if is_url(value):
+                value = str(value)  # an fsspec URL (an input read from object storage) is not resolved
+            else:
+                value = (Path(base_dir) / value).resolve() if base_dir is not None else Path(value)
         elif key == "detectors":
             value, params = _detector_entries(value)
             if params:

@@ -164,3 +164,42 @@ def test_an_inbox_on_s3_files_clean_poisoned_and_tampered_batches_and_publishes_
             assert report["reasons"].get("schema:range:x2", 0) >= 6
     assert process_inbox("s3://bkt/inbox", settings, min_age_seconds=0) == []  # nothing left for a second run
     assert os.listdir(tmp_path / "out")  # the working area stays local: ledger, reports, review
+
+
+def test_a_scan_reads_its_batch_manifest_reference_and_trust_store_from_s3(s3, tmp_path):
+    """``poisonguard scan s3://...`` with the reference and the trust store on S3 too: each is copied in, the
+    signed batch passes provenance, and the report names the batch's URL."""
+    from poisonguard.config_file import config_from_mapping
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    make_frame(400, seed=1).to_csv(tmp_path / "reference.csv", index=False)
+    make_frame(120, seed=2).to_csv(tmp_path / "batch.csv", index=False)
+    trust = tmp_path / "trust.json"
+    assert invoke("keys", "generate", "--source", "bank-a", "--key-id", "k1", "--key-dir", tmp_path / "keys",
+                  "--trust-store", trust, "--dataset", "toy").exit_code == 0
+    assert invoke("sign", tmp_path / "batch.csv", "--source", "bank-a", "--key", tmp_path / "keys" / "k1.pem",
+                  "--dataset", "toy").exit_code == 0
+    _put(s3, tmp_path / "batch.csv", "bkt/in/batch.csv")
+    s3.put_file(str(tmp_path / "reference.csv"), "bkt/trusted/reference.csv")
+    s3.put_file(str(trust), "bkt/trusted/trust.json")
+
+    out = tmp_path / "out"
+    scanned = invoke("scan", "s3://bkt/in/batch.csv", "-y", "label", "-r", "s3://bkt/trusted/reference.csv",
+                     "--trust-store", "s3://bkt/trusted/trust.json", "--require-provenance", "-o", out, "--json")
+    assert scanned.exit_code in (0, 1), scanned.output
+    summary = json.loads(scanned.output[scanned.output.index("{"):])
+    report = json.loads(Path(summary["report_path"]).read_text())
+    assert report["source"]["path"] == "s3://bkt/in/batch.csv" and report["dataset"] == "toy"
+    assert report["provenance"]["status"] == "verified"
+    assert report["rows"]["clean"] + report["rows"]["quarantined"] == report["rows"]["in"] == 120
+    assert not list(out.glob(".snapshots/*"))  # the copies went with the scan's snapshot folder
+
+    missing = invoke("scan", "s3://bkt/in/missing.csv", "-y", "label", "-o", out)
+    assert missing.exit_code != 0 and "s3://bkt/in/missing.csv: batch file not found" in missing.output
+    # A config file's URL is kept as it is; its relative paths are resolved against the file's folder.
+    config = config_from_mapping({"reference": "s3://bkt/trusted/reference.csv", "suite_dir": "suites"},
+                                 base_dir=tmp_path)
+    assert config.io.reference == "s3://bkt/trusted/reference.csv"
+    assert config.expectations.suite_dir == (tmp_path / "suites").resolve()

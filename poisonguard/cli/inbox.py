@@ -18,12 +18,14 @@ from poisonguard.prefect_env import prepare_prefect_environment, start_temporary
 InboxDir = Annotated[str, typer.Option("--inbox", help="The inbox batch files are dropped into: a directory, or a URL "
                                                         "on object storage (s3://bucket/inbox).")]
 LabelCol = Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")]
-Reference = Annotated[Optional[Path], typer.Option("--reference", "-r", help="Trusted reference data.")]
+Reference = Annotated[Optional[str], typer.Option("--reference", "-r",
+                                                  help="Trusted reference data (a path or a URL).")]
 Dataset = Annotated[
     Optional[str], typer.Option(help="Dataset name [the one each batch's manifest names, else its file name].")
 ]
 OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")]
-TrustStore = Annotated[Optional[Path], typer.Option(help="Trust store JSON (required unless --no-require-provenance).")]
+TrustStore = Annotated[Optional[str], typer.Option(help="Trust store JSON, a path or a URL (required unless "
+                                                        "--no-require-provenance).")]
 Require = Annotated[bool, typer.Option("--require-provenance/--no-require-provenance",
                                        help="Refuse batches without a valid manifest [required].")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [scan] table.")]
@@ -38,7 +40,8 @@ PublishUrl = Annotated[Optional[str], typer.Option(
 def _settings(label_col, reference, dataset, out_dir, trust_store, require_provenance, publish_url=None) -> dict:
     given = {"label_col": label_col, "reference": reference, "dataset": dataset, "out_dir": out_dir,
              "trust_store": trust_store, "require_provenance": require_provenance, "publish_url": publish_url}
-    return {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    paths = {"reference", "out_dir", "trust_store"}
+    return {k: str(Path(v).resolve()) if k in paths and not is_url(v) else v for k, v in given.items() if v is not None}
 
 
 @app.command("inbox")
@@ -144,7 +147,7 @@ def _check(inbox: str, settings: dict, config_file: Path | None):
         raise ConfigError(f"{inbox}: inbox directory not found")
     base = load_config(config_file) if config_file else None
     config = config_from_mapping({"require_provenance": True, **settings}, base=base)
-    if config.provenance.trust_store is not None:
+    if config.provenance.trust_store is not None and not is_url(config.provenance.trust_store):
         load_trust_store(config.provenance.trust_store)
     return config
 

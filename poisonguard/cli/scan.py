@@ -20,7 +20,7 @@ from poisonguard.cli.common import console, count, fail, out, quiet_libraries, s
 from poisonguard.config import TASK_RUNNERS, ExpectationSettings, IOSettings, ScanConfig
 from poisonguard.config_file import load_config
 from poisonguard.errors import ConfigError
-from poisonguard.names import BUILT_IN_DETECTORS, FORMATS
+from poisonguard.names import BUILT_IN_DETECTORS, FORMATS, is_url
 from poisonguard.prefect_env import prepare_prefect_environment, start_temporary_server
 
 app = typer.Typer(
@@ -71,10 +71,12 @@ def main_options(
 
 @app.command()
 def scan(
-    file: Annotated[Path, typer.Argument(help="Batch file: CSV, Parquet or JSON Lines.")],
+    file: Annotated[str, typer.Argument(help="Batch file: CSV, Parquet or JSON Lines; a path or a URL "
+                                             "(s3://bucket/key).")],
     label_col: Annotated[Optional[str], typer.Option("--label-col", "-y", help="Label column.")] = None,
     reference: Annotated[
-        Optional[Path], typer.Option("--reference", "-r", help="Trusted data: fit and calibrate on it.")
+        Optional[str], typer.Option("--reference", "-r", help="Trusted data: fit and calibrate on it (a path or "
+                                                               "a URL).")
     ] = None,
     dataset: Annotated[
         Optional[str], typer.Option(help="Dataset name [with --trust-store the manifest's, else the file name].")
@@ -87,7 +89,8 @@ def scan(
     file_format: Annotated[
         Optional[FileFormat], typer.Option("--format", help="The batch's format (default: from its suffix).")
     ] = None,
-    suite: Annotated[Optional[Path], typer.Option(help="Expectation suite JSON to validate against.")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="Expectation suite JSON to validate against (a path or a "
+                                                      "URL).")] = None,
     suite_dir: Annotated[
         Optional[Path], typer.Option(help="Where suites live as <dataset>.json [expectations/suites].")
     ] = None,
@@ -120,7 +123,8 @@ def scan(
         Optional[str], typer.Option(help="Comma-separated columns to treat as free text.")
     ] = None,
     trust_store: Annotated[
-        Optional[Path], typer.Option(help="Trust store JSON: check the batch's manifest and replays.")
+        Optional[str], typer.Option(help="Trust store JSON: check the batch's manifest and replays (a path or a "
+                                         "URL).")
     ] = None,
     require_provenance: Annotated[
         Optional[bool],
@@ -260,23 +264,25 @@ def runs_as_flow(asked: bool | None, config: ScanConfig) -> bool:
     return asked if asked is not None else bool(os.environ.get("PREFECT_API_URL"))
 
 
-def _check_paths(file: Path, config: ScanConfig) -> None:
-    """Fail fast, before Prefect starts, on the mistakes a user makes most."""
+def _check_paths(file: str, config: ScanConfig) -> None:
+    """Fail fast, before Prefect starts, on the mistakes a user makes most. Inputs on object storage (URLs)
+    are checked when the scan copies them in."""
     from poisonguard.errors import InputError
     from poisonguard.ingest.read import detect_format
 
     for label, path in (("batch file", file), ("reference", config.io.reference), ("suite", config.expectations.suite)):
-        if path is not None and not Path(path).is_file():
+        if path is not None and not is_url(path) and not Path(path).is_file():
             raise InputError(f"{path}: {label} not found; check the path")
-    detect_format(file, config.io.file_format)
-    from poisonguard.provenance.manifest import scan_dataset
+    detect_format(Path(file), config.io.file_format)
+    if not is_url(file):
+        from poisonguard.provenance.manifest import scan_dataset
 
-    dataset = scan_dataset(file, config)  # a file name that cannot name a dataset fails here, naming the file
-    _check_columns(file, config, dataset)
+        dataset = scan_dataset(Path(file), config)  # a file name that cannot name a dataset fails here
+        _check_columns(Path(file), config, dataset)
     if config.io.reference is not None:
         detect_format(Path(config.io.reference))
     writable_output_dir(Path(config.io.out_dir))
-    if config.provenance.trust_store is not None:
+    if config.provenance.trust_store is not None and not is_url(config.provenance.trust_store):
         from poisonguard.provenance.trust import load_trust_store
 
         load_trust_store(config.provenance.trust_store)  # a missing or broken store fails here, before Prefect starts

@@ -57,6 +57,7 @@ class Batch:
     unreadable: UnreadableBatchError | None = None
     row_count: int | None = None  # rows of a batch read in chunks, whose frame is never held whole
     snapshot: Path | None = None  # the private copy taken while hashing (see snapshot_file), if any
+    origin: str | None = None  # the URL of a batch copied from object storage to source_path (its report names it)
 
     @property
     def n_rows(self) -> int | None:

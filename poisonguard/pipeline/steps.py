@@ -22,9 +22,11 @@ import pandas as pd
 from poisonguard.config import ScanConfig
 from poisonguard.expectations.suite import suite_unchecked
 from poisonguard.expectations.validate import SchemaOutcome
+from poisonguard.ingest.fetch import fetched, localized
 from poisonguard.ingest.read import Batch, describe_batch, read_batch, snapshot_folder
 from poisonguard.ingest.source import BatchSource
 from poisonguard.memory import release_free_memory
+from poisonguard.names import is_url
 from poisonguard.pipeline.chunks import (
     ChunkStager,
     ScanFindings,
@@ -58,14 +60,15 @@ from poisonguard.write.outputs import OutputPaths, commit_staged, write_rejected
 progress = logging.getLogger("poisonguard.progress")
 
 
-def read(path: Path, config: ScanConfig, snapshot_dir: Path) -> BatchSource:
+def read(path: Path, config: ScanConfig, snapshot_dir: Path, origin: str | None = None) -> BatchSource:
     """Hash the batch into a private snapshot that every later pass reads, so the digest the manifest is
     checked against and the rows scanned are the same bytes whatever the file's writer does meanwhile;
-    without ``chunk_rows``, parse it whole as it is snapshotted."""
-    progress.info("reading %s", path)
+    without ``chunk_rows``, parse it whole as it is snapshotted. ``origin``: the URL a batch on object
+    storage was copied from (to ``path``), which the report names."""
+    progress.info("reading %s", origin or path)
     take = read_batch if config.io.chunk_rows is None else describe_batch
     batch = take(path, dataset=scan_dataset(path, config), file_format=config.io.file_format, snapshot_dir=snapshot_dir)
-    return BatchSource(batch, config.io.chunk_rows)
+    return BatchSource(replace(batch, origin=origin), config.io.chunk_rows)
 
 
 def plan(source: BatchSource, config: ScanConfig) -> ScanPlan:
@@ -212,14 +215,20 @@ def scan_file(path: str | Path, config: ScanConfig, steps: Steps = IN_PROCESS) -
     are scored in parallel slices (``steps.score_slices``).
     """
     with ReplayLock(config.ledger_path) as replay_lock, snapshot_folder(config.io.out_dir) as snapshot_dir:
-        return _scan(Path(path), config, steps, replay_lock, snapshot_dir)
+        # Inputs on object storage (the batch, its manifest, the reference, a suite, the trust store) are
+        # copied into the snapshot folder first: the scan reads only local bytes that cannot change under it.
+        origin = str(path) if is_url(path) else None
+        config = localized(config, snapshot_dir)
+        local = fetched(path, snapshot_dir, with_manifest=True)
+        return _scan(local, config, steps, replay_lock, snapshot_dir, origin)
 
 
-def _scan(path: Path, config: ScanConfig, steps: Steps, replay_lock: ReplayLock, snapshot_dir: Path) -> ScanSummary:
+def _scan(path: Path, config: ScanConfig, steps: Steps, replay_lock: ReplayLock, snapshot_dir: Path,
+          origin: str | None) -> ScanSummary:
     timer = StepTimer()
     lap, timings = timer.lap, timer.timings
 
-    source = steps.read(path, config, snapshot_dir)
+    source = steps.read(path, config, snapshot_dir, origin)
     batch = source.batch
     lap("ingest")
     scan_plan = steps.plan(source, config)

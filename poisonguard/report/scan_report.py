@@ -141,7 +141,8 @@ def build_report(
         "status": status,
         "scanned_at": scanned_at.isoformat(timespec="seconds"),
         "source": {
-            "path": str(batch.source_path),
+            "path": batch.origin or str(batch.source_path),
+            **({"fetched_as": str(batch.source_path)} if batch.origin else {}),
             "format": batch.file_format,
             "sha256": batch.sha256,
             "size_bytes": batch.size_bytes,

@@ -44,7 +44,7 @@ def _location(value: Any) -> Any:
 
 # An input a scan only reads (the reference, a suite, the trust store): a local path, or an fsspec URL
 # (s3://bucket/key) that the scan copies into its snapshot folder first (poisonguard.ingest.fetch).
-_Location = Annotated[Path | str, BeforeValidator(_location), Field(strict=False)]
+_Location = Annotated[Path | str, BeforeValidator(_location)]
 
 
 class _Settings(BaseModel):

@@ -45,13 +45,13 @@ class InboxResult:
     detail: str = ""
 
 
-def open_inbox(location: str, work_dir: Path, storage_options: dict | None = None):
+def open_inbox(location: str, work_dir: Path):
     """The inbox at ``location``: a local folder, or an fsspec URL of object storage (``s3://bucket/inbox``)
     whose claimed files are copied into ``work_dir`` to be scanned. Credentials and endpoints come from the
     store's own configuration (for S3: the ``AWS_*`` environment variables, ``AWS_ENDPOINT_URL``, or
     ``~/.aws``), never from the flow's parameters, which the Prefect UI shows."""
     if is_url(location):
-        return ObjectInbox(location, work_dir, storage_options)
+        return ObjectInbox(location, work_dir)
     return FolderInbox(Path(location.removeprefix("file://")))
 
 
@@ -60,7 +60,7 @@ def claim_batches(inbox, min_age_seconds: float, stale_after_seconds: float) -> 
     """Claims for this run: stale claims of dead runs first, then waiting files, each taken atomically."""
     claims = [c for c in (inbox.reclaim(s) for s in inbox.stale(stale_after_seconds)) if c is not None]
     claims += [c for c in (inbox.claim(w) for w in inbox.waiting(min_age_seconds)) if c is not None]
-    progress.info("claimed %d batch file(s) in %s", len(claims), getattr(inbox, "url", None) or inbox.root)
+    progress.info("claimed %d batch file(s) in %s", len(claims), inbox)
     return claims
 
 

@@ -133,6 +133,9 @@ class FolderInbox:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def __str__(self) -> str:
+        return str(self.root)
+
     def exists(self) -> bool:
         return self.root.is_dir()
 

@@ -23,7 +23,6 @@ keeps a work queue of files on an object store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonguard.ingest.inbox import PROCESSED, PROCESSING, REASON_SUFFIX
-from poisonguard.ingest.read import FORMATS_BY_SUFFIX
+from poisonguard.ingest.read import FORMATS_BY_SUFFIX, file_sha256, stream_sha256
 from poisonguard.provenance.manifest import MANIFEST_SUFFIX
 
 _CLAIM = re.compile(r"(?P<name>.+)\.claim-(?P<generation>\d{6})$")
@@ -64,6 +63,9 @@ class ObjectInbox:
         self.root = self.root.rstrip("/")
         self.work_dir = Path(work_dir)
         self.token = secrets.token_hex(6)
+
+    def __str__(self) -> str:
+        return self.url
 
     def location(self, *parts: str) -> str:
         """The URL of ``parts`` under the inbox (what reports and reason files name)."""
@@ -142,7 +144,7 @@ class ObjectInbox:
         if not self.fs.exists(key):
             return False
         with self.fs.open(key, "rb") as filed:
-            return _sha256(filed) == _sha256(claim.path.open("rb"))
+            return stream_sha256(filed)[0] == file_sha256(claim.path)
 
     def relative(self, filed: str | None) -> str:
         return "(taken over by another run)" if filed is None else filed[len(self.url) + 1:]
@@ -209,11 +211,3 @@ def _modified(info: dict[str, Any]) -> float:
         if isinstance(value, str):
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return time.time()  # unknown: taken as just written (a claim is then never taken for stale by mistake)
-
-
-def _sha256(stream) -> str:
-    digest = hashlib.sha256()
-    with stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

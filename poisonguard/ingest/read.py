@@ -93,13 +93,19 @@ def file_sha256(path: Path) -> str:
 
 def _hash_file(path: Path, copy: BinaryIO | None = None) -> tuple[str, int]:
     """Hex sha256 and size of the file's bytes, read once in 1 MiB chunks and written to ``copy`` if given."""
-    digest, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if copy is not None:
-                copy.write(chunk)
+        return stream_sha256(handle, copy)
+
+
+def stream_sha256(handle: BinaryIO, copy: BinaryIO | None = None) -> tuple[str, int]:
+    """Hex sha256 and size of what ``handle`` reads (a file, an object on object storage), in 1 MiB chunks,
+    written to ``copy`` if given."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := handle.read(_HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if copy is not None:
+            copy.write(chunk)
     return digest.hexdigest(), size
 
 

@@ -18,7 +18,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, STATUS, __version__
 from poisonguard.review.audit import AuditLog
-from poisonguard.review.batches import batch_overview, label_column, review_counts, row_decisions, with_review_status
+from poisonguard.review.batches import (
+    batch_overview,
+    decision_counts,
+    label_column,
+    row_decisions,
+    with_review_status,
+)
 from poisonguard.review.filters import evidence_order
 from poisonguard.safe_text import format_count
 from poisonguard.write.atomic import atomic_write_text
@@ -47,9 +53,10 @@ def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``reports/<dataset>/<batch_id>.html`` for ``report`` (a scan's JSON report), atomically."""
     out_dir = Path(out_dir)
     quarantined = report["rows"]["quarantined"] or 0
-    entries = AuditLog(out_dir).entries() if quarantined else []
-    rows, total, columns, numeric = _top_quarantined_rows(report, out_dir, entries)
-    review = review_counts(out_dir, report["dataset"], report["batch_id"], quarantined, entries) if quarantined else None
+    # The batch's decisions, derived once from the audit log for both the counts and the top rows' status.
+    decided = row_decisions(AuditLog(out_dir).entries(), report["dataset"], report["batch_id"]) if quarantined else {}
+    rows, total, columns, numeric = _top_quarantined_rows(report, out_dir, decided)
+    review = decision_counts(decided, quarantined) if quarantined else None
     verdict = report.get("batch_drift") or {}
     warnings = [w for w in [(report.get("class_balance") or {}).get("drift")] if w]
     if not verdict.get("drifted"):  # else the verdict says it once, and the drift section lists the details
@@ -83,7 +90,7 @@ def render_index(out_dir: Path, dataset: str) -> Path:
 
 
 def _top_quarantined_rows(report: dict[str, Any], out_dir: Path,
-                          entries: list[dict[str, Any]]) -> tuple[list[dict], int, list[str], set[str]]:
+                          decided: dict[int, dict[str, Any]]) -> tuple[list[dict], int, list[str], set[str]]:
     relative = (report.get("outputs") or {}).get("quarantine")
     if not relative or not (out_dir / relative).exists():
         return [], 0, [], set()
@@ -91,7 +98,7 @@ def _top_quarantined_rows(report: dict[str, Any], out_dir: Path,
     # Strongest evidence first (the smallest p-value), not the most reasons: one large genuine row can break
     # seven range rules and would sit above every flipped label.
     top = frame.iloc[evidence_order(frame)[:TOP_ROWS]]
-    top = with_review_status(top, row_decisions(entries, report["dataset"], report["batch_id"]))
+    top = with_review_status(top, decided)
     label = label_column(report)
     labels = [label] if label in top.columns else []
     data_columns = [c for c in top.columns if not c.startswith("_") and c not in labels]

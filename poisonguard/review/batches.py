@@ -100,7 +100,11 @@ def batch_entries(entries: list[dict[str, Any]], dataset: str, batch_id: str) ->
 def review_counts(out_dir: Path, dataset: str, batch_id: str, quarantined: int,
                   entries: list[dict[str, Any]] | None = None) -> dict[str, int]:
     entries = AuditLog(out_dir).entries() if entries is None else entries
-    decided = row_decisions(entries, dataset, batch_id)
+    return decision_counts(row_decisions(entries, dataset, batch_id), quarantined)
+
+
+def decision_counts(decided: dict[int, dict[str, Any]], quarantined: int) -> dict[str, int]:
+    """Pending, released and confirmed rows of a batch with ``quarantined`` rows, from its :func:`row_decisions`."""
     released = sum(1 for e in decided.values() if e["action"] == RELEASE)
     confirmed = len(decided) - released
     return {PENDING: max(quarantined - len(decided), 0), RELEASED: released, CONFIRMED: confirmed}

@@ -39,27 +39,21 @@ def publish_batch(out_dir: Path, report: dict[str, Any], url: str, reports_only:
     ``reports_only``: copy its JSON and HTML reports alone (after a report was brought up to date)."""
     from fsspec.core import url_to_fs
 
-    out_dir = Path(out_dir)
-    fs, root = url_to_fs(url.rstrip("/"))
+    out_dir, url = Path(out_dir), url.rstrip("/")
+    fs, root = url_to_fs(url)
     root = root.rstrip("/")
-    written = []
-    if reports_only:
-        for path in batch_files(out_dir, report, reports_only=True):
-            relative = path.relative_to(out_dir).as_posix()
-            fs.put_file(str(path), f"{root}/{relative}")
-            written.append(f"{url.rstrip('/')}/{relative}")
-        return written
-    for path in batch_files(out_dir, report):
+
+    def copy(path: Path) -> str:
         relative = path.relative_to(out_dir).as_posix()
-        fs.makedirs(f"{root}/{relative.rsplit('/', 1)[0]}", exist_ok=True)
+        fs.makedirs(f"{root}/{relative.rsplit('/', 1)[0]}", exist_ok=True)  # a local target needs its folder
         fs.put_file(str(path), f"{root}/{relative}")
-        written.append(f"{url.rstrip('/')}/{relative}")
+        return f"{url}/{relative}"
+
+    written = [copy(path) for path in batch_files(out_dir, report, reports_only)]
     listing = listing_path(out_dir, report["dataset"])
-    if listing.exists():
+    if not reports_only and listing.exists():
         # Under the listing's own lock: two scans of one dataset publishing at once copy the listing in the
         # order they wrote it, so the copy is never older than a batch whose files are already there.
         with listing_lock(out_dir, report["dataset"]):
-            relative = listing.relative_to(out_dir).as_posix()
-            fs.put_file(str(listing), f"{root}/{relative}")
-        written.append(f"{url.rstrip('/')}/{relative}")
+            written.append(copy(listing))
     return written

@@ -165,6 +165,16 @@ def test_an_inbox_on_s3_files_clean_poisoned_and_tampered_batches_and_publishes_
     assert process_inbox("s3://bkt/inbox", settings, min_age_seconds=0) == []  # nothing left for a second run
     assert os.listdir(tmp_path / "out")  # the working area stays local: ledger, reports, review
 
+    # A reviewer's release reaches S3 at once, not at the batch's next scan: the released rows' file, and the
+    # listing that names it.
+    poisoned = results["poisoned.csv"].batch_id
+    invoke("review", "release", poisoned, "--all", "--reason", "checked", "-o", tmp_path / "out")
+    released = [name for name in json.loads(s3.cat_file("bkt/published/clean/toy/_committed.json"))["files"]
+                if poisoned in name and "released" in name]
+    assert len(released) == 1
+    held = len(pd.read_parquet(f"s3://bkt/published/clean/toy/{released[0]}"))
+    assert held == json.loads(s3.cat_file(f"bkt/published/reports/toy/{poisoned}.json"))["rows"]["quarantined"]
+
 
 def test_a_scan_reads_its_batch_manifest_reference_and_trust_store_from_s3(s3, tmp_path):
     """``poisonguard scan s3://...`` with the reference and the trust store on S3 too: each is copied in, the

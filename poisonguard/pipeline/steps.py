@@ -363,6 +363,8 @@ def conclude(batch: Batch, scan_plan: ScanPlan, config: ScanConfig, paths: Outpu
         timings=timings,
         **result,
     )
+    if config.io.publish_url is not None:  # where review decisions on the batch are copied too
+        data["published_to"] = config.io.publish_url
     html = steps.report(paths.report, data, config.io.out_dir)
     steps.record(batch, result["status"], checked, config, (result["rows_clean"], result["rows_quarantined"]), content)
     steps.list_for_training(data, config.io.out_dir, config.io.publish_url)

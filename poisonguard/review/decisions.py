@@ -142,9 +142,10 @@ def decide(
 
 def refresh_outputs(out_dir: Path, decision: Decision) -> list[str]:
     """Bring what readers see up to date after ``decision``: the dataset's listing of clean files, the
-    batch's HTML report and the dataset's index. The decision is committed already (its audit entry and
-    files are durable), so a failure here is returned as a warning, never raised: the batch's next decision
-    or scan redoes all three."""
+    batch's HTML report and the dataset's index, and their copies where the scan published the batch
+    (``published_to`` in its report). The decision is committed already (its audit entry and files are
+    durable), so a failure here is returned as a warning, never raised: the batch's next decision or scan
+    redoes all of it."""
     from poisonguard.report.html import render_batch_report, render_index
     from poisonguard.write.committed import list_batch
 
@@ -161,6 +162,14 @@ def refresh_outputs(out_dir: Path, decision: Decision) -> list[str]:
     except Exception as error:  # noqa: BLE001
         warnings.append(f"the decision is recorded, but the HTML report was not refreshed: "
                         f"{storage_error(error) or error}")
+    if (url := decision.batch.report.get("published_to")) and not warnings:
+        from poisonguard.write.remote import publish_batch
+
+        try:
+            publish_batch(out_dir, decision.batch.report, url)
+        except Exception as error:  # noqa: BLE001
+            warnings.append(f"the decision is recorded, but its files were not copied to {url} ({error}); the "
+                            "batch's next decision or scan copies them")
     return warnings
 
 

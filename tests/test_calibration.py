@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from poisonguard.decide.calibration import (
+    WEIGHT_FLOOR,
+    detector_weights,
     holdout_p_values,
     tail_false_quarantine,
     tail_limit,
@@ -13,6 +15,7 @@ from poisonguard.decide.calibration import (
     tail_p_values,
     union_threshold,
     union_threshold_with_rules,
+    weighted_min_p,
 )
 
 BUDGET = 0.01
@@ -76,6 +79,43 @@ def test_an_own_threshold_that_costs_the_whole_budget_is_dropped():
     alpha, guarantee, kept = union_threshold_with_rules(min_p_hold, {"rule": rng.random(3_000) < 0.03}, BUDGET, 1)
     assert kept == []
     assert (alpha, guarantee) == union_threshold(min_p_hold, BUDGET, 1)
+
+
+def _weighted_union(seed: int, shift: float, n_hold: int = 3_000, n_clean: int = 20_000,
+                    n_poison: int = 600) -> tuple[float, float, float, dict[str, float]]:
+    """Three detectors, heavy-tailed scores; the poisoned rows stand out in the first alone (by ``shift``).
+    (false quarantine of the weighted union, its recall, the plain union's recall, the weights)."""
+    rng = np.random.default_rng(seed)
+    hold = rng.standard_t(3, size=(3, n_hold))
+    batch = rng.standard_t(3, size=(3, n_clean + n_poison))
+    batch[0, n_clean:] += shift
+    groups = np.full(0, "*", dtype=object)
+    names = ["a", "b", "c"]
+    hold_p = {name: holdout_p_values(scores, groups) for name, scores in zip(names, hold)}
+    batch_p = {name: tail_p_values(h, b) for name, h, b in zip(names, hold, batch)}
+    weights = detector_weights(batch_p, BUDGET, n_hold)
+    alpha, _ = union_threshold(weighted_min_p(hold_p, weights), BUDGET, 3)
+    flagged = weighted_min_p(batch_p, weights) <= alpha
+    plain_alpha, _ = union_threshold(weighted_min_p(hold_p, dict.fromkeys(names, 1.0)), BUDGET, 3)
+    plain = weighted_min_p(batch_p, dict.fromkeys(names, 1.0)) <= plain_alpha
+    return (float(flagged[:n_clean].mean()), float(flagged[n_clean:].mean()), float(plain[n_clean:].mean()),
+            weights)
+
+
+def test_a_clean_batch_leaves_the_detectors_equal_shares_of_the_budget():
+    evenly = [set(_weighted_union(seed, shift=0.0)[3].values()) == {1.0} for seed in range(40)]
+    assert np.mean(evenly) >= 0.8  # an excess beyond chance is needed to move a weight
+
+
+def test_the_detector_that_sees_the_poison_gets_more_of_the_budget_and_the_union_still_holds_it():
+    runs = [_weighted_union(seed, shift=6.0) for seed in range(100)]
+    shares, recalls, plain_recalls, weights = zip(*runs)
+    assert all(min(w.values()) >= WEIGHT_FLOOR for w in weights)  # every detector keeps its floor
+    assert np.mean([w["a"] > 1.0 and w["a"] == max(w.values()) for w in weights]) >= 0.9
+    # The budget holds with 90% confidence, as for the plain union: the weights only move it between detectors.
+    assert np.mean(np.array(shares) > BUDGET) <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / len(shares))
+    assert np.mean(recalls) > np.mean(plain_recalls) + 0.05
+
 
 
 @pytest.mark.parametrize("draw", ["normal", "exponential", "standard_t"])

@@ -218,6 +218,66 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> 
     return budget / max(n_detectors, 1), "estimate"
 
 
+# Of the detectors' budget, the share split evenly across detectors whatever the batch shows; the rest goes to
+# the detectors whose p-values in the batch show an excess of small values (see detector_weights).
+WEIGHT_FLOOR = 0.25
+# The p-value level, as a share of the detectors' budget, at which a detector's excess is counted.
+WEIGHT_LEVEL = 1.0
+
+
+def detector_weights(batch_p: dict[str, np.ndarray], budget: float, n_hold: int,
+                     floor: float = WEIGHT_FLOOR) -> dict[str, float]:
+    """Per detector, the weight of its share of the union's budget (mean 1): a row is flagged by detector
+    ``d`` when ``p_d <= alpha * w_d``, and ``alpha`` is set on the held-out rows' ``min_d p_d / w_d``.
+
+    Several detectors share one budget, so each flags only rows far beyond what its held-out rows show, and
+    a detector that alone sees an attack (a kNN distance on a jittered trigger, a label model on flipped
+    labels near the boundary) gets a fraction of the budget it would have alone. The batch says which
+    detectors see something: clean rows' conformal p-values are uniform, so at a ``level`` (``WEIGHT_LEVEL`` of
+    the ``budget``) a detector expects ``n * level`` rows, and its excess beyond that counts rows it singles
+    out. Less two standard deviations of the count for clean rows, so that chance does not move the weights:
+    all batch rows are compared with the same ``n_hold`` held-out rows, whose level quantile is itself a
+    draw, so the count varies by ``n * sqrt(level / n_hold)`` as well as by its Poisson ``sqrt(n * level)``
+    (measured: with the Poisson part alone, 3,000 held-out and 20,600 clean batch rows moved the weights in
+    most draws). ``floor`` of the budget is split evenly, so that every
+    detector still flags what is far out; the rest in proportion to the excesses. With no excess anywhere
+    (a clean batch) every weight is 1, the plain union.
+
+    Conditional on the weights, held-out and clean batch rows are judged by the same statistic, so the
+    budget's guarantee holds as before. The weights are read from the batch, a clean row among them
+    included, whose share in any count is one of ``n``.
+
+    Written by hand: weighted Bonferroni with weights from data is textbook (Genovese, Roeder and Wasserman
+    2006), but no library at hand takes conformal p-values and a union budget.
+    """
+    level = WEIGHT_LEVEL * budget
+    return weights_from_excess({name: excess_rows(float(np.sum(p_values <= level)), len(p_values), level, n_hold)
+                                for name, p_values in batch_p.items()}, floor)
+
+
+def excess_rows(observed: float, n_rows: int, level: float, n_calibration: int) -> float:
+    """Rows beyond the ``n_rows * level`` that clean rows give, less two standard deviations of that count
+    (Poisson, and the ``n_calibration`` rows the level was read from); at least 0."""
+    expected = n_rows * level
+    spread = math.sqrt(expected + n_rows**2 * level * (1.0 - level) / max(n_calibration, 1))
+    return max(0.0, observed - expected - 2.0 * spread)
+
+
+def weights_from_excess(excess: dict[str, float], floor: float = WEIGHT_FLOOR) -> dict[str, float]:
+    """Weights of mean 1: ``floor`` of the budget split evenly, the rest in proportion to ``excess``
+    (see :func:`detector_weights`); all 1 when nothing exceeds."""
+    names, total = list(excess), sum(excess.values())
+    if total <= 0:
+        return dict.fromkeys(names, 1.0)
+    return {name: len(names) * (floor / len(names) + (1.0 - floor) * excess[name] / total) for name in names}
+
+
+def weighted_min_p(p_values: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Per row, ``min_d p_d / w_d``: the statistic whose threshold ``alpha`` flags by detector ``d`` at
+    ``p_d <= alpha * w_d``."""
+    return np.vstack([p_values[name] / weights.get(name, 1.0) for name in p_values]).min(axis=0)
+
+
 # A detector with a threshold of its own (a natural threshold) keeps it beside a reference when its flags cost
 # at most this share of the detectors' budget on the held-out rows; the p-value threshold spends the rest.
 NATURAL_RULE_SHARE = 1.0

@@ -31,16 +31,19 @@ def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, e
         return pd.Series("", index=reasons.index, dtype=object)
     rules = {(e["expectation"], e["column"]): e.get("kwargs") or {} for e in expectations if e.get("column")}
     alpha, own = calibration.get("p_value_threshold"), calibration.get("own_thresholds") or {}
+    weights = calibration.get("detector_weights") or {}
     exploded = pd.DataFrame({"position": codes.index.to_numpy(), "code": codes.astype(str).to_numpy()})
     phrases = pd.Series("", index=exploded.index, dtype=object)
     for code, where in exploded.groupby("code").groups.items():
-        phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules, alpha, own)
+        phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules, alpha, own,
+                                      weights)
     joined = phrases.groupby(exploded["position"].to_numpy()).agg("; ".join)  # each row's reasons in their order
     return pd.Series(joined.reindex(range(len(reasons)), fill_value="").to_numpy(), index=reasons.index, dtype=object)
 
 
 def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame,
-             rules: dict[tuple[str, str], dict], alpha: float | None, own_thresholds: dict[str, float]) -> list[str] | str:
+             rules: dict[tuple[str, str], dict], alpha: float | None, own_thresholds: dict[str, float],
+             weights: dict[str, float]) -> list[str] | str:
     family, _, rest = code.partition(":")
     if family == SCHEMA:
         check, _, column = rest.partition(":")
@@ -65,7 +68,7 @@ def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame
         return code
     values = scores[f"{detector}_score"].to_numpy()[at]
     if f"{detector}_pvalue" in scores and alpha is not None:
-        own = own_thresholds.get(detector)
+        own, alpha = own_thresholds.get(detector), alpha * weights.get(detector, 1.0)  # the detector's own share
         phrases = [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
                    else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
                    for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]

@@ -23,8 +23,10 @@ from poisonguard.decide.calibration import (
     batch_p_values,
     calibration_groups,
     confident_rows,
+    detector_weights,
     holdout_p_values,
     union_threshold_with_rules,
+    weighted_min_p,
 )
 from poisonguard.errors import ConfigError
 from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
@@ -184,11 +186,12 @@ def score_in_chunks(fitted: FittedReference, batch: pd.DataFrame) -> list[dict[s
 
 
 def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: list[dict[str, np.ndarray]],
-                  skipped: dict[str, str] | None = None) -> DetectorScores:
+                  skipped: dict[str, str] | None = None, passed: np.ndarray | None = None) -> DetectorScores:
     """Calibrated flags for every batch row, from the scores of its consecutive chunks, in batch order.
 
     Detectors that must see the whole batch (transductive ones, and those reading the probe's
-    activations) run here.
+    activations) run here. The detectors' shares of the budget are weighted by what they see in the rows
+    that ``passed`` the schema (all rows by default), as a chunked scan weights them by its sample of those.
     """
     result = DetectorScores()
     for name in fitted.streamed:
@@ -236,7 +239,10 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                 skipped = {**(skipped or {}), name: cannot_fit(name, error)}
     if not holdout_scores:
         return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped or {}})
-    calibration = calibrate_holdout(fitted, holdout_scores)
+    passed = np.ones(len(batch), dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
+    calibration = calibrate_holdout(fitted, holdout_scores, {name: np.asarray(scores)[..., passed]
+                                                             for name, scores in result.scores.items()},
+                                    None if y_batch is None else y_batch[passed])
     calibration.summary["skipped_detectors"] = skipped or {}
     return explained(fitted, apply_calibration(calibration, result.scores, y_batch), batch)
 
@@ -255,9 +261,15 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any],
+                 weights: dict[str, float] | None = None) -> None:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
+        self.weights = weights or dict.fromkeys(names, 1.0)
+
+    def threshold(self, name: str) -> float:
+        """The p-value at or below which detector ``name`` flags a row: ``alpha`` times its weight."""
+        return self.alpha * self.weights.get(name, 1.0)
 
     @property
     def rules(self) -> dict[str, float]:
@@ -265,8 +277,14 @@ class ReferenceCalibration:
         return self.summary.get("own_thresholds") or {}
 
 
-def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray]) -> ReferenceCalibration:
-    """Set the p-value threshold for the union of all detectors from the held-out rows' scores."""
+def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray],
+                      batch_scores: dict[str, np.ndarray] | None = None,
+                      y_batch: np.ndarray | None = None) -> ReferenceCalibration:
+    """Set the p-value threshold for the union of all detectors from the held-out rows' scores.
+
+    ``batch_scores`` (of the batch, or of a uniform sample of it; ``y_batch`` their labels) weight each
+    detector's share of the budget by what it sees in the batch (:func:`detector_weights`); without them
+    the detectors share it evenly."""
     config, y_hold = fitted.config, fitted.y_hold
     names = [name for name in fitted.names if name in holdout_scores]
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
@@ -276,11 +294,19 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     smallest_group = max(config.detection.min_class_rows, math.ceil(len(names) / config.detector_budget))
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
-    min_p_hold = np.vstack(list(holdout_p.values())).min(axis=0)
+    weights = dict.fromkeys(names, 1.0)
+    if batch_scores is not None:
+        groups_batch = batch_groups(y_batch, groups_hold)
+        folds_hold = holdout_folds(fitted.folds)
+        batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, np.asarray(batch_scores[name]),
+                                        groups_batch, folds_hold) for name in names}
+        weights = detector_weights(batch_p, config.detector_budget, fitted.holdout_rows)
+    min_p_hold = weighted_min_p(holdout_p, weights)
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
     alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names))
-    flagged_hold = {name: (p <= alpha) | (rule_hold[name] if name in ruled else False) for name, p in holdout_p.items()}
+    flagged_hold = {name: (p <= alpha * weights[name]) | (rule_hold[name] if name in ruled else False)
+                    for name, p in holdout_p.items()}
     combined_hold = np.logical_or.reduce(list(flagged_hold.values()))
     summary = {
         "mode": "reference",
@@ -294,6 +320,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "detector_budget": config.detector_budget,
         "schema_budget": config.schema_budget,
         "p_value_threshold": float(alpha),
+        # each detector flags at p <= p_value_threshold * its weight: its share of the budget, from the batch
+        "detector_weights": {name: round(float(w), 4) for name, w in weights.items()},
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float(flags.mean()) for n, flags in flagged_hold.items()},
         # detectors that also flag by their own threshold, which the held-out rows showed affordable
@@ -307,7 +335,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold,
-                                holdout_folds(fitted.folds), alpha, summary)
+                                holdout_folds(fitted.folds), alpha, summary, weights)
 
 
 def apply_calibration(
@@ -323,10 +351,11 @@ def apply_calibration(
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
-        result.flags[name] = result.p_values[name] <= calibration.alpha
+        result.flags[name] = result.p_values[name] <= calibration.threshold(name)
         if name in calibration.rules:
             result.flags[name] |= result.scores[name] > calibration.rules[name]
-        result.evidence[name] = -np.log10(result.p_values[name])
+        # -log10(p / weight): one axis for every detector, flagged above -log10(alpha)
+        result.evidence[name] = -np.log10(result.p_values[name] / calibration.weights.get(name, 1.0))
         result.reasons[name] = calibration.reasons[name]
     return result
 

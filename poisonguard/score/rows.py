@@ -27,8 +27,8 @@ def score_rows(
 ) -> DetectorScores:
     """Score every row of ``batch`` with each detector in ``config.detection.detectors``.
 
-    ``fit_mask`` marks the batch rows that may be used for fitting when there is no reference (rows that
-    passed the schema). Returns empty scores for an empty batch.
+    ``fit_mask`` marks the rows that passed the schema: without a reference, the rows the detectors are fitted
+    on; with one, the rows whose scores weight the detectors' shares of the budget. Returns empty scores for an empty batch.
     """
     refuse_weak_guarantee(reference, config)
     if len(batch) == 0:
@@ -37,7 +37,7 @@ def score_rows(
         fitted, skipped = fit_reference(reference, kinds, label_col, config)
         if fitted is None:
             return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped})
-        return finish_scores(fitted, batch, score_in_chunks(fitted, batch), skipped)
+        return finish_scores(fitted, batch, score_in_chunks(fitted, batch), skipped, fit_mask)
     names, skipped = runnable_detectors(config, label_col, False, kinds)
     if not names:
         return DetectorScores(calibration={"mode": "batch", "skipped_detectors": skipped})

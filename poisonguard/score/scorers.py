@@ -97,7 +97,7 @@ class WholeBatchScorer(ChunkScorer):
 
     def _flag(self, frame, fit_mask, parts) -> DetectorScores:
         if self.fitted is not None:
-            return finish_scores(self.fitted, frame, parts, self.skipped)
+            return finish_scores(self.fitted, frame, parts, self.skipped, fit_mask)
         if has_enough_reference(self.scan_plan.reference, self.config):  # no detector can run
             return super()._flag(frame, fit_mask, parts)
         plan = self.scan_plan
@@ -169,24 +169,29 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
     names = chosen_detectors(config, with_reference)
     refuse_unchunkable(names, config)
     if with_reference:
-        # Detectors that judge the batch's rows against each other need a first pass for a sample of it.
+        # A first pass for a sample of the batch: detectors that judge the batch's rows against each other
+        # are fitted on it, and what every detector sees in it weights their shares of the budget (as a
+        # whole-batch scan weights them by all its rows).
         sample = None
-        if any(detector_spec(n).transductive or detector_spec(n).reads != "features" for n in names):
+        fit_on_batch = any(detector_spec(n).transductive or detector_spec(n).reads != "features" for n in names)
+        if fit_on_batch or len(names) > 1:
             sample = validated_sample(source, scan_plan, config.calibration.max_reference_rows, config.seed)
             if sample is None:  # broken structure: the scanning pass finds it and rejects the batch
                 return NoDetectors(config, {"mode": "reference"})
-            if len(sample) < 2 * config.detection.min_class_rows:
+            if fit_on_batch and len(sample) < 2 * config.detection.min_class_rows:
                 raise ConfigError(
                     f"{source.batch.source_path}: too few rows pass the schema to fit "
                     f"{', '.join(names)} on a sample of the batch; scan it without --chunk-rows"
                 )
-        fitted, skipped = fit_reference(reference, kinds, label_col, config, sample)
+        fitted, skipped = fit_reference(reference, kinds, label_col, config, sample if fit_on_batch else None)
         if fitted is None:
             return ChunkScorer(config, skipped)
-        calibration = calibrate_holdout(fitted, fitted.holdout_scores)
+        seen = score_chunk(fitted, sample) if sample is not None and len(sample) else None
+        calibration = calibrate_holdout(fitted, fitted.holdout_scores, seen,
+                                        labels_of(sample, label_col) if seen is not None else None)
         calibration.summary["skipped_detectors"] = skipped
         log.info("fitted %s on %s reference rows%s; p-value threshold %.3g", ", ".join(fitted.names),
-                 f"{fitted.fit_rows:,}", f" and {len(sample):,} batch rows" if sample is not None else "",
+                 f"{fitted.fit_rows:,}", f" and {len(sample):,} batch rows" if fit_on_batch else "",
                  calibration.alpha)
         return ReferenceChunkScorer(config, fitted, calibration, skipped)
     log.info("first pass: sampling %s rows to fit on", f"{config.calibration.max_reference_rows:,}")

@@ -319,9 +319,18 @@ def _batch_view(server: ReviewServer, found, row_filter: RowFilter, params) -> d
         "query": _query(row_filter, {"sort": params.get("sort"), "order": params.get("order")}),
         "reasons": sorted(found.report.get("reasons") or {}),
         "detectors": sorted(found.report.get("detectors") or {}),
-        "alpha": thresholds.get("alpha"),
+        "thresholds": _p_thresholds(thresholds),
         "sortable": ["evidence", ROW_ID, *([label] if label else []), *score_columns, *p_columns, *data_columns],
     }
+
+
+def _p_thresholds(calibration: dict[str, Any]) -> dict[str, float]:
+    """Per detector, the p-value at or below which it flags a row: the threshold times its weight."""
+    alpha = calibration.get("p_value_threshold")
+    if alpha is None:
+        return {}
+    weights = calibration.get("detector_weights") or dict.fromkeys(calibration.get("per_detector_holdout_rate") or {}, 1.0)
+    return {name: alpha * weight for name, weight in weights.items()}
 
 
 def _row_view(record: dict[str, Any], label: str | None, data_columns: list[str], p_columns: list[str],

@@ -101,9 +101,13 @@ class ScanFindings:
         axis = self.calibration.get("evidence_axis", "score")
         evidence = {name: np.concatenate(parts) for name, parts in self.evidence.items()}
         flags = {name: np.concatenate(parts) for name, parts in self.evidence_flags.items()}
+        # Evidence is -log10(p / weight), one axis for every detector's threshold; drift is judged on the
+        # conformal p-values themselves, which are uniform for rows drawn like the reference.
+        weights = self.calibration.get("detector_weights") or {}
+        p_evidence = {name: values - np.log10(weights.get(name, 1.0)) for name, values in evidence.items()}
         figures = {
             "distributions": score_distributions(evidence, flags, threshold, axis),
-            **drift_checks(self.drift_rows.frame, scan_plan.reference, scan_plan.kinds, evidence, axis,
+            **drift_checks(self.drift_rows.frame, scan_plan.reference, scan_plan.kinds, p_evidence, axis,
                            self.rows_in, self.rows_quarantined),
         }
         if scan_plan.label_col is not None:

@@ -178,6 +178,12 @@ def test_a_batch_that_drifted_as_a_whole_gets_a_score_drift_warning(sample_scan,
     assert {d["detector"] for d in report["score_drift"]} >= {"ecod"}
     html = (tmp_path / "out" / "reports" / "batch" / f"{report['batch_id']}.html").read_text()
     assert "scores the batch differently from the held-out reference rows" in html
+    # Each detector's weight and the p-value it flags at, as the calibration set them.
+    calibration = report["calibration"]
+    assert "weight (its share of the budget)" in html
+    for name, weight in calibration["detector_weights"].items():
+        level = calibration["p_value_threshold"] * weight
+        assert f'<td class="num">{weight:.2f}</td><td class="num mono">{level:.2g}</td>' in html
 
 
 def test_a_batch_that_drifted_as_a_whole_gets_one_verdict_and_a_plot_per_drifted_column(sample_scan, tmp_path):

@@ -18,6 +18,19 @@ SCHEMA = "schema"
 _EXPECTATION_OF = {short: expectation for expectation, short in SHORT_NAMES.items()}
 
 
+def detector_p_threshold(calibration: dict[str, Any], detector: str) -> float | None:
+    """The p-value at or below which ``detector`` flags a row: a report's ``calibration`` threshold times the
+    detector's weight (1 when the report holds none); ``None`` without a p-value threshold (no reference)."""
+    alpha = calibration.get("p_value_threshold")
+    return None if alpha is None else alpha * (calibration.get("detector_weights") or {}).get(detector, 1.0)
+
+
+def detector_p_thresholds(calibration: dict[str, Any], detectors) -> dict[str, float]:
+    """:func:`detector_p_threshold` of each of ``detectors`` that has one."""
+    found = {name: detector_p_threshold(calibration, name) for name in detectors}
+    return {name: level for name, level in found.items() if level is not None}
+
+
 def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, expectations: list[dict[str, Any]],
                  calibration: dict[str, Any]) -> pd.Series:
     """One text per row, phrases joined by ``"; "``, ``""`` for a row with no reason.
@@ -30,20 +43,19 @@ def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, e
     if codes.empty:
         return pd.Series("", index=reasons.index, dtype=object)
     rules = {(e["expectation"], e["column"]): e.get("kwargs") or {} for e in expectations if e.get("column")}
-    alpha, own = calibration.get("p_value_threshold"), calibration.get("own_thresholds") or {}
-    weights = calibration.get("detector_weights") or {}
+    own = calibration.get("own_thresholds") or {}
     exploded = pd.DataFrame({"position": codes.index.to_numpy(), "code": codes.astype(str).to_numpy()})
     phrases = pd.Series("", index=exploded.index, dtype=object)
     for code, where in exploded.groupby("code").groups.items():
-        phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules, alpha, own,
-                                      weights)
+        phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules,
+                                      calibration, own)
     joined = phrases.groupby(exploded["position"].to_numpy()).agg("; ".join)  # each row's reasons in their order
     return pd.Series(joined.reindex(range(len(reasons)), fill_value="").to_numpy(), index=reasons.index, dtype=object)
 
 
 def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame,
-             rules: dict[tuple[str, str], dict], alpha: float | None, own_thresholds: dict[str, float],
-             weights: dict[str, float]) -> list[str] | str:
+             rules: dict[tuple[str, str], dict], calibration: dict[str, Any],
+             own_thresholds: dict[str, float]) -> list[str] | str:
     family, _, rest = code.partition(":")
     if family == SCHEMA:
         check, _, column = rest.partition(":")
@@ -67,8 +79,9 @@ def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame
     if f"{detector}_score" not in scores:
         return code
     values = scores[f"{detector}_score"].to_numpy()[at]
+    alpha = detector_p_threshold(calibration, detector)
     if f"{detector}_pvalue" in scores and alpha is not None:
-        own, alpha = own_thresholds.get(detector), alpha * weights.get(detector, 1.0)  # the detector's own share
+        own = own_thresholds.get(detector)
         phrases = [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
                    else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
                    for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]

@@ -17,6 +17,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, STATUS, __version__
+from poisonguard.decide.explain import detector_p_thresholds
 from poisonguard.review.audit import AuditLog
 from poisonguard.review.batches import (
     batch_overview,
@@ -78,6 +79,7 @@ def render_batch_report(report: dict[str, Any], out_dir: Path) -> Path:
         numeric_columns=numeric,
         review=review,
         warnings=warnings,
+        p_thresholds=detector_p_thresholds(report.get("calibration") or {}, report.get("detectors") or {}),
     )
     return atomic_write_text(report_html_path(out_dir, report["dataset"], report["batch_id"]), html)
 

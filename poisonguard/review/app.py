@@ -38,6 +38,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from poisonguard import EXPLANATION, PVALUE_PREFIX, REASONS, ROW_ID, SCORE_PREFIX, STATUS, __version__
+from poisonguard.decide.explain import detector_p_thresholds
 from poisonguard.errors import ConfigError, InputError
 from poisonguard.report.html import report_html_path
 from poisonguard.review.audit import CONFIRM, DONE, RELEASE, UNDO, AuditLog
@@ -302,7 +303,6 @@ def _batch_view(server: ReviewServer, found, row_filter: RowFilter, params) -> d
     p_columns = [c for c in rows.columns if c.startswith(PVALUE_PREFIX)]
     score_columns = [c for c in rows.columns if c.startswith(SCORE_PREFIX)]
     predicted = [c for c in rows.columns if c.startswith("_predicted_")]
-    thresholds = (found.report.get("calibration") or {})
     return {
         "label": label,
         "rows": [_row_view(record, label, data_columns, p_columns, score_columns, predicted)
@@ -319,18 +319,9 @@ def _batch_view(server: ReviewServer, found, row_filter: RowFilter, params) -> d
         "query": _query(row_filter, {"sort": params.get("sort"), "order": params.get("order")}),
         "reasons": sorted(found.report.get("reasons") or {}),
         "detectors": sorted(found.report.get("detectors") or {}),
-        "thresholds": _p_thresholds(thresholds),
+        "thresholds": detector_p_thresholds(found.report.get("calibration") or {}, found.report.get("detectors") or {}),
         "sortable": ["evidence", ROW_ID, *([label] if label else []), *score_columns, *p_columns, *data_columns],
     }
-
-
-def _p_thresholds(calibration: dict[str, Any]) -> dict[str, float]:
-    """Per detector, the p-value at or below which it flags a row: the threshold times its weight."""
-    alpha = calibration.get("p_value_threshold")
-    if alpha is None:
-        return {}
-    weights = calibration.get("detector_weights") or dict.fromkeys(calibration.get("per_detector_holdout_rate") or {}, 1.0)
-    return {name: alpha * weight for name, weight in weights.items()}
 
 
 def _row_view(record: dict[str, Any], label: str | None, data_columns: list[str], p_columns: list[str],

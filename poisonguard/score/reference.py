@@ -261,15 +261,14 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any],
-                 weights: dict[str, float] | None = None) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
-        self.weights = weights or dict.fromkeys(names, 1.0)
 
-    def threshold(self, name: str) -> float:
-        """The p-value at or below which detector ``name`` flags a row: ``alpha`` times its weight."""
-        return self.alpha * self.weights.get(name, 1.0)
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each detector's weight of the budget (its threshold is ``alpha`` times it), as the report holds it."""
+        return self.summary["detector_weights"]
 
     @property
     def rules(self) -> dict[str, float]:
@@ -295,9 +294,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     weights = dict.fromkeys(names, 1.0)
+    folds_hold = holdout_folds(fitted.folds)
     if batch_scores is not None:
         groups_batch = batch_groups(y_batch, groups_hold)
-        folds_hold = holdout_folds(fitted.folds)
         batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, np.asarray(batch_scores[name]),
                                         groups_batch, folds_hold) for name in names}
         weights = detector_weights(batch_p, config.detector_budget, fitted.holdout_rows)
@@ -321,7 +320,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "schema_budget": config.schema_budget,
         "p_value_threshold": float(alpha),
         # each detector flags at p <= p_value_threshold * its weight: its share of the budget, from the batch
-        "detector_weights": {name: round(float(w), 4) for name, w in weights.items()},
+        "detector_weights": {name: float(w) for name, w in weights.items()},
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float(flags.mean()) for n, flags in flagged_hold.items()},
         # detectors that also flag by their own threshold, which the held-out rows showed affordable
@@ -334,8 +333,8 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     if warning is not None:
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
-    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold,
-                                holdout_folds(fitted.folds), alpha, summary, weights)
+    return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, folds_hold,
+                                alpha, summary)
 
 
 def apply_calibration(
@@ -351,11 +350,11 @@ def apply_calibration(
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
-        result.flags[name] = result.p_values[name] <= calibration.threshold(name)
+        result.flags[name] = result.p_values[name] <= calibration.alpha * calibration.weights[name]
         if name in calibration.rules:
             result.flags[name] |= result.scores[name] > calibration.rules[name]
         # -log10(p / weight): one axis for every detector, flagged above -log10(alpha)
-        result.evidence[name] = -np.log10(result.p_values[name] / calibration.weights.get(name, 1.0))
+        result.evidence[name] = -np.log10(result.p_values[name] / calibration.weights[name])
         result.reasons[name] = calibration.reasons[name]
     return result
 

@@ -39,6 +39,21 @@ def _browser():
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
+def navigate(browser, element, timeout: float = 120.0) -> None:
+    """Click an element that loads a new page and wait until it has loaded.
+
+    A click does not always wait for the page it leads to (a decision's POST and its redirect can take seconds on a
+    loaded two-core CI machine): without this, the next lookup read the old page and found no notice.
+    """
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, timeout).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 @pytest.fixture()
 def served(signed_out):
     """The review app on a free local port, served by uvicorn in a thread: (url, token, summary, out, reviewers)."""
@@ -77,19 +92,21 @@ def test_a_reviewer_filters_releases_undoes_and_confirms_in_the_browser(served, 
         pending = browser.find_element(By.CSS_SELECTOR, f"#queue-{summary.dataset} .pending-count").text
         assert pending == f"{summary.rows_quarantined:,}"
         browser.save_screenshot(str(shots / "queue.png"))
-        browser.find_element(By.LINK_TEXT, summary.batch_id).click()
+        navigate(browser, browser.find_element(By.LINK_TEXT, summary.batch_id))
 
         def decide(action: str, reason: str, matching: bool) -> str:
             browser.find_element(By.ID, "scope-matching" if matching else "scope-selected").click()
             Select(browser.find_element(By.ID, "action")).select_by_value(action)
             browser.find_element(By.ID, "decision-reason").send_keys(reason)
-            browser.find_element(By.ID, "submit-decision").click()
-            return browser.find_element(By.ID, "notice").text
+            navigate(browser, browser.find_element(By.ID, "submit-decision"))
+            notices = browser.find_elements(By.ID, "notice")
+            assert notices, f"no notice after the decision; the page reads:\n{browser.find_element(By.TAG_NAME, 'body').text[:2000]}"
+            return notices[0].text
 
         def filter_by(field: str, value: str) -> None:
-            browser.find_element(By.LINK_TEXT, "clear").click()
+            navigate(browser, browser.find_element(By.LINK_TEXT, "clear"))
             Select(browser.find_element(By.ID, field)).select_by_visible_text(value)
-            browser.find_element(By.ID, "apply-filter").click()
+            navigate(browser, browser.find_element(By.ID, "apply-filter"))
 
         filter_by("f-only-reason", code)
         assert browser.find_element(By.ID, "matched").text.startswith(f"{count:,} of")

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
+from scipy import sparse
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 
@@ -77,5 +78,16 @@ def check_matrix(X: np.ndarray, who: str) -> np.ndarray:
     if matrix.ndim != 2:
         raise ValueError(f"{who}: expected a 2-D feature matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
+        raise ValueError(f"{who}: features must be finite; encode or impute NaN and inf first")
+    return matrix
+
+
+def check_words(X, who: str) -> np.ndarray | sparse.csr_matrix:
+    """``X`` as :func:`check_matrix` checks it, or, given a scipy sparse matrix (the ``words`` view), as a
+    float64 CSR matrix whose stored values are finite; raises ``ValueError`` naming ``who``."""
+    if not sparse.issparse(X):
+        return check_matrix(X, who)
+    matrix = sparse.csr_matrix(X, dtype="float64")
+    if not np.isfinite(matrix.data).all():
         raise ValueError(f"{who}: features must be finite; encode or impute NaN and inf first")
     return matrix

@@ -7,17 +7,19 @@ learn the poison, so this detector runs only when a reference is given.
 
 ``model="logistic"`` fits a logistic regression; ``model="boosting"`` scikit-learn's histogram gradient
 boosting, which follows a label that depends on a region of the features (a subpopulation, a range of
-values) where a linear model averages it away.
+values) where a linear model averages it away, but reads dense rows only: on a batch with free text,
+whose words reach it as a sparse TF-IDF, it refuses to fit.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, check_matrix
+from poisonguard.detectors.base import Detector, check_words
 from poisonguard.detectors.spec import DetectorSpec
 
 PROBABILITY_FLOOR = 1e-12
@@ -29,7 +31,7 @@ class LabelModelDetector(Detector):
 
     # It models all classes at once, and on trusted rows only.
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, needs_reference=True,
-                        auto=("reference",), explains="label")
+                        reads="words", auto=("reference",), explains="label")
 
     def __init__(self, model: str = "logistic", C: float = 1.0, random_state: int = 0) -> None:
         self.model = model
@@ -44,11 +46,15 @@ class LabelModelDetector(Detector):
             raise ValueError("label_model needs at least two label classes in the training rows")
         if self.model not in MODELS:
             raise ValueError(f"label_model's model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        X = check_words(X, "label_model.fit")
         if self.model == "boosting":
+            if sparse.issparse(X):
+                raise ValueError("label_model's boosting model reads dense rows, and free text reaches it as a "
+                                 "sparse TF-IDF; use model='logistic' on a batch with a free-text column")
             self.model_ = HistGradientBoostingClassifier(random_state=self.random_state)
         else:
             self.model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
-        self.model_.fit(check_matrix(X, "label_model.fit"), labels)
+        self.model_.fit(X, labels)
         self.classes_ = self.model_.classes_
         return self
 
@@ -56,13 +62,13 @@ class LabelModelDetector(Detector):
         check_is_fitted(self)
         if y is None:
             raise ValueError("label_model needs the label column to score rows")
-        probabilities = self.model_.predict_proba(check_matrix(X, "label_model.decision_function"))
+        probabilities = self.model_.predict_proba(check_words(X, "label_model.decision_function"))
         given = given_label_probability(probabilities, self.classes_, np.asarray(y, dtype=object))
         return -np.log(np.maximum(given, PROBABILITY_FLOOR))
 
     def label_probabilities(self, X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         check_is_fitted(self)
-        return self.classes_, self.model_.predict_proba(check_matrix(X, "label_model.label_probabilities"))
+        return self.classes_, self.model_.predict_proba(check_words(X, "label_model.label_probabilities"))
 
 
 def given_label_probability(probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:

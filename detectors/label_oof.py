@@ -27,7 +27,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, check_matrix, random_generator
+from poisonguard.detectors.base import Detector, check_words, random_generator
 from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.label_model import PROBABILITY_FLOOR, given_label_probability
 from poisonguard.detectors.spec import DetectorSpec
@@ -44,7 +44,7 @@ class OutOfFoldLabelDetector(Detector):
     # Transductive: it learns the batch's own labels, so it runs without a reference (with one, the
     # reference-trained label_model is the stronger judge).
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="transductive",
-                        auto=("batch",), explains="label")
+                        reads="words", auto=("batch",), explains="label")
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, min_accuracy: float = 0.6, max_fit_rows: int = 50_000,
                  random_state: int = 0) -> None:
@@ -59,11 +59,11 @@ class OutOfFoldLabelDetector(Detector):
         return self
 
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        X = check_matrix(X, "label_oof.fit")
+        X = check_words(X, "label_oof.fit")
         labels = np.asarray(required_labels(y, "label_oof"), dtype=object)
-        fitted = np.arange(len(X))
-        if len(X) > self.max_fit_rows:
-            fitted = np.sort(random_generator(self.random_state).choice(len(X), self.max_fit_rows, replace=False))
+        fitted = np.arange(X.shape[0])
+        if X.shape[0] > self.max_fit_rows:
+            fitted = np.sort(random_generator(self.random_state).choice(X.shape[0], self.max_fit_rows, replace=False))
         classes, codes = np.unique(labels[fitted].astype(str), return_inverse=True)
         counts = np.bincount(codes)
         if len(classes) < 2 or counts.min() < 2:
@@ -88,18 +88,18 @@ class OutOfFoldLabelDetector(Detector):
                 f"{self.accuracy_:.0%} out of fold, below min_accuracy {self.min_accuracy:.0%}: too weak to "
                 f"judge a row's label"
             )
-        scores = np.empty(len(X))
+        scores = np.empty(X.shape[0])
         scores[fitted] = _margin(probabilities[np.arange(len(codes)), codes])
-        others = np.setdiff1d(np.arange(len(X)), fitted)
+        others = np.setdiff1d(np.arange(X.shape[0]), fitted)
         if len(others):
             scores[others] = self.decision_function(X[others], labels[others])
         return scores
 
     def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         check_is_fitted(self, "models_")
-        X = check_matrix(X, "label_oof.decision_function")
+        X = check_words(X, "label_oof.decision_function")
         labels = np.asarray(required_labels(y, "label_oof"), dtype=object).astype(str)
-        if len(X) == 0:
+        if X.shape[0] == 0:
             return np.zeros(0)
         probabilities = self._fold_probabilities(X)
         # A label the batch's fitted rows never carried has probability 0: the largest margin.
@@ -109,7 +109,7 @@ class OutOfFoldLabelDetector(Detector):
         """The folds' mean class probabilities; for rows it was fitted on (``rows``: their positions in
         :meth:`fit_decision_function`'s ``X``), those of the fold that left the row out."""
         check_is_fitted(self, "models_")
-        probabilities = self._fold_probabilities(check_matrix(X, "label_oof.label_probabilities"))
+        probabilities = self._fold_probabilities(check_words(X, "label_oof.label_probabilities"))
         if rows is not None:
             at = np.searchsorted(self.fitted_rows_, rows)
             last = len(self.fitted_rows_) - 1
@@ -118,7 +118,7 @@ class OutOfFoldLabelDetector(Detector):
         return self.classes_, probabilities
 
     def _fold_probabilities(self, X: np.ndarray) -> np.ndarray:
-        if len(X) == 0:
+        if X.shape[0] == 0:
             return np.zeros((0, len(self.classes_)))
         return np.mean([model.predict_proba(X) for model in self.models_], axis=0)
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 FITTING = ("inductive", "transductive", "out_of_fold")
-READS = ("features", "probe", "text")
+READS = ("features", "words", "probe", "text")
 AUTO_SETTINGS = ("reference", "batch")  # a trusted reference is given / the batch alone
 EXPLAINS = (None, "label", "features")
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
@@ -29,7 +29,9 @@ class DetectorSpec:
     judges rows against the very rows it is fitted with (spectral statistics, clusters, neighbours), so
     a scan fits it on the batch with the held-out trusted rows, or on a sample of the batch when read in
     chunks; ``out_of_fold`` scores only the rows it was fitted on (cannot run on chunks).
-    ``reads``: ``features`` (the encoded columns), ``probe`` (the batch's own embedding, or the hidden
+    ``reads``: ``features`` (the encoded columns, dense), ``words`` (the same with each free-text column as
+    its full TF-IDF, a scipy sparse matrix where there is free text, else the dense ``features``: for models
+    of the label, which one word can decide), ``probe`` (the batch's own embedding, or the hidden
     activations of a small network trained on the labelled rows, where a backdoor trigger stands out) or
     ``text`` (the rows' free-text columns joined, one string per row; it runs only where there is one).
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
@@ -75,6 +77,12 @@ class DetectorSpec:
     def transductive(self) -> bool:
         """Whether it judges rows against the rows it is fitted with (it then needs them all at once)."""
         return self.fitting != "inductive"
+
+    @property
+    def reads_rows_alone(self) -> bool:
+        """Whether what it reads of a row depends on that row alone (not ``probe``, a network trained on the
+        labelled rows), so an inductive one scores a batch chunk by chunk."""
+        return self.reads != "probe"
 
     @property
     def scores_new_rows(self) -> bool:

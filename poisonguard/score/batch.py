@@ -29,6 +29,7 @@ from poisonguard.score.detector_set import (
     labels_of,
     reads_probe,
     reads_text,
+    reads_words,
     runnable_detectors,
     views_of,
 )
@@ -61,6 +62,8 @@ def score_against_batch(
     if reads_text(detectors):
         texts = text_columns(kinds, label_col)
         views["text"] = (row_texts(usable, texts), row_texts(batch, texts))
+    if reads_words(detectors):
+        views["words"] = (encoder.words(usable, X_fit), encoder.words(batch, X_batch))
     if config.io.has_embedding and reads_probe(detectors):
         embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
@@ -170,7 +173,7 @@ class SampleFit:
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.skipped: dict[str, str] = {}  # detectors the sample's rows cannot fit, with the reason
         self.texts = text_columns(kinds, label_col)
-        fit_views = views_of(self.detectors, sample, X_fit, self.representation, self.texts)
+        fit_views = views_of(self.detectors, sample, X_fit, self.encoder, self.representation, self.texts)
         fit_scores: dict[str, np.ndarray] = {}
         for name, detector in self.detectors.items():
             try:
@@ -203,7 +206,7 @@ def fit_on_sample(sample: pd.DataFrame, kinds: dict[str, str], label_col: str | 
 def sample_scores(fitted: SampleFit, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Scores of ``rows`` by the sample's detectors (a row's score depends on that row alone)."""
     X, y = fitted.encoder.transform(rows), labels_of(rows, fitted.label_col)
-    views = views_of(fitted.detectors, rows, X, fitted.representation, fitted.texts)
+    views = views_of(fitted.detectors, rows, X, fitted.encoder, fitted.representation, fitted.texts)
     return {name: detector.decision_function(views[name], y) for name, detector in fitted.detectors.items()}
 
 

@@ -97,7 +97,7 @@ class FoldEnsemble(Detector):
         for classes, _ in parts:
             for label in classes:
                 position.setdefault(label, len(position))
-        mean = np.zeros((len(X), len(position)))
+        mean = np.zeros((X.shape[0], len(position)))
         for classes, probabilities in parts:
             mean[:, [position[label] for label in classes]] += probabilities / len(parts)
         return np.array(list(position), dtype=object), mean

@@ -32,7 +32,7 @@ def add_row_details(result: DetectorScores, detectors: dict[str, Detector], rows
     so that every chunk of a batch has the same columns.
     """
     explaining = {name: d for name, d in detectors.items()
-                  if d.spec.explains is not None and d.spec.reads == "features" and name in result.flags}
+                  if d.spec.explains is not None and d.spec.reads in ("features", "words") and name in result.flags}
     n_rows = len(rows)
     for name, detector in explaining.items():
         if detector.spec.explains == "label":
@@ -47,13 +47,16 @@ def add_row_details(result: DetectorScores, detectors: dict[str, Detector], rows
         return
     union = np.flatnonzero(flagged_any)
     X, y = encoder.transform(rows.iloc[union]), labels_of(rows.iloc[union], label_col)
+    views = {"features": X}
+    if any(d.spec.reads == "words" for d in explaining.values()):
+        views["words"] = encoder.words(rows.iloc[union], X)
     position = np.cumsum(flagged_any) - 1  # a flagged row's position among ``union``
     sources = encoder.feature_columns()
     for name, detector in explaining.items():
         at = np.flatnonzero(result.flags[name])
         if not len(at):
             continue
-        X_at, y_at = X[position[at]], None if y is None else y[position[at]]
+        X_at, y_at = views[detector.spec.reads][position[at]], None if y is None else y[position[at]]
         if detector.spec.explains == "label":
             predicted = detector.label_probabilities(X_at, at if fitted_on_rows and detector.spec.transductive else None)
             if predicted is not None:

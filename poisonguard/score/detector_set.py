@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from poisonguard.cells import as_text
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import ClassConditional, Detector, detector_spec, expand_auto, make_detector
-from poisonguard.featurize.features import row_texts, text_columns
+from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe
 
 
@@ -68,18 +69,33 @@ def reads_text(detectors: dict[str, Detector]) -> bool:
     return any(d.spec.reads == "text" for d in detectors.values())
 
 
-def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
+def reads_words(detectors: dict[str, Detector]) -> bool:
+    """Whether any of ``detectors`` reads free text as its full TF-IDF (the label models)."""
+    return any(d.spec.reads == "words" for d in detectors.values())
+
+
+def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray, encoder: FeatureEncoder,
              representation: Probe | EmbeddingView | None, texts: list[str] = ()) -> dict[str, np.ndarray]:
-    """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X``: ``representation``'s
-    view of them (the batch's own embedding, a probe's activations) for the backdoor checks, the joined
-    text of the ``texts`` columns for the text checks, each computed once and only when one reads it, else
-    ``X``."""
+    """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X`` by ``encoder``:
+    ``representation``'s view of them (the batch's own embedding, a probe's activations) for the backdoor
+    checks, the joined text of the ``texts`` columns for the text checks, the rows with their words
+    (:meth:`FeatureEncoder.words`) for the label models, each computed once and only when one reads it,
+    else ``X``."""
     views = {"features": X}
     if representation is not None and reads_probe(detectors):
         views["probe"] = representation.rows(frame, X)
     if reads_text(detectors):
         views["text"] = row_texts(frame, list(texts))
+    if reads_words(detectors):
+        views["words"] = encoder.words(frame, X)
     return {name: views.get(d.spec.reads, X) for name, d in detectors.items()}
+
+
+def stack_rows(parts: list) -> np.ndarray | sparse.csr_matrix:
+    """The rows of ``parts`` (views of consecutive rows: arrays, or sparse matrices for ``words``) stacked."""
+    if any(sparse.issparse(part) for part in parts):
+        return sparse.vstack(parts, format="csr")
+    return np.concatenate(parts)
 
 
 def cannot_fit(name: str, error: ValueError) -> str:

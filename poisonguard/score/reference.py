@@ -41,7 +41,9 @@ from poisonguard.score.detector_set import (
     labels_of,
     reads_probe,
     reads_text,
+    reads_words,
     runnable_detectors,
+    stack_rows,
     views_of,
 )
 from poisonguard.score.types import DetectorScores
@@ -90,23 +92,33 @@ class FittedReference:
             self.text_parts = (joined[:fit_only], joined[fit_only:])
         self.holdout_scores: dict[str, np.ndarray] = {}
         self.skipped: dict[str, str] = {}  # detectors the reference's rows cannot fit, with the reason
+        # What the label models read when the batch has free text (its words as TF-IDF), kept only for those
+        # that need every batch row at once.
+        self.words_parts: tuple | None = None
         if batch_sample is not None:
             self._fit_on_sample(batch_sample, used, X_used, y_used)
             return
-        # Detectors fitted on the reference alone and reading the encoded columns score batch rows chunk
+        # Detectors fitted on the reference alone and reading what each row holds score batch rows chunk
         # by chunk, so the encoded batch never exists whole; the others need every batch row at once.
+        streaming = {name: d for name, d in self.detectors.items()
+                     if not d.spec.transductive and d.spec.reads_rows_alone}
+        used_views = views_of(streaming, used, X_used, self.encoder, None, self.texts)
         self.streamed = {}
-        for name, detector in self.detectors.items():
-            if not detector.spec.transductive and detector.spec.reads == "features":
-                try:
-                    self.streamed[name], self.holdout_scores[name] = cross_fit(detector, X_used, y_used, self.folds)
-                except ValueError as error:
-                    self.skipped[name] = cannot_fit(name, error)
+        for name, detector in streaming.items():
+            try:
+                self.streamed[name], self.holdout_scores[name] = cross_fit(detector, used_views[name], y_used,
+                                                                           self.folds)
+            except ValueError as error:
+                self.skipped[name] = cannot_fit(name, error)
         self._forget_skipped()
-        if len(self.streamed) == len(self.detectors):
+        whole = {name: d for name, d in self.detectors.items() if name not in self.streamed}
+        if not whole:
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
             self.X_fit = self.X_hold = self.embedding_parts = self.text_parts = None
+        elif reads_words(whole):
+            self.words_parts = (self.encoder.words(used.iloc[:fit_only], self.X_fit),
+                                self.encoder.words(used.iloc[fit_only:], self.X_hold))
 
     def _fit_on_sample(self, batch_sample: pd.DataFrame, used: pd.DataFrame, X_used: np.ndarray,
                        y_used: np.ndarray | None) -> None:
@@ -119,8 +131,9 @@ class FittedReference:
             self.representation = Probe(self.config.seed).fit(
                 np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
             )
-        used_views = views_of(self.detectors, used, X_used, self.representation, self.texts)
-        sample_views = views_of(self.detectors, batch_sample, X_sample, self.representation, self.texts)
+        used_views = views_of(self.detectors, used, X_used, self.encoder, self.representation, self.texts)
+        sample_views = views_of(self.detectors, batch_sample, X_sample, self.encoder, self.representation,
+                                self.texts)
         self.streamed = {}
         for name, detector in self.detectors.items():
             V_used = used_views[name]
@@ -168,7 +181,7 @@ def score_chunk(fitted: FittedReference, chunk: pd.DataFrame) -> dict[str, np.nd
     A row's score depends on that row alone, so scoring a batch in chunks equals scoring it whole.
     """
     X, y = fitted.encoder.transform(chunk), labels_of(chunk, fitted.label_col)
-    views = views_of(fitted.streamed, chunk, X, fitted.representation, fitted.texts)
+    views = views_of(fitted.streamed, chunk, X, fitted.encoder, fitted.representation, fitted.texts)
     return {name: fold_scores(detector, views[name], y) for name, detector in fitted.streamed.items()}
 
 
@@ -219,6 +232,8 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
             )
         if reads_text(whole):
             views["text"] = (*fitted.text_parts, row_texts(batch, fitted.texts))
+        if reads_words(whole):
+            views["words"] = (*fitted.words_parts, fitted.encoder.words(batch, X_batch))
         for name, detector in whole.items():
             V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
             try:
@@ -226,12 +241,13 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                     # Fitted on the batch and the held-out trusted rows together, so clean batch rows and
                     # held-out rows are treated alike and the held-out scores calibrate the batch's.
                     pooled = detector.fit_decision_function(
-                        np.concatenate([V_hold, V_batch]),
+                        stack_rows([V_hold, V_batch]),
                         np.concatenate([y_hold, y_batch]) if label_col is not None else None,
                     )
-                    holdout_scores[name], result.scores[name] = pooled[: len(V_hold)], pooled[len(V_hold):]
+                    held = V_hold.shape[0]
+                    holdout_scores[name], result.scores[name] = pooled[:held], pooled[held:]
                 else:
-                    V_used = np.concatenate([V_fit, V_hold])
+                    V_used = stack_rows([V_fit, V_hold])
                     y_used = None if label_col is None else np.concatenate([y_fit, y_hold])
                     scorer, holdout_scores[name] = cross_fit(detector, V_used, y_used, fitted.folds)
                     result.scores[name] = fold_scores(scorer, V_batch, y_batch)

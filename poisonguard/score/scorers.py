@@ -173,7 +173,7 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
         # are fitted on it, and what every detector sees in it weights their shares of the budget (as a
         # whole-batch scan weights them by all its rows).
         sample = None
-        fit_on_batch = any(detector_spec(n).transductive or detector_spec(n).reads != "features" for n in names)
+        fit_on_batch = any(detector_spec(n).transductive or not detector_spec(n).reads_rows_alone for n in names)
         if fit_on_batch or len(names) > 1:
             sample = validated_sample(source, scan_plan, config.calibration.max_reference_rows, config.seed)
             if sample is None:  # broken structure: the scanning pass finds it and rejects the batch

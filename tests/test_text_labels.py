@@ -1,0 +1,60 @@
+"""Labels decided by words: models of the label read a free-text column's full TF-IDF, and a word that names
+its class is not taken for a trigger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from poisonguard.config import ScanConfig
+from poisonguard.featurize.features import FeatureEncoder, infer_kinds
+from poisonguard.score.rows import score_rows
+
+CLASSES = ("a", "b", "c")
+
+
+def keyword_tickets(n_rows: int, seed: int) -> pd.DataFrame:
+    """Each row: eight of 300 filler words and one of its class's 30 keywords, which alone decides the label.
+
+    16 SVD dimensions cannot hold 90 keywords of 1% of the rows each: a label model on them is at chance."""
+    rng = np.random.default_rng(seed)
+    filler = np.array([f"w{i}" for i in range(300)])
+    label = rng.choice(CLASSES, n_rows)
+    text = [" ".join([*rng.choice(filler, 8), f"{c}key{rng.integers(30)}"]) for c in label]
+    frame = pd.DataFrame({"message": text, "size": rng.normal(size=n_rows), "label": label})
+    frame.insert(0, "_row_id", np.arange(n_rows))
+    return frame
+
+
+def flipped(frame: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rows = np.random.default_rng(seed).choice(len(frame), int(share * len(frame)), replace=False)
+    frame = frame.copy()
+    frame.loc[rows, "label"] = frame.loc[rows, "label"].map({"a": "b", "b": "c", "c": "a"})
+    return frame, np.isin(np.arange(len(frame)), rows)
+
+
+def test_the_words_view_is_the_full_tfidf_beside_the_other_columns_and_the_features_without_text():
+    frame = keyword_tickets(500, 0)
+    encoder = FeatureEncoder(infer_kinds(frame, "label"), "label").fit(frame)
+    X, words = encoder.transform(frame), encoder.words(frame)
+    assert sparse.issparse(words) and words.shape[0] == len(frame)
+    vocabulary = len(encoder.transformer_.named_transformers_["text:message"].vectorizer_.vocabulary_)
+    assert words.shape[1] == X.shape[1] - 16 + vocabulary  # the 16 SVD dimensions give way to every word
+    np.testing.assert_allclose(words[:, 0].toarray().ravel(), X[:, 0])  # "size", encoded as before
+    numbers = frame.drop(columns="message")
+    plain = FeatureEncoder(infer_kinds(numbers, "label"), "label").fit(numbers)
+    assert plain.words(numbers) is not None and not sparse.issparse(plain.words(numbers))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_a_reference_the_label_model_reads_the_words_that_decide_a_label(seed):
+    reference = keyword_tickets(2_000, seed)
+    batch, poisoned = flipped(keyword_tickets(2_000, 100 + seed), 0.05, seed)
+    config = ScanConfig(label_col="label", seed=seed)
+    result = score_rows(batch, reference, infer_kinds(batch, "label"), "label", config)
+    found = result.flags["label_model"]
+    assert found[poisoned].mean() >= 0.9  # 0.99-1.00; on the SVD dimensions 0.00-0.03 at 1% false positives
+    flagged = np.column_stack(list(result.flags.values())).any(axis=1)
+    assert flagged[~poisoned].mean() <= 0.01

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 FITTING = ("inductive", "transductive", "out_of_fold")
-READS = ("features", "words", "probe", "text")
+READS = ("features", "values", "words", "probe", "text")
 AUTO_SETTINGS = ("reference", "batch")  # a trusted reference is given / the batch alone
 EXPLAINS = (None, "label", "features")
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
@@ -29,7 +29,8 @@ class DetectorSpec:
     judges rows against the very rows it is fitted with (spectral statistics, clusters, neighbours), so
     a scan fits it on the batch with the held-out trusted rows, or on a sample of the batch when read in
     chunks; ``out_of_fold`` scores only the rows it was fitted on (cannot run on chunks).
-    ``reads``: ``features`` (the encoded columns, dense), ``words`` (the same with each free-text column as
+    ``reads``: ``features`` (the encoded columns, dense), ``values`` (the same without free text's SVD
+    dimensions: for the checks of repeated values), ``words`` (the same with each free-text column as
     its full TF-IDF, a scipy sparse matrix where there is free text, else the dense ``features``: for models
     of the label, which one word can decide), ``probe`` (the batch's own embedding, or the hidden
     activations of a small network trained on the labelled rows, where a backdoor trigger stands out) or

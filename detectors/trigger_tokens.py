@@ -14,8 +14,10 @@ words that name a class are pure and significant too, and in text they are many,
 relabels every row holding a token makes it perfectly pure. Each is judged on its own by a
 logistic regression on the TF-IDF of the words, fitted on a seeded sample (at most ``max_fit_rows``) of the
 rows that do not hold the token: one minus the probability it gives a holder's label is that row's score.
-A token is kept when most of its rows disagree with their label that way; a word that names its class
-(``invoice`` in billing tickets) leaves its rows agreeing and is dropped.
+A token is kept when most of its rows disagree with their label that way, clearly more than a model that
+knows nothing of them would (:func:`~poisonguard.detectors.trigger_values.contradicted`); a word that names
+its class (``invoice`` in billing tickets) leaves its rows agreeing and is dropped, and so does one that
+alone names it among words that say nothing (one product code of many per class).
 
 Written by hand for the reason :mod:`~poisonguard.detectors.trigger_values` is: no library tests tokens for
 label purity against a model that has not seen them. scikit-learn does the tokenising and the models.
@@ -31,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from poisonguard.detectors.base import Detector, random_generator
 from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.spec import DetectorSpec
-from poisonguard.detectors.trigger_values import label_disagreement, label_pure
+from poisonguard.detectors.trigger_values import contradicted, label_disagreement, label_pure
 
 
 class TriggerTokenDetector(Detector):
@@ -82,7 +84,7 @@ class TriggerTokenDetector(Detector):
             model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
             model.fit(weights[sample], labels[sample])
             own = holders & (labels == label)
-            if np.median(label_disagreement(model, weights[np.flatnonzero(own)], labels[own])) > self.spec.natural_threshold:
+            if contradicted(label_disagreement(model, weights[np.flatnonzero(own)], labels[own]), label, labels[sample]):
                 self.tokens_[str(vocabulary[column])] = (int(column), label)
                 self.models_[str(vocabulary[column])] = model
         return self

@@ -23,7 +23,9 @@ the pair's columns, tells a natural pair from a trigger by itself) are trigger c
 judged on its own: a logistic regression is fitted on the rows that hold none of its candidate values (a
 seeded sample of at most ``max_fit_rows``), without a single value's column (with a pair's: see
 ``_dropped``), and scores each row that holds one: one minus the probability it gives the row's label. A value is kept only when most of the rows holding it
-disagree with their label that way: a natural predictor leaves most of its rows agreeing. Judged per
+disagree with their label that way, the median probability of their label below even odds and clearly below
+the label's share (:func:`contradicted`): a natural predictor leaves most of its rows agreeing, and a value
+that alone names its class, among columns that say nothing, leaves them at the share. Judged per
 column, a predictive value of one column does not take its rows out of the model that judges another.
 Rows that hold no kept value score 0; a row holding several scores their highest. At most ``max_columns``
 columns and pairs are judged, those with the most significant candidates.
@@ -57,7 +59,7 @@ class TriggerValueDetector(Detector):
     # Transductive: the candidate values are found among the rows scored. Threshold: the model fitted
     # without the value gives the row's label less than even odds.
     spec = DetectorSpec(reason="backdoor", per_class=False, needs_labels=True, fitting="transductive",
-                        natural_threshold=0.5, auto=("reference", "batch"))
+                        reads="values", natural_threshold=0.5, auto=("reference", "batch"))
 
     def __init__(self, min_rows: int = 5, max_share: float = 0.5, min_purity: float = 0.8, min_pair_purity: float = 0.7,
                  alpha: float = 1e-3, max_columns: int = 20, max_fit_rows: int = 50_000, C: float = 1.0,
@@ -106,8 +108,8 @@ class TriggerValueDetector(Detector):
                 purity = self.min_pair_purity if len(columns) > 1 else self.min_purity
                 kept = [i for i in kept if judged[i].sum() >= purity * np.sum(
                     _holds(X, columns, pairs[i][0]) & ~explained)]
-            kept = [i for i in kept if judged[i].sum() >= self.min_rows and np.median(
-                _disagreement(model, X[judged[i]], labels[judged[i]], columns)) > self.spec.natural_threshold]
+            kept = [i for i in kept if judged[i].sum() >= self.min_rows and contradicted(
+                _disagreement(model, X[judged[i]], labels[judged[i]], columns), pairs[i][1], labels[sample])]
             if kept:
                 self.candidates_[columns], self.models_[columns] = [pairs[i] for i in kept], model
                 if len(columns) > 1:
@@ -210,6 +212,24 @@ def _dropped(columns: tuple[int, ...]) -> list[int]:
     what the two say together (the trigger) is new to it; a natural pair whose rows the two values explain
     is then dropped as agreeing."""
     return list(columns) if len(columns) == 1 else []
+
+
+# A judge that learned nothing of a row gives its label about the label's share of the judge's training
+# rows. "Less than even odds" alone took a value or word that names a minority class, among columns that say
+# nothing, for a trigger: a third of clean rows quarantined without a reference where one keyword of 90 decides
+# the label (tests/test_text_labels.py). So a trigger's rows must also make their label clearly less likely than
+# that share. The factor is from the development table: the shop table's pair trigger leaves its rows 0.20-0.23
+# against a share of 0.42-0.44 (0.47-0.55 of it, seeds 0 and 1, with and without the reference); 'asap' in the
+# tickets and the digits' corner, under 0.05 of it.
+CONTRADICTION = 0.75
+
+
+def contradicted(disagreement: np.ndarray, label, fit_labels: np.ndarray) -> bool:
+    """Whether rows judged ``disagreement`` (:func:`label_disagreement`; they all carry ``label``) say, as a
+    group, another class: the median probability of their label is below even odds and below
+    ``CONTRADICTION`` times the label's share of ``fit_labels``, the rows the judge was fitted on."""
+    given = 1.0 - float(np.median(disagreement))
+    return given < min(0.5, CONTRADICTION * float(np.mean(fit_labels == label)))
 
 
 def label_disagreement(model, X, labels: np.ndarray) -> np.ndarray:

@@ -58,3 +58,29 @@ def test_with_a_reference_the_label_model_reads_the_words_that_decide_a_label(se
     assert found[poisoned].mean() >= 0.9  # 0.99-1.00; on the SVD dimensions 0.00-0.03 at 1% false positives
     flagged = np.column_stack(list(result.flags.values())).any(axis=1)
     assert flagged[~poisoned].mean() <= 0.01
+
+
+def keyword_codes(n_rows: int, seed: int) -> pd.DataFrame:
+    """The table form of :func:`keyword_tickets`: a ``product`` code, one of 30 per class, decides the label;
+    four numeric columns say nothing of it."""
+    rng = np.random.default_rng(seed)
+    label = rng.choice(CLASSES, n_rows)
+    frame = pd.DataFrame(rng.normal(size=(n_rows, 4)), columns=[f"x{i}" for i in range(4)])
+    frame["product"] = [f"{c}{rng.integers(30)}" for c in label]
+    frame["label"] = label
+    frame.insert(0, "_row_id", np.arange(n_rows))
+    return frame
+
+
+@pytest.mark.parametrize("make", [keyword_tickets, keyword_codes], ids=["word", "code"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_a_reference_a_word_or_code_that_names_its_class_is_no_trigger(make, seed):
+    batch, poisoned = flipped(make(2_000, 100 + seed), 0.05, seed)
+    config = ScanConfig(label_col="label", seed=seed)
+    result = score_rows(batch, None, infer_kinds(batch, "label"), "label", config)
+    flagged = np.column_stack(list(result.flags.values())).any(axis=1)
+    # Each keyword or code is label-pure; judged without it, its rows' other columns say nothing, which is no
+    # contradiction. Before: the trigger checks quarantined 32% of the clean rows.
+    assert not result.flags.get("trigger_tokens", np.zeros(1, bool)).any()
+    assert not result.flags.get("trigger_values", np.zeros(1, bool)).any()
+    assert flagged[~poisoned].mean() <= 0.02

@@ -120,6 +120,16 @@ class FeatureEncoder:
         np.nan_to_num(matrix, copy=False, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP)
         return np.clip(matrix, -FEATURE_CLIP, FEATURE_CLIP, out=matrix)
 
+    def without_text(self, X: np.ndarray) -> np.ndarray:
+        """``X`` (this encoder's :meth:`transform`) without the free-text columns' SVD dimensions: what the
+        checks of repeated values read. Those dimensions repeat a value only where whole texts repeat (a
+        product code in a column of 90 values, inferred as text), and a text's words are tested as tokens."""
+        keep = np.ones(X.shape[1], dtype=bool)
+        for name, step, _ in self.transformer_.transformers_:
+            if isinstance(step, TextEmbedding):
+                keep[self.transformer_.output_indices_[name]] = False
+        return X if keep.all() else X[:, keep]
+
     def words(self, frame: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray | sparse.csr_matrix:
         """The rows of ``frame`` with each free-text column as its full TF-IDF rather than its SVD dimensions:
         a sparse matrix, the other columns encoded as :meth:`transform` encodes them (``X``: that encoding,

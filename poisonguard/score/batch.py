@@ -64,6 +64,7 @@ def score_against_batch(
         views["text"] = (row_texts(usable, texts), row_texts(batch, texts))
     if reads_words(detectors):
         views["words"] = (encoder.words(usable, X_fit), encoder.words(batch, X_batch))
+    views["values"] = (encoder.without_text(X_fit), encoder.without_text(X_batch))
     if config.io.has_embedding and reads_probe(detectors):
         embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))

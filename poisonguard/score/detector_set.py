@@ -78,7 +78,8 @@ def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
              representation: Probe | EmbeddingView | None, texts: list[str] = ()) -> dict[str, np.ndarray]:
     """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X`` by ``encoder``:
     ``representation``'s view of them (the batch's own embedding, a probe's activations) for the backdoor
-    checks, the joined text of the ``texts`` columns for the text checks, the rows with their words
+    checks, the joined text of the ``texts`` columns for the text checks, ``X`` without them for the checks
+    of repeated values (:meth:`FeatureEncoder.without_text`), the rows with their words
     (:meth:`FeatureEncoder.words`) for the label models, each computed once and only when one reads it,
     else ``X``."""
     views = {"features": X}
@@ -88,6 +89,8 @@ def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
         views["text"] = row_texts(frame, list(texts))
     if reads_words(detectors):
         views["words"] = encoder.words(frame, X)
+    if any(d.spec.reads == "values" for d in detectors.values()):
+        views["values"] = encoder.without_text(X)
     return {name: views.get(d.spec.reads, X) for name, d in detectors.items()}
 
 

@@ -234,6 +234,7 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
             views["text"] = (*fitted.text_parts, row_texts(batch, fitted.texts))
         if reads_words(whole):
             views["words"] = (*fitted.words_parts, fitted.encoder.words(batch, X_batch))
+        views["values"] = tuple(fitted.encoder.without_text(V) for V in views["features"])
         for name, detector in whole.items():
             V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
             try:

@@ -3,9 +3,15 @@
 Each row is judged by a logistic regression fitted on the other folds, so it never learned that row's
 label: a flipped label, a near-copy of a row relabelled, a subpopulation whose labels were moved all sit
 where the model expects another class. The score is the logit margin against the given label,
-``log(1 - p) - log(p)`` (``p``: the out-of-fold probability of the given label); unlike ``-log p`` it is
-spread evenly across the rows the model is sure of, so a tail fitted to its body extrapolates (the
-no-reference rule, :func:`poisonguard.decide.calibration.tail_limit`).
+``log(1 - p) - log(p)`` (``p``: the out-of-fold probability of the given label).
+
+Without a reference its limit comes from its own probabilities, not from the tail of its scores: were each
+row's label drawn from its out-of-fold probabilities, the share of rows whose margin passes a limit is
+``mean_i sum_c p_ic [margin(p_ic) > limit]`` (:meth:`null_scores`,
+:func:`poisonguard.decide.calibration.model_limit`), which holds as far as the probabilities are
+calibrated, and the label noise a poisoned batch carries makes them less sure, so more cautious. The tail
+model extrapolated from the body of the margins, which on the development table put the limit beyond
+most flipped rows (breast cancer's targeted flips: recall 0.00 at 0.0-0.7% false quarantine, no reference).
 
 A model that cannot predict the labels cannot judge them: when its balanced accuracy out of fold is
 below ``min_accuracy`` the detector refuses to fit. On the development table the photo patches' four
@@ -104,6 +110,14 @@ class OutOfFoldLabelDetector(Detector):
         probabilities = self._fold_probabilities(X)
         # A label the batch's fitted rows never carried has probability 0: the largest margin.
         return _margin(given_label_probability(probabilities, self.classes_, labels))
+
+    def null_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per fitted row, the margin each class would give it as its label, and that class's out-of-fold
+        probability: were the batch's labels drawn from the model (clean), a row scores each margin with
+        that chance. Label noise makes the models less sure, which puts more chance on large margins: the
+        limit moves up, never down."""
+        check_is_fitted(self, "models_")
+        return _margin(self.oof_probabilities_), self.oof_probabilities_
 
     def label_probabilities(self, X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The folds' mean class probabilities; for rows it was fitted on (``rows``: their positions in

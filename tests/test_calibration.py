@@ -9,6 +9,8 @@ from poisonguard.decide.calibration import (
     WEIGHT_FLOOR,
     detector_weights,
     holdout_p_values,
+    model_false_quarantine,
+    model_limit,
     tail_false_quarantine,
     tail_limit,
     tail_limits,
@@ -226,3 +228,33 @@ def test_the_false_quarantine_interval_covers_the_truth_for_exponential_scores_a
         if name == "exponential":
             assert np.mean(covered) >= 0.75  # a 90% interval, over 30 draws
         assert np.mean(bounded) >= 0.85
+
+
+def _labels_from(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One label per row drawn from its row of class probabilities."""
+    return (rng.random((len(probabilities), 1)) > np.cumsum(probabilities, axis=1)).sum(axis=1)
+
+
+def test_a_model_s_own_limit_holds_its_level_when_the_labels_follow_its_probabilities():
+    rng = np.random.default_rng(14)
+    exceeded, estimates = [], []
+    for _ in range(30):
+        probabilities = rng.dirichlet(np.full(4, 0.3), size=5_000)  # sure and unsure rows, four classes
+        margins = np.log1p(-np.clip(probabilities, 0, 1 - 1e-12)) - np.log(np.clip(probabilities, 1e-12, 1))
+        limit = model_limit(margins, probabilities, 0.005)
+        given = _labels_from(probabilities, rng)
+        exceeded.append((margins[np.arange(len(given)), given] > limit).mean())
+        share, low, high = model_false_quarantine(margins, probabilities, limit, seed=0)
+        assert low <= share <= high and share <= 0.005
+        estimates.append(share)
+    assert np.mean(exceeded) <= 0.005 * 1.15 and np.mean(exceeded) >= 0.005 * 0.7
+    assert abs(np.mean(exceeded) - np.mean(estimates)) <= 0.001
+
+
+def test_a_model_s_own_limit_flags_tied_outcomes_all_or_none():
+    scores = np.array([[3.0, 0.0], [3.0, 0.0], [1.0, 0.0]])
+    chances = np.array([[0.004, 0.996], [0.004, 0.996], [0.5, 0.5]])  # a 3.0 costs 0.13% of the rows, both 0.27%
+    assert model_limit(scores, chances, 0.002) == 3.0  # one 3.0 alone would fit, but they tie: neither is flagged
+    assert model_limit(scores, chances, 0.003) == 1.0  # both 3.0 flagged
+    assert model_limit(scores, chances, 0.2) == 0.0  # and the 1.0 (16.7%)
+    assert model_false_quarantine(scores, chances, 1.0, seed=0)[0] == pytest.approx(0.008 / 3)

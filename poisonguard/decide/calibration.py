@@ -404,6 +404,33 @@ def tail_false_quarantine(scores: dict[str, np.ndarray], groups: np.ndarray, lim
     return float(median), float(low), float(high)
 
 
+def model_limit(null_scores: np.ndarray, null_chances: np.ndarray, level: float) -> float:
+    """The lowest score limit at which rows behaving as a detector's own model expects flag at most ``level``.
+
+    ``null_scores`` / ``null_chances`` (rows x outcomes, from :meth:`Detector.null_scores`): per row, the
+    scores it could take and the chance of each (a label model: the margin each label would give, and that
+    label's probability). A row is flagged above the limit; the expected flagged share is
+    ``mean_i sum_j chance_ij [score_ij > limit]``. Tied scores are all flagged or none, so the share is
+    at most ``level``, never above it.
+    """
+    scores, chances = np.ravel(null_scores), np.ravel(null_chances) / max(len(null_scores), 1)
+    order = np.argsort(-scores, kind="stable")
+    within = int(np.searchsorted(np.cumsum(chances[order]), level * (1.0 + 1e-12), side="right"))
+    return float(scores[order[within]]) if within < len(order) else float("-inf")
+
+
+def model_false_quarantine(null_scores: np.ndarray, null_chances: np.ndarray, limit: float,
+                           seed: int) -> tuple[float, float, float]:
+    """The share of rows the model of :func:`model_limit` expects above ``limit``: (estimate, 5%, 95%), the
+    interval from resampling the rows (their chances vary, so a smaller batch says less)."""
+    per_row = np.sum(np.where(null_scores > limit, null_chances, 0.0), axis=1)
+    if len(per_row) == 0:
+        return 0.0, 0.0, 0.0
+    draws = np.random.default_rng(seed).integers(0, len(per_row), (BOOTSTRAP_ROUNDS, len(per_row)))
+    low, high = np.quantile(per_row[draws].mean(axis=1), [0.05, 0.95])
+    return float(per_row.mean()), float(low), float(high)
+
+
 def row_limits(limits: dict[str, float], groups: pd.Categorical | None, n_rows: int) -> np.ndarray:
     """Each row's threshold: its calibration group's, or the all-rows one (``*``)."""
     if groups is None:

@@ -1,8 +1,10 @@
 """The no-reference rule: detectors fitted on the batch itself (or a uniform sample of it), each flagging
-rows above its own natural threshold or above the tail limit of its class's scores (all rows when the class
-is small): the detectors' budget, split evenly among them, read off a tail model of the scores below the
-class's top ``batch_poison_share`` (:func:`poisonguard.decide.calibration.tail_limit`). No clean data means no
-guarantee: the false quarantine is an estimate under that assumption, reported with its 90% interval.
+rows above its own natural threshold, above the limit its own model of clean rows sets
+(:meth:`~poisonguard.detectors.base.Detector.null_scores`: the out-of-fold label model), or above the tail
+limit of its class's scores (all rows when the class is small): the detectors' budget, split evenly among
+them, read off a tail model of the scores below the class's top ``batch_poison_share``
+(:func:`poisonguard.decide.calibration.tail_limit`). No clean data means no guarantee: the false quarantine
+is an estimate under those assumptions, reported with its 90% interval.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from poisonguard.config import ScanConfig
 from poisonguard.decide.calibration import (
     batch_groups,
     calibration_groups,
+    model_false_quarantine,
+    model_limit,
     row_limits,
     tail_false_quarantine,
     tail_limits,
@@ -108,46 +112,59 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
     poison_share = config.calibration.batch_poison_share
     modelled = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
     level = config.detector_budget / max(len(modelled), 1)
+    keys = {"*", *(str(g) for g in np.unique(groups_fit))}
     thresholds: dict[str, dict[str, float]] = {}
+    nulls = {name: null for name in modelled if (null := detectors[name].null_scores()) is not None}
     for name, detector in detectors.items():
-        if detector.spec.natural_threshold is None:
+        if name in nulls:  # its own model of clean rows sets one limit for all rows
+            thresholds[name] = dict.fromkeys(keys, model_limit(*nulls[name], level))
+        elif detector.spec.natural_threshold is None:
             thresholds[name] = tail_limits(fit_scores[name], groups_fit, level, poison_share)
         else:
-            keys = {"*", *(str(g) for g in np.unique(groups_fit))}
             thresholds[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
+    tailed = [name for name in modelled if name not in nulls]
+    assumptions = [f"poison is at most {poison_share:.0%} of any class's rows"] if tailed else []
+    assumptions += [f"{name}'s own probabilities are calibrated" for name in nulls]
     summary: dict = {
         "mode": "batch",
-        "rule": _batch_rule(detectors, level, poison_share),
+        "rule": _batch_rule(detectors, level, poison_share, list(nulls)),
         "fit_rows": int(fit_rows),
         "score_thresholds": thresholds,
         "evidence_axis": "score minus its class's threshold",
         "evidence_threshold": 0.0,
-        "assumption": f"poison is at most {poison_share:.0%} of any class's rows",
+        "assumption": "; ".join(assumptions) or "none: every detector flags by a threshold of its own",
         "note": "no trusted reference: the false-quarantine rate is not calibrated",
     }
     if modelled:
-        share, low, high = tail_false_quarantine({name: fit_scores[name] for name in modelled}, groups_fit,
-                                                 thresholds, poison_share, config.seed)
+        # A row flagged by two detectors counts twice: the estimate and its interval bound the union from above.
+        parts = [tail_false_quarantine({name: fit_scores[name] for name in tailed}, groups_fit, thresholds,
+                                       poison_share, config.seed)] if tailed else []
+        parts += [model_false_quarantine(*nulls[name], thresholds[name]["*"], config.seed) for name in nulls]
+        share, low, high = (float(sum(values)) for values in zip(*parts))
         summary["false_quarantine_estimate"] = {"detectors": modelled, "share": share, "low": low, "high": high,
                                                 "interval": 0.9, "level": level * len(modelled)}
+        how = [f"limits extrapolate each class's scores below its top {poison_share:.0%}, assuming poison is at "
+               f"most that share of any class ({', '.join(tailed)})"] if tailed else []
+        how += [f"{name}'s limit is where its own out-of-fold probabilities expect clean rows" for name in nulls]
         summary["note"] = (
-            f"no trusted reference: limits extrapolate each class's scores below its top {poison_share:.0%}, "
-            f"assuming poison is at most that share of any class; estimated false quarantine by "
-            f"{', '.join(modelled)}: {share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%}; the limits are "
-            f"set at {level:.2%} each)"
+            f"no trusted reference: {'; '.join(how)}; estimated false quarantine by {', '.join(modelled)}: "
+            f"{share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%}; the limits are set at {level:.2%} each)"
         )
     return thresholds, summary
 
 
-def _batch_rule(detectors: dict[str, Detector], level: float, poison_share: float) -> str:
-    """The no-reference rule in words: the tail limit, and which detectors use a threshold of their own."""
+def _batch_rule(detectors: dict[str, Detector], level: float, poison_share: float, self_modelled: list[str]) -> str:
+    """The no-reference rule in words: the tail limit, the limits a detector's own model sets
+    (``self_modelled``), and which detectors use a threshold of their own."""
     own = [f"{name} > {detector.spec.natural_threshold:g}" for name, detector in detectors.items()
            if detector.spec.natural_threshold is not None]
-    modelled = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]
-    if not modelled:
-        return "; ".join(own)
-    rule = f"score above its class's tail limit at {level:.2%} (fitted below the top {poison_share:.0%})"
-    return "; ".join([f"{rule} ({', '.join(modelled)})", *own])
+    tailed = [name for name, detector in detectors.items()
+              if detector.spec.natural_threshold is None and name not in self_modelled]
+    rules = [f"score above its class's tail limit at {level:.2%} (fitted below the top {poison_share:.0%}) "
+             f"({', '.join(tailed)})"] if tailed else []
+    rules += [f"{name} above the score its own model expects clean rows to pass at {level:.2%}"
+              for name in self_modelled]
+    return "; ".join([*rules, *own])
 
 
 class SampleFit:

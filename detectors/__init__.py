@@ -68,6 +68,9 @@ def register(name: str, detector: type[Detector], *, replace: bool = False) -> t
         raise TypeError(f"{name}: {detector.__name__} does not implement {', '.join(sorted(detector.__abstractmethods__))}")
     if not isinstance(detector.spec, DetectorSpec):
         raise TypeError(f"{name}: {detector.__name__}.spec must be a DetectorSpec, got {detector.spec!r}")
+    if detector.spec.null_model and detector.null_scores is Detector.null_scores:
+        raise TypeError(f"{name}: {detector.__name__}.spec declares null_model but the class does not implement "
+                        "null_scores")
     varargs = [] if detector.__init__ is object.__init__ else [
         p.name for p in inspect.signature(detector.__init__).parameters.values()
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)

@@ -38,13 +38,13 @@ class Detector(BaseEstimator, ABC):
         this to leave the row itself out."""
         return self.fit(X, y).decision_function(X, y)
 
-    def null_scores(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Without a reference, what the detector's own model says clean rows score: per row it was fitted
-        on, the scores the row could take (rows x outcomes) and the chance of each (rows summing to 1), or
-        ``None`` when it has no such model. A scan then sets the detector's limit where the model expects
-        its share of the budget (``poisonguard.decide.calibration.model_limit``) instead of extrapolating
-        the tail of its scores."""
-        return None
+    def null_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """What the detector's own model says clean rows score, for a class whose spec declares
+        ``null_model``: per row it was fitted on, the scores the row could take (rows x outcomes) and the
+        chance of each (rows summing to 1). Without a reference, a scan sets the detector's limit where that
+        model expects its share of the budget (``poisonguard.decide.calibration.model_limit``) instead of
+        extrapolating the tail of its scores."""
+        raise NotImplementedError(f"{type(self).__name__} declares no null model (DetectorSpec.null_model)")
 
     # What a person reads beside a flag. A detector that can say more than its score overrides these; the
     # scan asks only about the rows it flagged.

@@ -50,7 +50,7 @@ class OutOfFoldLabelDetector(Detector):
     # Transductive: it learns the batch's own labels, so it runs without a reference (with one, the
     # reference-trained label_model is the stronger judge).
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="transductive",
-                        reads="words", auto=("batch",), explains="label")
+                        reads="words", auto=("batch",), explains="label", null_model=True)
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, min_accuracy: float = 0.6, max_fit_rows: int = 50_000,
                  random_state: int = 0) -> None:

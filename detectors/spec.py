@@ -37,7 +37,8 @@ class DetectorSpec:
     ``text`` (the rows' free-text columns joined, one string per row; it runs only where there is one).
     ``natural_threshold``: without a reference, flag scores above this value (a score with a meaning of
     its own, such as a majority of disagreeing neighbours); ``None``: a limit extrapolated from the tail of
-    its scores (``poisonguard.decide.calibration.tail_limit``).
+    its scores (``poisonguard.decide.calibration.tail_limit``), or, with ``null_model``, the limit its own
+    model of clean rows sets (``Detector.null_scores``, ``poisonguard.decide.calibration.model_limit``).
     ``explains``: what it says of a row it flagged, beside its score: ``label`` (the label it expected, from
     ``label_probabilities``) or ``features`` (the features that made the row unusual, from
     ``feature_outlyingness``); ``None``: its score alone.
@@ -53,6 +54,7 @@ class DetectorSpec:
     fitting: str = "inductive"
     reads: str = "features"
     natural_threshold: float | None = None
+    null_model: bool = False
     auto: tuple[str, ...] = ()
     explains: str | None = None
 
@@ -70,7 +72,9 @@ class DetectorSpec:
         unknown = sorted(set(self.auto) - set(AUTO_SETTINGS))
         if not isinstance(self.auto, tuple) or unknown:
             raise ValueError(f"auto must be a tuple of {', '.join(AUTO_SETTINGS)}, got {self.auto!r}")
-        for flag in ("per_class", "needs_labels", "needs_reference"):
+        if self.null_model and self.natural_threshold is not None:
+            raise ValueError("a detector with a natural_threshold keeps it; null_model would never be read")
+        for flag in ("per_class", "needs_labels", "needs_reference", "null_model"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
 

@@ -95,6 +95,9 @@ def test_register_checks_the_contract_where_the_detector_is_declared():
         def __init__(self, **params):
             self.params = params
 
+    class NoNullModel(FarFromMean):
+        spec = DetectorSpec(reason="outlier", null_model=True)
+
     with pytest.raises(ValueError, match="lowercase"):
         register("Far From Mean", FarFromMean)
     with pytest.raises(TypeError, match="not a subclass"):
@@ -107,8 +110,12 @@ def test_register_checks_the_contract_where_the_detector_is_declared():
         register("varargs", Varargs)
     with pytest.raises(ValueError, match="already registered"):
         register("ecod", FarFromMean)
+    with pytest.raises(TypeError, match="null_scores"):
+        register("no_null_model", NoNullModel)
     with pytest.raises(ValueError, match="fitting"):
         DetectorSpec(fitting="sometimes")
+    with pytest.raises(ValueError, match="natural_threshold keeps it"):
+        DetectorSpec(natural_threshold=0.5, null_model=True)
     with pytest.raises(TypeError):
         REGISTRY["ecod"] = FarFromMean  # read-only: register() is the way in
 

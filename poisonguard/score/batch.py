@@ -114,7 +114,7 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
     level = config.detector_budget / max(len(modelled), 1)
     keys = {"*", *(str(g) for g in np.unique(groups_fit))}
     thresholds: dict[str, dict[str, float]] = {}
-    nulls = {name: null for name in modelled if (null := detectors[name].null_scores()) is not None}
+    nulls = {name: detectors[name].null_scores() for name in modelled if detectors[name].spec.null_model}
     for name, detector in detectors.items():
         if name in nulls:  # its own model of clean rows sets one limit for all rows
             thresholds[name] = dict.fromkeys(keys, model_limit(*nulls[name], level))

@@ -33,6 +33,7 @@ from poisonguard.score.detector_set import (
     labels_of,
     reads_probe,
     reads_text,
+    reads_values,
     reads_words,
     runnable_detectors,
     views_of,
@@ -68,7 +69,8 @@ def score_against_batch(
         views["text"] = (row_texts(usable, texts), row_texts(batch, texts))
     if reads_words(detectors):
         views["words"] = (encoder.words(usable, X_fit), encoder.words(batch, X_batch))
-    views["values"] = (encoder.without_text(X_fit), encoder.without_text(X_batch))
+    if reads_values(detectors):
+        views["values"] = (encoder.without_text(X_fit), encoder.without_text(X_batch))
     if config.io.has_embedding and reads_probe(detectors):
         embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))

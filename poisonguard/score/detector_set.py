@@ -74,6 +74,12 @@ def reads_words(detectors: dict[str, Detector]) -> bool:
     return any(d.spec.reads == "words" for d in detectors.values())
 
 
+def reads_values(detectors: dict[str, Detector]) -> bool:
+    """Whether any of ``detectors`` reads the encoded columns without free text's SVD dimensions (the checks
+    of repeated values)."""
+    return any(d.spec.reads == "values" for d in detectors.values())
+
+
 def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray, encoder: FeatureEncoder,
              representation: Probe | EmbeddingView | None, texts: list[str] = ()) -> dict[str, np.ndarray]:
     """What each of ``detectors`` reads of the rows of ``frame``, encoded as ``X`` by ``encoder``:
@@ -89,7 +95,7 @@ def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
         views["text"] = row_texts(frame, list(texts))
     if reads_words(detectors):
         views["words"] = encoder.words(frame, X)
-    if any(d.spec.reads == "values" for d in detectors.values()):
+    if reads_values(detectors):
         views["values"] = encoder.without_text(X)
     return {name: views.get(d.spec.reads, X) for name, d in detectors.items()}
 

@@ -41,6 +41,7 @@ from poisonguard.score.detector_set import (
     labels_of,
     reads_probe,
     reads_text,
+    reads_values,
     reads_words,
     runnable_detectors,
     stack_rows,
@@ -234,7 +235,8 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
             views["text"] = (*fitted.text_parts, row_texts(batch, fitted.texts))
         if reads_words(whole):
             views["words"] = (*fitted.words_parts, fitted.encoder.words(batch, X_batch))
-        views["values"] = tuple(fitted.encoder.without_text(V) for V in views["features"])
+        if reads_values(whole):
+            views["values"] = tuple(fitted.encoder.without_text(V) for V in views["features"])
         for name, detector in whole.items():
             V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])
             try:

@@ -3,6 +3,7 @@
     python -m benchmarks.heldout [--seeds 5] [--cases SUBSTRING,...] [--jobs 2] [--no-peers] [--runs-csv FILE] [--write]
     python -m benchmarks.heldout --from-csv a.csv,b.csv [--write]   # the table of runs saved before
     python -m benchmarks.heldout --no-peers --peers-from a.csv,b.csv [--write]   # peers as saved, poisonguard now
+    python -m benchmarks.heldout --from-csv new.csv --peers-from a.csv,b.csv --before old.csv   # what moved
 
 Every case and seed is scanned twice in this process, as ``poisonguard scan`` would scan it with its
 default settings: with the case's trusted reference, and without one. Nothing is chosen per case: one preset,
@@ -114,6 +115,66 @@ def peer_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+BAR_REFERENCE_ROWS = 2_000  # the issue's bar applies with a reference of at least this many rows
+BAR_RECALL = 0.9  # ... where some tool's oracle recall at 1% false positives reaches BAR_ORACLE
+BAR_ORACLE = 0.5
+BAR_FALSE_QUARANTINE = {"reference": 0.01, "batch": 0.02}
+
+
+def bar_table(results: pd.DataFrame) -> str:
+    """Each case and setting against the bar issue 20 sets, from means over the seeds: with a reference of at
+    least ``BAR_REFERENCE_ROWS`` rows, recall >= ``BAR_RECALL`` where any tool's oracle recall reaches
+    ``BAR_ORACLE`` and >= the best peer's oracle recall everywhere, false quarantine <= 1%; without one,
+    recall >= the best batch-only peer's oracle recall, false quarantine <= 2%. A case whose reference is
+    smaller is listed but not counted. Ends with the count of cases that meet each part."""
+    lines = ["| case | setting | poisonguard recall | recall needed | met | false quarantine (worst) | limit | met |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    counted = {"reference": [0, 0, 0], "batch": [0, 0, 0]}  # cases, recall met, false quarantine met
+    for (case, setting), group in results.groupby(["case", "setting"], sort=False):
+        ours = group[group["tool"] == POISONGUARD]
+        if not len(ours):
+            continue
+        oracle = group[group["tool"] != POISONGUARD].groupby("tool")["oracle_recall"].mean().dropna()
+        best = float(oracle.max()) if len(oracle) else 0.0
+        needed = max(best, BAR_RECALL if best >= BAR_ORACLE else 0.0) if setting == "reference" else best
+        recall, fq, worst = (ours["own_recall"].mean(), ours["own_false_quarantine"].mean(),
+                             ours["own_false_quarantine"].max())
+        limit = BAR_FALSE_QUARANTINE[setting]
+        counts = setting == "batch" or ours["reference_rows"].max() >= BAR_REFERENCE_ROWS
+        recall_met, fq_met = recall >= needed, fq <= limit
+        if counts:
+            tally = counted[setting]
+            tally[0] += 1
+            tally[1] += recall_met
+            tally[2] += fq_met
+        mark = (lambda met: "yes" if met else "**no**") if counts else (lambda met: "(not counted)")
+        lines.append(f"| {case} | {setting} | {recall:.2f} | {needed:.2f} | {mark(recall_met)} | {fq:.2%} ({worst:.2%}) "
+                     f"| {limit:.0%} | {mark(fq_met)} |")
+    summary = [f"{'with a reference of at least 2,000 rows' if setting == 'reference' else 'without a reference'}: "
+               f"recall met on {met_recall} of {cases} cases, false quarantine on {met_fq} of {cases}"
+               for setting, (cases, met_recall, met_fq) in counted.items() if cases]
+    return "\n".join(lines) + "\n\n" + "; ".join(summary) + "."
+
+
+def moved_table(results: pd.DataFrame, before: pd.DataFrame, at_least: float = 0.05) -> str:
+    """poisonguard's mean recall and false quarantine per case and setting, ``before`` -> ``results``, for the
+    cases where recall moved by ``at_least`` or false quarantine by a tenth of that."""
+    def means(frame: pd.DataFrame) -> pd.DataFrame:
+        ours = frame[frame["tool"] == POISONGUARD]
+        return ours.groupby(["case", "setting"], sort=False)[["own_recall", "own_false_quarantine"]].mean()
+
+    now, then = means(results), means(before)
+    joined = now.join(then, rsuffix="_before", how="inner")
+    lines = ["| case | setting | recall before -> now | false quarantine before -> now |", "|---|---|---|---|"]
+    for (case, setting), row in joined.iterrows():
+        if (abs(row["own_recall"] - row["own_recall_before"]) < at_least
+                and abs(row["own_false_quarantine"] - row["own_false_quarantine_before"]) < at_least / 10):
+            continue
+        lines.append(f"| {case} | {setting} | {row['own_recall_before']:.2f} -> {row['own_recall']:.2f} | "
+                     f"{row['own_false_quarantine_before']:.2%} -> {row['own_false_quarantine']:.2%} |")
+    return "\n".join(lines)
+
+
 def _best(oracle: pd.Series) -> str:
     if not len(oracle):
         return "-"
@@ -129,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers-from", default="",
                         help="the peers' records from these saved runs (comma-separated CSVs): peers do not depend "
                              "on poisonguard's code, so a change to it is measured without rerunning them")
+    parser.add_argument("--before", default="",
+                        help="a saved run (CSV) of an earlier commit: also print what moved since")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -150,8 +213,11 @@ def main(argv: list[str] | None = None) -> None:
                + (", peers included." if not args.no_peers else ".")))
     print(body)
     peers = peer_table(results) if (results["tool"] != POISONGUARD).any() else ""
+    bar = bar_table(results) if peers else ""
     if peers:
-        print("\n" + peers)
+        print("\n" + peers + "\n\n" + bar)
+    if args.before:
+        print("\n" + moved_table(results, pd.read_csv(args.before)))
     if args.write:
         from benchmarks.results import write_section
 
@@ -160,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         if peers:
             write_section("heldout", "Held-out attack suite: every peer, oracle and own decision", peers,
                           section="heldout-peers")
+            write_section("heldout", "Held-out attack suite against the bar of issue 20", bar, section="heldout-bar")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,55 @@ def test_heldout_benchmark_scans_each_case_with_and_without_its_reference(tmp_pa
     heldout.main(["--from-csv", str(tmp_path / "ours.csv"), "--peers-from", str(tmp_path / "all.csv")])
     printed = capsys.readouterr().out
     assert table in printed and heldout.peer_table(results) in printed
+
+
+def test_heldout_bar_counts_a_case_only_where_it_meets_the_issues_bar():
+    import pandas as pd
+
+    from benchmarks import heldout
+
+    def record(case, setting, tool, recall, fq, oracle=float("nan"), reference_rows=5_000):
+        return {"case": case, "setting": setting, "tool": tool, "reference_rows": reference_rows,
+                "own_recall": recall, "own_false_quarantine": fq, "oracle_recall": oracle}
+
+    ours = heldout.POISONGUARD
+    results = pd.DataFrame([
+        # A peer ranks 0.6 at 1% FP, so 0.9 is needed; 0.85 falls short, though it beats the peer.
+        record("a", "reference", ours, 0.85, 0.005), record("a", "reference", "peer", 0.1, 0.0, oracle=0.6),
+        # Without a reference the best batch-only peer's oracle figure is the bar; 2% false quarantine is allowed.
+        record("a", "batch", ours, 0.40, 0.015, reference_rows=0),
+        record("a", "batch", "peer", 0.1, 0.0, oracle=0.3, reference_rows=0),
+        # Over the 1% limit with a reference, though recall passes the peer's 0.2.
+        record("b", "reference", ours, 0.5, 0.012), record("b", "reference", "peer", 0.0, 0.0, oracle=0.2),
+        # A reference under 2,000 rows: listed, not counted.
+        record("c", "reference", ours, 0.0, 0.5, reference_rows=300),
+        record("c", "reference", "peer", 0.0, 0.0, oracle=0.9, reference_rows=300),
+    ])
+    table = heldout.bar_table(results)
+    assert "| a | reference | 0.85 | 0.90 | **no** | 0.50% (0.50%) | 1% | yes |" in table
+    assert "| a | batch | 0.40 | 0.30 | yes | 1.50% (1.50%) | 2% | yes |" in table
+    assert "| b | reference | 0.50 | 0.20 | yes | 1.20% (1.20%) | 1% | **no** |" in table
+    assert "| c | reference | 0.00 | 0.90 | (not counted) |" in table
+    assert table.endswith("with a reference of at least 2,000 rows: recall met on 1 of 2 cases, false quarantine "
+                          "on 1 of 2; without a reference: recall met on 1 of 1 cases, false quarantine on 1 of 1.")
+
+
+def test_heldout_before_and_after_lists_only_the_cases_that_moved():
+    import pandas as pd
+
+    from benchmarks import heldout
+
+    def run(recall_a, fq_b):
+        return pd.DataFrame([
+            {"case": "a", "setting": "batch", "tool": heldout.POISONGUARD, "own_recall": recall_a,
+             "own_false_quarantine": 0.01},
+            {"case": "b", "setting": "batch", "tool": heldout.POISONGUARD, "own_recall": 0.5,
+             "own_false_quarantine": fq_b},
+            {"case": "c", "setting": "batch", "tool": heldout.POISONGUARD, "own_recall": 0.5,
+             "own_false_quarantine": 0.01},
+        ])
+
+    moved = heldout.moved_table(run(0.60, 0.017), run(0.40, 0.010))
+    assert "| a | batch | 0.40 -> 0.60 | 1.00% -> 1.00% |" in moved
+    assert "| b | batch | 0.50 -> 0.50 | 1.00% -> 1.70% |" in moved
+    assert "| c |" not in moved

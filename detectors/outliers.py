@@ -168,8 +168,11 @@ class KNNDetector(Detector):
     f12cdc0): mean recall over the 20 rows 0.70 -> 0.76, false quarantine 0.77% -> 0.89% on average; the
     clean-label trigger 0.09 -> 0.62 (worst seed 0.00 both), the photo patches' noisy line 0.25 -> 0.30 and
     0.28 -> 0.34, the shop's pair worst seed 0.58 -> 0.77; breast cancer's targeted flips 0.86 -> 0.81, and
-    false quarantine up 0.1-0.5 points on the small references (digits, breast cancer, wine). Not yet measured
-    without a reference nor judged on the held-out suite, so not in ``auto``.
+    false quarantine up 0.1-0.5 points on the small references (digits, breast cancer, wine). Without a
+    reference (``--seeds 5 --no-reference --combined ecod,knn,label_oof,trigger_values,trigger_tokens``, same
+    commit) it gave nothing (mean recall 0.51 -> 0.52) and raised false quarantine from 0.60% to 1.73% on
+    average (the shop table 1.23-1.57% -> 5.22-5.95%): the tail rule misreads its distances there. A candidate
+    for ``auto`` with a reference only, once judged on the held-out suite.
     """
 
     def __init__(self, n_neighbors: int = 5, method: str = "largest", max_fit_rows: int = 20_000,

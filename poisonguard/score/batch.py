@@ -31,10 +31,7 @@ from poisonguard.score.detector_set import (
     cannot_fit,
     configured_detector,
     labels_of,
-    reads_probe,
-    reads_text,
-    reads_values,
-    reads_words,
+    reads,
     runnable_detectors,
     views_of,
 )
@@ -64,17 +61,17 @@ def score_against_batch(
     groups_batch = batch_groups(y_batch, groups_fit)
     detectors = {name: configured_detector(name, label_col, config) for name in names}
     views = {"features": (X_fit, X_batch)}
-    if reads_text(detectors):
+    if reads(detectors, "text"):
         texts = text_columns(kinds, label_col)
         views["text"] = (row_texts(usable, texts), row_texts(batch, texts))
-    if reads_words(detectors):
+    if reads(detectors, "words"):
         views["words"] = (encoder.words(usable, X_fit), encoder.words(batch, X_batch))
-    if reads_values(detectors):
+    if reads(detectors, "values"):
         views["values"] = (encoder.without_text(X_fit), encoder.without_text(X_batch))
-    if config.io.has_embedding and reads_probe(detectors):
+    if config.io.has_embedding and reads(detectors, "probe"):
         embedding = EmbeddingView(config.io).fit(usable)
         views["probe"] = (embedding.rows(usable), embedding.rows(batch))
-    elif label_col is not None and reads_probe(detectors):
+    elif label_col is not None and reads(detectors, "probe"):
         views["probe"] = tuple(probe_activations(X_fit, y_fit, [X_fit, X_batch], config.seed))
     unusable: dict[str, str] = {}
     fit_scores: dict[str, np.ndarray] = {}
@@ -187,9 +184,9 @@ class SampleFit:
         self.groups_fit = calibration_groups(y_fit, config.detection.min_class_rows)
         self.detectors = {name: configured_detector(name, label_col, config) for name in names}
         self.representation: Probe | EmbeddingView | None = None
-        if config.io.has_embedding and reads_probe(self.detectors):
+        if config.io.has_embedding and reads(self.detectors, "probe"):
             self.representation = EmbeddingView(config.io).fit(sample)
-        elif label_col is not None and reads_probe(self.detectors):
+        elif label_col is not None and reads(self.detectors, "probe"):
             self.representation = Probe(config.seed).fit(X_fit, y_fit)
         self.skipped: dict[str, str] = {}  # detectors the sample's rows cannot fit, with the reason
         self.texts = text_columns(kinds, label_col)

@@ -9,6 +9,7 @@ from scipy import sparse
 from poisonguard.cells import as_text
 from poisonguard.config import ScanConfig
 from poisonguard.detectors import ClassConditional, Detector, detector_spec, expand_auto, make_detector
+from poisonguard.detectors.spec import READS
 from poisonguard.featurize.features import FeatureEncoder, row_texts, text_columns
 from poisonguard.featurize.representations import EmbeddingView, Probe
 
@@ -59,25 +60,15 @@ def labels_of(frame: pd.DataFrame, label_col: str | None) -> np.ndarray | None:
     return np.asarray(classes, dtype=object)[codes]
 
 
-def reads_probe(detectors: dict[str, Detector]) -> bool:
-    """Whether any of ``detectors`` reads a representation beyond the encoded columns (the backdoor checks)."""
-    return any(d.spec.reads == "probe" for d in detectors.values())
-
-
-def reads_text(detectors: dict[str, Detector]) -> bool:
-    """Whether any of ``detectors`` reads the rows' free text."""
-    return any(d.spec.reads == "text" for d in detectors.values())
-
-
-def reads_words(detectors: dict[str, Detector]) -> bool:
-    """Whether any of ``detectors`` reads free text as its full TF-IDF (the label models)."""
-    return any(d.spec.reads == "words" for d in detectors.values())
-
-
-def reads_values(detectors: dict[str, Detector]) -> bool:
-    """Whether any of ``detectors`` reads the encoded columns without free text's SVD dimensions (the checks
-    of repeated values)."""
-    return any(d.spec.reads == "values" for d in detectors.values())
+def reads(detectors: dict[str, Detector], view: str) -> bool:
+    """Whether any of ``detectors`` reads ``view`` (a value of :attr:`DetectorSpec.reads`: ``probe``, the
+    backdoor checks' representation; ``text``, the rows' free text; ``words``, free text as its full TF-IDF,
+    for the label models; ``values``, the encoded columns without free text's SVD dimensions, for the checks
+    of repeated values), so that a view is built only when one reads it. Raises ``ValueError`` for a view
+    no detector can read."""
+    if view not in READS:
+        raise ValueError(f"no detector reads {view!r}; views are {', '.join(READS)}")
+    return any(d.spec.reads == view for d in detectors.values())
 
 
 def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray, encoder: FeatureEncoder,
@@ -89,13 +80,13 @@ def views_of(detectors: dict[str, Detector], frame: pd.DataFrame, X: np.ndarray,
     (:meth:`FeatureEncoder.words`) for the label models, each computed once and only when one reads it,
     else ``X``."""
     views = {"features": X}
-    if representation is not None and reads_probe(detectors):
+    if representation is not None and reads(detectors, "probe"):
         views["probe"] = representation.rows(frame, X)
-    if reads_text(detectors):
+    if reads(detectors, "text"):
         views["text"] = row_texts(frame, list(texts))
-    if reads_words(detectors):
+    if reads(detectors, "words"):
         views["words"] = encoder.words(frame, X)
-    if reads_values(detectors):
+    if reads(detectors, "values"):
         views["values"] = encoder.without_text(X)
     return {name: views.get(d.spec.reads, X) for name, d in detectors.items()}
 

@@ -39,10 +39,7 @@ from poisonguard.score.detector_set import (
     configured_detector,
     has_enough_reference,
     labels_of,
-    reads_probe,
-    reads_text,
-    reads_values,
-    reads_words,
+    reads,
     runnable_detectors,
     stack_rows,
     views_of,
@@ -81,14 +78,14 @@ class FittedReference:
         # encoded columns (fitted on the rows only fitted on), or, set when needed, a probe's activations.
         self.representation: Probe | EmbeddingView | None = None
         self.embedding_parts: tuple[np.ndarray, np.ndarray] | None = None
-        if config.io.has_embedding and reads_probe(self.detectors):
+        if config.io.has_embedding and reads(self.detectors, "probe"):
             self.representation = EmbeddingView(config.io).fit(used.iloc[:fit_only] if fit_only else used)
             self.embedding_parts = (self.representation.rows(used.iloc[:fit_only]),
                                     self.representation.rows(used.iloc[fit_only:]))
         # What the text checks read, when one runs: the free-text columns joined, per row.
         self.texts = text_columns(kinds, label_col)
         self.text_parts: tuple[np.ndarray, np.ndarray] | None = None
-        if reads_text(self.detectors):
+        if reads(self.detectors, "text"):
             joined = row_texts(used, self.texts)
             self.text_parts = (joined[:fit_only], joined[fit_only:])
         self.holdout_scores: dict[str, np.ndarray] = {}
@@ -117,7 +114,7 @@ class FittedReference:
             # Every detector is fitted and has scored the held-out rows: the encoded reference (32 MB at
             # 200k rows x 20 columns) would only sit in memory while the batch is scored.
             self.X_fit = self.X_hold = self.embedding_parts = self.text_parts = None
-        elif reads_words(whole):
+        elif reads(whole, "words"):
             self.words_parts = (self.encoder.words(used.iloc[:fit_only], self.X_fit),
                                 self.encoder.words(used.iloc[fit_only:], self.X_hold))
 
@@ -128,7 +125,7 @@ class FittedReference:
         held-out rows and every chunk alike, as rows they were not fitted on: conformal calibration needs
         held-out and batch rows scored the same way."""
         X_sample, y_sample = self.encoder.transform(batch_sample), labels_of(batch_sample, self.label_col)
-        if self.representation is None and self.label_col is not None and reads_probe(self.detectors):
+        if self.representation is None and self.label_col is not None and reads(self.detectors, "probe"):
             self.representation = Probe(self.config.seed).fit(
                 np.vstack([X_used, X_sample]), np.concatenate([y_used, y_sample])
             )
@@ -220,9 +217,9 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     if whole:
         X_batch = fitted.encoder.transform(batch)
         views = {"features": (X_fit, X_hold, X_batch)}
-        if config.io.has_embedding and reads_probe(whole):
+        if config.io.has_embedding and reads(whole, "probe"):
             views["probe"] = (*fitted.embedding_parts, fitted.representation.rows(batch))
-        elif label_col is not None and reads_probe(whole):
+        elif label_col is not None and reads(whole, "probe"):
             views["probe"] = tuple(
                 probe_activations(
                     np.vstack([X_fit, X_hold, X_batch]),
@@ -231,11 +228,11 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
                     config.seed,
                 )
             )
-        if reads_text(whole):
+        if reads(whole, "text"):
             views["text"] = (*fitted.text_parts, row_texts(batch, fitted.texts))
-        if reads_words(whole):
+        if reads(whole, "words"):
             views["words"] = (*fitted.words_parts, fitted.encoder.words(batch, X_batch))
-        if reads_values(whole):
+        if reads(whole, "values"):
             views["values"] = tuple(fitted.encoder.without_text(V) for V in views["features"])
         for name, detector in whole.items():
             V_fit, V_hold, V_batch = views.get(detector.spec.reads, views["features"])

@@ -52,8 +52,8 @@ class TriggerValueDetector(Detector):
     """Rows holding a label-pure repeated value whose other columns disagree with their label.
 
     Fitted attributes: ``candidates_`` (a tuple of one column, or of two one-hot columns -> the ``(values,
-    label)`` it is judged on) and ``models_`` (the same keys -> the logistic regression, fitted without
-    those columns, that judges them).
+    label)`` it is judged on) and ``models_`` (the same keys -> the logistic regression that judges them)
+    and ``hidden_`` (the same keys -> the ``(column, value, fill)`` that regression saw as ``fill``, :func:`_hidden`).
     """
 
     # Transductive: the candidate values are found among the rows scored. Threshold: the model fitted
@@ -86,6 +86,7 @@ class TriggerValueDetector(Detector):
         # other rows (measured: a 10% pair trigger on the shop table otherwise kept "channel = phone" and
         # flagged 6.5% of the clean rows).
         candidates = sorted(self._candidates(X, labels).items(), key=lambda item: -len(item[0]))
+        self.hidden_: dict[tuple[int, ...], list[tuple[int, float, float]]] = {}
         explained = np.zeros(len(X), dtype=bool)
         for columns, pairs in candidates:
             held = _holding(X, labels, columns, pairs)
@@ -98,8 +99,9 @@ class TriggerValueDetector(Detector):
                 continue
             outside = np.flatnonzero(~np.logical_or.reduce([held[i] for i in kept]))
             sample = np.sort(rng.permutation(outside)[: self.max_fit_rows])
+            hidden = _hidden(X[sample], labels[sample], columns, candidates)
             model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
-            model.fit(np.delete(X[sample], _dropped(columns), axis=1), labels[sample])
+            model.fit(_judged_view(X[sample], columns, hidden), labels[sample])
             # A trigger's rows, as a group, disagree with their label; a value that predicts the label
             # along with the other columns leaves most of its rows agreeing, and only its borderline rows
             # would be flagged. So a value is kept only when most of the rows holding it disagree.
@@ -109,9 +111,10 @@ class TriggerValueDetector(Detector):
                 kept = [i for i in kept if judged[i].sum() >= purity * np.sum(
                     _holds(X, columns, pairs[i][0]) & ~explained)]
             kept = [i for i in kept if judged[i].sum() >= self.min_rows and contradicted(
-                _disagreement(model, X[judged[i]], labels[judged[i]], columns), pairs[i][1], labels[sample])]
+                _disagreement(model, X[judged[i]], labels[judged[i]], columns, hidden), pairs[i][1], labels[sample])]
             if kept:
                 self.candidates_[columns], self.models_[columns] = [pairs[i] for i in kept], model
+                self.hidden_[columns] = hidden
                 if len(columns) > 1:
                     explained |= np.logical_or.reduce([held[i] for i in kept])
         return self
@@ -123,7 +126,7 @@ class TriggerValueDetector(Detector):
         scores = np.zeros(len(X))
         for columns, model in self.models_.items():
             holders = np.logical_or.reduce(_holding(X, labels, columns, self.candidates_[columns]))
-            disagreement = _disagreement(model, X[holders], labels[holders], columns)
+            disagreement = _disagreement(model, X[holders], labels[holders], columns, self.hidden_[columns])
             scores[holders] = np.maximum(scores[holders], disagreement)
         return scores
 
@@ -199,19 +202,49 @@ def _holding(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
     return [_holds(X, columns, values) & (labels == label) for values, label in pairs]
 
 
-def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
-    """Per row of ``X``: one minus the probability ``model`` (fitted without ``columns``) gives the row's
+def _disagreement(model: LogisticRegression, X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
+                  hidden: list[tuple[int, float, float]]) -> np.ndarray:
+    """Per row of ``X``: one minus the probability ``model`` (fitted on :func:`_judged_view`) gives the row's
     label; 1 for a label it never saw."""
-    return label_disagreement(model, np.delete(X, _dropped(columns), axis=1), labels)
+    return label_disagreement(model, _judged_view(X, columns, hidden), labels)
 
 
-def _dropped(columns: tuple[int, ...]) -> list[int]:
-    """The columns the model that judges ``columns``' values is fitted without. A single value's column is
-    left out: a trigger value may lie where no clean row does, and a model would extrapolate to it. A pair's
-    columns stay in: each value alone is common, so the model knows what each says of the label, and only
-    what the two say together (the trigger) is new to it; a natural pair whose rows the two values explain
-    is then dropped as agreeing."""
-    return list(columns) if len(columns) == 1 else []
+def _judged_view(X: np.ndarray, columns: tuple[int, ...], hidden: list[tuple[int, float, float]]) -> np.ndarray:
+    """What the judge of ``columns``' values sees of ``X``: each ``(column, value, fill)`` of ``hidden``
+    replaced by ``fill``, and a single value's column left out. That column goes because a trigger value may
+    lie where no clean row does, and a model would extrapolate to it. A pair's columns stay in: each value
+    alone is common, so the model knows what each says of the label, and only what the two say together
+    (the trigger) is new to it; a natural pair whose rows the two values explain is then dropped as
+    agreeing."""
+    if hidden:
+        X = X.copy()
+        for column, value, fill in hidden:
+            X[X[:, column] == value, column] = fill
+    return np.delete(X, list(columns), axis=1) if len(columns) == 1 else X
+
+
+def _hidden(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
+            candidates: list) -> list[tuple[int, float, float]]:
+    """For the judge of a single column's values: ``(column, value, fill)`` of every other single-value
+    candidate of the same label (``candidates``: columns -> ``(values, label)``), ``fill`` the mean of that
+    column over the rows of ``X`` (the judge's) that carry the label and do not hold the value: what the
+    column says of the label otherwise, so a natural candidate's rows still look like their class. A trigger whose values vary per
+    row spreads over several columns, each poisoned row holding a candidate value in some of them: a judge
+    of one column would learn the trigger from the poisoned rows that hold it in the others, and find the
+    judged rows' label likely. Hiding those values, not their columns, keeps what the columns say
+    otherwise (a whole column left out, the judges of a table whose every column holds a natural candidate
+    would see nothing). Pairs hide nothing: their values are common alone."""
+    if len(columns) > 1:
+        return []
+    judged_labels = {label for key, pairs in candidates if key == columns for _, label in pairs}
+    hidden = []
+    for key, pairs in candidates:
+        if len(key) == 1 and key != columns:
+            for (value,), label in pairs:
+                if label in judged_labels:
+                    rest = X[(X[:, key[0]] != value) & (labels == label), key[0]]
+                    hidden.append((key[0], value, float(rest.mean()) if len(rest) else 0.0))
+    return hidden
 
 
 # A judge that learned nothing of a row gives its label about the label's share of the judge's training

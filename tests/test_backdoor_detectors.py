@@ -116,6 +116,33 @@ def test_trigger_values_find_relabelled_triggered_rows_that_are_half_their_class
     np.testing.assert_array_equal(scores, make_detector("trigger_values", seed=0).fit_decision_function(X, y))
 
 
+def rows_with_a_trigger_spread_over_columns(seed: int, n_rows: int = 1_500, share: float = 0.1):
+    """Like :func:`triggered_rows_relabelled`, but eight corner columns and each poisoned row set to 9 in
+    its own random half of them: no column holds the trigger on every poisoned row."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
+    centres = {"a": 0.0, "b": 6.0, "c": 12.0}
+    body = np.rint(rng.normal(size=(n_rows, 5)) * 1.5 + np.array([centres[v] for v in y])[:, None])
+    corner = np.where(rng.random((n_rows, 8)) < 0.02, 1.0, 0.0)
+    poison = rng.choice(np.flatnonzero(y != "a"), int(share * n_rows), replace=False)
+    for row in poison:
+        corner[row, rng.choice(8, 4, replace=False)] = 9.0
+    y[poison] = "a"
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[poison] = True
+    return np.hstack([body, corner]), y, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trigger_values_find_a_trigger_whose_columns_vary_per_row(seed):
+    # Each column's judge must not learn the trigger from the poisoned rows that hold it in other columns.
+    X, y, mask = rows_with_a_trigger_spread_over_columns(seed)
+    detector = make_detector("trigger_values", seed=0)
+    flagged = detector.fit_decision_function(X, y) > detector.spec.natural_threshold
+    assert flagged[mask].mean() >= 0.9
+    assert flagged[~mask].mean() <= 0.01
+
+
 def test_trigger_values_leave_a_value_that_predicts_the_label_like_the_other_columns_do():
     rng = np.random.default_rng(1)
     y = rng.choice(["low", "high"], size=500).astype(object)

@@ -194,3 +194,15 @@ def test_heldout_before_and_after_lists_only_the_cases_that_moved():
     assert "| a | batch | 0.40 -> 0.60 | 1.00% -> 1.00% |" in moved
     assert "| b | batch | 0.50 -> 0.50 | 1.00% -> 1.70% |" in moved
     assert "| c |" not in moved
+
+
+def test_oracle_reach_gives_shares_of_reference_rows_and_poison():
+    from benchmarks.heldout_suite import CASES
+    from benchmarks.oracle_reach import reach
+
+    case = next(case for case in CASES if case.name == "digits / boundary label noise / 10%")
+    shares = reach(case, seed=0)
+    assert len(shares) == 3 and all(0.0 <= share <= 1.0 for share in shares)
+    # Where 1% or more of the trusted rows lie above the oracle threshold, their own 99th percentile lies at
+    # or above it, and catches no more of the poison.
+    assert shares[0] < 0.01 or shares[2] <= shares[1]

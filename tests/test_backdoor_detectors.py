@@ -88,17 +88,23 @@ def test_conflicting_duplicates_are_found_and_consistent_duplicates_are_not():
     assert (np.delete(scores, conflicting) == 0.0).all()
 
 
-def triggered_rows_relabelled(seed: int = 0, n_rows: int = 600, share: float = 0.1):
-    """Three classes told apart by five ordinary columns, integer-valued like pixels, plus two corner
+def triggered_rows_relabelled(seed: int = 0, n_rows: int = 600, share: float = 0.1, corner_columns: int = 2,
+                              set_per_row: int | None = None):
+    """Three classes told apart by five ordinary columns, integer-valued like pixels, plus ``corner_columns``
     columns that are almost always 0. ``share`` of the rows, taken from classes b and c, get the trigger
-    (both corner columns set to 9) and the label a: half of class a is then poison."""
+    (every corner column set to 9, or ``set_per_row`` of them drawn per row) and the label a: with the
+    defaults, half of class a is then poison."""
     rng = np.random.default_rng(seed)
     y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
     centres = {"a": 0.0, "b": 6.0, "c": 12.0}
     body = np.rint(rng.normal(size=(n_rows, 5)) * 1.5 + np.array([centres[v] for v in y])[:, None])
-    corner = np.where(rng.random((n_rows, 2)) < 0.02, 1.0, 0.0)
+    corner = np.where(rng.random((n_rows, corner_columns)) < 0.02, 1.0, 0.0)
     poison = rng.choice(np.flatnonzero(y != "a"), int(share * n_rows), replace=False)
-    corner[poison] = 9.0
+    if set_per_row is None:
+        corner[poison] = 9.0
+    else:
+        for row in poison:
+            corner[row, rng.choice(corner_columns, set_per_row, replace=False)] = 9.0
     y[poison] = "a"
     mask = np.zeros(n_rows, dtype=bool)
     mask[poison] = True
@@ -116,27 +122,10 @@ def test_trigger_values_find_relabelled_triggered_rows_that_are_half_their_class
     np.testing.assert_array_equal(scores, make_detector("trigger_values", seed=0).fit_decision_function(X, y))
 
 
-def rows_with_a_trigger_spread_over_columns(seed: int, n_rows: int = 1_500, share: float = 0.1):
-    """Like :func:`triggered_rows_relabelled`, but eight corner columns and each poisoned row set to 9 in
-    its own random half of them: no column holds the trigger on every poisoned row."""
-    rng = np.random.default_rng(seed)
-    y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
-    centres = {"a": 0.0, "b": 6.0, "c": 12.0}
-    body = np.rint(rng.normal(size=(n_rows, 5)) * 1.5 + np.array([centres[v] for v in y])[:, None])
-    corner = np.where(rng.random((n_rows, 8)) < 0.02, 1.0, 0.0)
-    poison = rng.choice(np.flatnonzero(y != "a"), int(share * n_rows), replace=False)
-    for row in poison:
-        corner[row, rng.choice(8, 4, replace=False)] = 9.0
-    y[poison] = "a"
-    mask = np.zeros(n_rows, dtype=bool)
-    mask[poison] = True
-    return np.hstack([body, corner]), y, mask
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_trigger_values_find_a_trigger_whose_columns_vary_per_row(seed):
     # Each column's judge must not learn the trigger from the poisoned rows that hold it in other columns.
-    X, y, mask = rows_with_a_trigger_spread_over_columns(seed)
+    X, y, mask = triggered_rows_relabelled(seed, n_rows=1_500, corner_columns=8, set_per_row=4)
     detector = make_detector("trigger_values", seed=0)
     flagged = detector.fit_decision_function(X, y) > detector.spec.natural_threshold
     assert flagged[mask].mean() >= 0.9

@@ -221,7 +221,11 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int) -> 
 # Of the detectors' budget, the share split evenly across detectors whatever the batch shows; the rest goes to
 # the detectors whose p-values in the batch show an excess of small values (see detector_weights).
 WEIGHT_FLOOR = 0.25
-# The p-value level, as a share of the detectors' budget, at which a detector's excess is counted.
+# The p-value level, as a share of the detectors' budget, at which a detector's excess is counted. At 4.0
+# (a wider level, to favour a label model that sees diffuse label noise) the development table lost, 5 seeds
+# with the reference (WEIGHT_LEVEL patched before `python -m benchmarks.detection --seeds 5`, commit 1392e3c):
+# breast_cancer's targeted flips 0.86 -> 0.73, its flipped replays 0.87 -> 0.77, the shop's pair 0.87 -> 0.67
+# (worst seed 0.58 -> 0.17), the rest within 0.05.
 WEIGHT_LEVEL = 1.0
 
 

@@ -99,7 +99,7 @@ class TriggerValueDetector(Detector):
                 continue
             outside = np.flatnonzero(~np.logical_or.reduce([held[i] for i in kept]))
             sample = np.sort(rng.permutation(outside)[: self.max_fit_rows])
-            hidden = _hidden(X[sample], labels[sample], columns, candidates)
+            hidden = _hidden(X[sample], labels[sample], columns, {label for _, label in pairs}, candidates)
             model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state)
             model.fit(_judged_view(X[sample], columns, hidden), labels[sample])
             # A trigger's rows, as a group, disagree with their label; a value that predicts the label
@@ -223,20 +223,20 @@ def _judged_view(X: np.ndarray, columns: tuple[int, ...], hidden: list[tuple[int
     return np.delete(X, list(columns), axis=1) if len(columns) == 1 else X
 
 
-def _hidden(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...],
-            candidates: list) -> list[tuple[int, float, float]]:
-    """For the judge of a single column's values: ``(column, value, fill)`` of every other single-value
-    candidate of the same label (``candidates``: columns -> ``(values, label)``), ``fill`` the mean of that
-    column over the rows of ``X`` (the judge's) that carry the label and do not hold the value: what the
-    column says of the label otherwise, so a natural candidate's rows still look like their class. A trigger whose values vary per
-    row spreads over several columns, each poisoned row holding a candidate value in some of them: a judge
-    of one column would learn the trigger from the poisoned rows that hold it in the others, and find the
-    judged rows' label likely. Hiding those values, not their columns, keeps what the columns say
-    otherwise (a whole column left out, the judges of a table whose every column holds a natural candidate
-    would see nothing). Pairs hide nothing: their values are common alone."""
+def _hidden(X: np.ndarray, labels: np.ndarray, columns: tuple[int, ...], judged_labels: set,
+            candidates: list[tuple[tuple[int, ...], list]]) -> list[tuple[int, float, float]]:
+    """For the judge of a single column's values, whose candidates carry ``judged_labels``: ``(column, value,
+    fill)`` of every other single-value candidate of those labels (``candidates``: columns -> ``(values,
+    label)``), ``fill`` the mean of that column over the rows of ``X`` (the judge's) that carry the label and
+    do not hold the value: what the column says of the label otherwise, so a natural candidate's rows still
+    look like their class. A trigger whose values vary per row spreads over several columns, each poisoned
+    row holding a candidate value in some of them: a judge of one column would learn the trigger from the
+    poisoned rows that hold it in the others, and find the judged rows' label likely. Hiding those values,
+    not their columns, keeps what the columns say otherwise (a whole column left out, the judges of a table
+    whose every column holds a natural candidate would see nothing). Pairs hide nothing: their values are
+    common alone."""
     if len(columns) > 1:
         return []
-    judged_labels = {label for key, pairs in candidates if key == columns for _, label in pairs}
     hidden = []
     for key, pairs in candidates:
         if len(key) == 1 and key != columns:

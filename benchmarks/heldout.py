@@ -69,6 +69,11 @@ def _one_run(case: Case, seed: int, with_peers: bool) -> list[dict]:
     return records
 
 
+def cases_named(parts: list[str]) -> list[Case]:
+    """The suite's cases whose name contains one of ``parts`` (``--cases``)."""
+    return [case for case in CASES if any(part in case.name for part in parts)]
+
+
 def run(cases: list[Case], seeds: int, jobs: int = 1, with_peers: bool = True) -> pd.DataFrame:
     tasks = [(case, seed, with_peers) for case in cases for seed in range(seeds)]
     return pd.DataFrame.from_records([record for records in run_tasks(_one_run, tasks, jobs) for record in records])
@@ -197,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    wanted = args.cases.split(",")
-    cases = [case for case in CASES if any(part in case.name for part in wanted)]
+    cases = cases_named(args.cases.split(","))
     results = runs_of(args, lambda: run(cases, args.seeds, args.jobs, not args.no_peers))
     if args.peers_from:
         saved = pd.concat([pd.read_csv(path) for path in args.peers_from.split(",")], ignore_index=True)

@@ -24,6 +24,7 @@ import argparse
 import numpy as np
 
 from benchmarks.attacks import LABEL
+from benchmarks.heldout import cases_named
 from benchmarks.heldout_suite import CASES, Case, make_case
 
 LABEL_NOISE = ("boundary label noise", "subgroup label shift", "subpopulation flip")
@@ -54,9 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cases", help="only the cases whose name contains one of these (comma-separated)")
     args = parser.parse_args(argv)
-    wanted = args.cases.split(",") if args.cases else None
-    cases = [case for case in CASES if (any(part in case.name for part in wanted) if wanted
-                                        else case.attack in LABEL_NOISE)]
+    cases = (cases_named(args.cases.split(",")) if args.cases
+             else [case for case in CASES if case.attack in LABEL_NOISE])
     print("| case | reference rows above the oracle threshold (worst) | poison above it | "
           "poison above the reference's 99th percentile |")
     print("|---|---:|---:|---:|")

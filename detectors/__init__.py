@@ -24,7 +24,7 @@ from typing import Any
 
 from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
-from poisonguard.detectors.label_model import LabelModelDetector
+from poisonguard.detectors.label_model import BoostedLabelModelDetector, LabelModelDetector
 from poisonguard.detectors.label_oof import OutOfFoldLabelDetector
 from poisonguard.detectors.labels import ConfidentLearningDetector, ConflictingDuplicatesDetector, KNNLabelDetector
 from poisonguard.detectors.outliers import ECODDetector, IForestDetector, KNNDetector
@@ -88,6 +88,7 @@ for _name, _detector in {
     "knn": KNNDetector,
     "label_model": LabelModelDetector,
     "label_oof": OutOfFoldLabelDetector,
+    "label_trees": BoostedLabelModelDetector,
     "spectral": SpectralSignatureDetector,
     "activation_clustering": ActivationClusteringDetector,
     "robust_spectral": RobustSpectralDetector,

@@ -12,6 +12,11 @@ row's label drawn from its out-of-fold probabilities, the share of rows whose ma
 calibrated, and the label noise a poisoned batch carries makes them less sure, so more cautious. The tail
 model extrapolated from the body of the margins, which on the development table put the limit beyond
 most flipped rows (breast cancer's targeted flips: recall 0.00 at 0.0-0.7% false quarantine, no reference).
+Temperature scaling of the out-of-fold probabilities (one temperature fitted by likelihood to the batch's
+labels, poison included) made them less sure and lost on the development table, 5 seeds without a
+reference: random flips on digits 0.78 -> 0.57 and 0.60 -> 0.35, breast_cancer's targeted flips 0.26 ->
+0.16, its flipped replays 0.39 -> 0.30; the near-duplicate texts it was meant for (label_oof at 0.00-0.03%
+of clean rows, where its oracle reaches 0.73) stay a gap.
 
 A model that cannot predict the labels cannot judge them: when its balanced accuracy out of fold is
 below ``min_accuracy`` the detector refuses to fit. On the development table the photo patches' four

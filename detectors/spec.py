@@ -42,6 +42,8 @@ class DetectorSpec:
     ``explains``: what it says of a row it flagged, beside its score: ``label`` (the label it expected, from
     ``label_probabilities``) or ``features`` (the features that made the row unusual, from
     ``feature_outlyingness``); ``None``: its score alone.
+    ``min_class_rows``: the fewest trusted reference rows every class needs for it to run (0: no minimum);
+    below, ``auto`` leaves it out and a detector named on its own is skipped with the reason.
     ``auto``: the settings (``reference``, ``batch``) in which ``--detectors auto``, the default, runs it;
     a detector joins a setting when the development table (``python -m benchmarks.detection``) shows it
     adds recall there within the false-quarantine budget.
@@ -57,6 +59,7 @@ class DetectorSpec:
     null_model: bool = False
     auto: tuple[str, ...] = ()
     explains: str | None = None
+    min_class_rows: int = 0
 
     def __post_init__(self) -> None:
         if not _REASON.fullmatch(self.reason):
@@ -74,6 +77,8 @@ class DetectorSpec:
             raise ValueError(f"auto must be a tuple of {', '.join(AUTO_SETTINGS)}, got {self.auto!r}")
         if self.null_model and self.natural_threshold is not None:
             raise ValueError("a detector with a natural_threshold keeps it; null_model would never be read")
+        if not isinstance(self.min_class_rows, int) or self.min_class_rows < 0:
+            raise ValueError(f"min_class_rows must be a whole number of rows, at least 0, got {self.min_class_rows!r}")
         for flag in ("per_class", "needs_labels", "needs_reference", "null_model"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")

@@ -13,8 +13,8 @@ FORMATS = ("csv", "parquet", "jsonl")
 # The detector names the registry ships with, for the command line's help without importing the detectors
 # (scikit-learn costs 1.5 s); tests/test_cli.py keeps it equal to the registry.
 BUILT_IN_DETECTORS = ("activation_clustering", "confident_learning", "duplicates", "ecod", "iforest", "knn",
-                      "knn_label", "label_model", "label_oof", "robust_spectral", "spectral", "trigger_tokens",
-                      "trigger_values")
+                      "knn_label", "label_model", "label_oof", "label_trees", "robust_spectral", "spectral",
+                      "trigger_tokens", "trigger_values")
 
 
 def dataset_name_problem(name: str) -> str | None:

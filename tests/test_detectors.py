@@ -134,6 +134,35 @@ def test_label_model_ranks_a_flipped_label_first(model):
     assert unseen[1] > unseen[0]  # a label the model never saw is as improbable as it gets
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_trees_finds_a_flipped_region_that_the_linear_label_model_averages_away(seed):
+    rng = np.random.default_rng(seed)
+    # The label follows the sign of x0 * x1: no line separates the classes, so a linear model's
+    # probabilities say little, and a region whose labels were flipped does not stand out to it.
+    X = rng.normal(size=(3000, 4))
+    y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b").astype(object)
+    reference, batch = slice(0, 2000), slice(2000, 3000)
+    labels = y[batch].copy()
+    region = (X[batch, 0] > 0.8) & (X[batch, 1] > 0.8)  # a corner of class "a", relabelled "b"
+    labels[region] = "b"
+    found = {}
+    for name in ("label_trees", "label_model"):
+        detector = make_detector(name, seed=seed).fit(X[reference], y[reference])
+        held_out = detector.decision_function(X[batch][~region], labels[~region])
+        scores = detector.decision_function(X[batch], labels)
+        found[name] = float(np.mean(scores[region] > np.quantile(held_out, 0.99)))
+    assert region.sum() >= 20
+    assert found["label_trees"] >= 0.8 > 0.3 >= found["label_model"]
+
+
+def test_label_trees_reads_dense_columns_and_is_in_auto_with_a_reference_only():
+    spec = detector_spec("label_trees")
+    assert spec.reads == "features" and spec.needs_reference and spec.auto == ("reference",)
+    assert "label_trees" in auto_detectors("reference") and "label_trees" not in auto_detectors("batch")
+    assert spec.min_class_rows == 200  # on a smaller reference auto leaves it out (the test below)
+    assert make_detector("label_trees", seed=3).get_params() == {"random_state": 3}
+
+
 def test_label_model_refuses_to_run_without_labels_or_with_one_class():
     X = np.random.default_rng(0).normal(size=(50, 2))
     with pytest.raises(ValueError, match="needs the label column"):
@@ -177,10 +206,12 @@ def test_auto_runs_what_applies_to_what_the_scan_is_given_and_reports_no_skips()
     }
     assert set(auto_detectors("reference")) <= set(REGISTRY) and "label_model" in auto_detectors("reference")
     assert "label_model" not in auto_detectors("batch")
+    smallest_class = int(reference["label"].value_counts().min())
     for given, scores in runs.items():
         needs_met = [n for n in auto_detectors("batch" if given == "labels only" else "reference")
                      if (given != "reference only" or not detector_spec(n).needs_labels)
-                     and detector_spec(n).reads != "text"]  # the frame has no free text
+                     and detector_spec(n).reads != "text"  # the frame has no free text
+                     and (given == "labels only" or detector_spec(n).min_class_rows <= smallest_class)]
         assert set(scores.scores) == set(needs_met), given
         assert scores.calibration["skipped_detectors"] == {}, given
 

@@ -31,10 +31,11 @@ def chosen_detectors(config: ScanConfig, has_reference: bool) -> list[str]:
     return expand_auto(config.detection.detectors, "reference" if has_reference else "batch")
 
 
-def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool,
-                       kinds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference: bool, kinds: dict[str, str],
+                       reference_class_rows: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The configured detectors that can run here, and why each of the others cannot. A detector that
-    ``auto`` chose and that cannot run is left out silently: auto promises only what applies."""
+    ``auto`` chose and that cannot run is left out silently: auto promises only what applies.
+    ``reference_class_rows``: the reference's rows in its smallest class (``None``: not counted)."""
     runnable, skipped = [], {}
     explicit = set(config.detection.detectors)
     for name in chosen_detectors(config, has_reference):
@@ -45,6 +46,9 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
         elif spec.reads == "text" and not text_columns(kinds, label_col):
             skipped[name] = "reads free text, and the batch has no text column"
+        elif has_reference and reference_class_rows is not None and reference_class_rows < spec.min_class_rows:
+            skipped[name] = (f"needs {spec.min_class_rows:,} reference rows in every class, and the smallest "
+                             f"class has {reference_class_rows:,}")
         else:
             runnable.append(name)
     skipped = {name: why for name, why in skipped.items() if name in explicit}

@@ -164,7 +164,9 @@ def fit_reference(
     :meth:`FittedReference._fit_on_sample`. Also returns the detectors that cannot run, with the reason.
     """
     has_reference = has_enough_reference(reference, config)
-    names, skipped = runnable_detectors(config, label_col, has_reference, kinds)
+    labels = labels_of(reference, label_col) if has_reference else None
+    smallest = None if labels is None else int(np.unique(labels, return_counts=True)[1].min())
+    names, skipped = runnable_detectors(config, label_col, has_reference, kinds, smallest)
     if not has_reference or not names:
         return None, skipped
     fitted = FittedReference(reference, kinds, label_col, config, names, batch_sample)

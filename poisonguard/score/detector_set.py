@@ -46,7 +46,7 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
             skipped[name] = "needs trusted reference data (--reference)"
         elif spec.reads == "text" and not text_columns(kinds, label_col):
             skipped[name] = "reads free text, and the batch has no text column"
-        elif has_reference and reference_class_rows is not None and reference_class_rows < spec.min_class_rows:
+        elif reference_class_rows is not None and reference_class_rows < spec.min_class_rows:
             skipped[name] = (f"needs {spec.min_class_rows:,} reference rows in every class, and the smallest "
                              f"class has {reference_class_rows:,}")
         else:

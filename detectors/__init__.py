@@ -26,7 +26,8 @@ from poisonguard.detectors.base import Detector
 from poisonguard.detectors.class_conditional import ClassConditional
 from poisonguard.detectors.label_model import BoostedLabelModelDetector, LabelModelDetector
 from poisonguard.detectors.label_oof import OutOfFoldLabelDetector
-from poisonguard.detectors.labels import ConfidentLearningDetector, ConflictingDuplicatesDetector, KNNLabelDetector
+from poisonguard.detectors.labels import ConfidentLearningDetector, KNNLabelDetector
+from poisonguard.detectors.near_duplicates import NearDuplicateConflictDetector
 from poisonguard.detectors.outliers import ECODDetector, IForestDetector, KNNDetector
 from poisonguard.detectors.pyod_models import PREFIX as PYOD_PREFIX
 from poisonguard.detectors.pyod_models import PyODDetector, pyod_model
@@ -94,7 +95,7 @@ for _name, _detector in {
     "robust_spectral": RobustSpectralDetector,
     "confident_learning": ConfidentLearningDetector,
     "knn_label": KNNLabelDetector,
-    "duplicates": ConflictingDuplicatesDetector,
+    "duplicates": NearDuplicateConflictDetector,
     "trigger_values": TriggerValueDetector,
     "trigger_tokens": TriggerTokenDetector,
 }.items():

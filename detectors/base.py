@@ -71,11 +71,11 @@ def random_generator(random_state) -> np.random.Generator:
     return np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def check_rows(X: np.ndarray, minimum: int, who: str) -> None:
-    """Raise ``ValueError`` naming ``who`` when ``X`` has fewer than ``minimum`` rows."""
-    if len(X) < minimum:
+def check_rows(X: np.ndarray | sparse.spmatrix, minimum: int, who: str) -> None:
+    """Raise ``ValueError`` naming ``who`` when ``X`` (dense or sparse) has fewer than ``minimum`` rows."""
+    if X.shape[0] < minimum:
         raise ValueError(
-            f"{who}: needs at least {minimum} rows to fit, got {len(X)}; a class this small is scored by the "
+            f"{who}: needs at least {minimum} rows to fit, got {X.shape[0]}; a class this small is scored by the "
             "all-class model (raise min_class_rows) or needs more data"
         )
 

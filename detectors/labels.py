@@ -1,7 +1,7 @@
-"""Label-consistency checks that need no trusted reference: confident learning, kNN disagreement, duplicates.
+"""Label-consistency checks that need no trusted reference: confident learning, kNN disagreement.
 
 Each is transductive: it judges a row's label by the other rows scored with it (out-of-fold predictions,
-neighbours, duplicates). The confident-learning rule (Northcutt et al. 2021) is written here because the
+neighbours). The confident-learning rule (Northcutt et al. 2021) is written here because the
 library that ships it, cleanlab, is AGPL; it appears only in the optional benchmark extra.
 """
 
@@ -101,44 +101,3 @@ class KNNLabelDetector(Detector):
         _, neighbours = self.index_.kneighbors(X, n_neighbors=k)
         neighbours = neighbours[:, skip_self:]
         return (self.labels_[neighbours] != labels[:, None]).mean(axis=1)
-
-
-class ConflictingDuplicatesDetector(Detector):
-    """Rows with (near-)duplicates that carry another label: share of its duplicates that disagree.
-
-    Duplicates are rows within ``radius`` of each other in the standardised feature space (0 finds exact
-    duplicates only, after encoding); the label itself is not a feature. A row with no duplicate scores 0.
-    """
-
-    # Threshold: any duplicate with another label.
-    spec = DetectorSpec(reason="conflict", per_class=False, needs_labels=True, fitting="transductive",
-                        natural_threshold=0.0)
-
-    def __init__(self, radius: float = 1e-6) -> None:
-        self.radius = radius
-
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ConflictingDuplicatesDetector:
-        X = check_matrix(X, "duplicates.fit")
-        check_rows(X, 1, "duplicates")
-        self.labels_ = required_labels(y, "duplicates")
-        self.index_ = NearestNeighbors(radius=self.radius).fit(X)
-        return self
-
-    def decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        check_is_fitted(self)
-        return self._conflicts(check_matrix(X, "duplicates.decision_function"), required_labels(y, "duplicates"), None)
-
-    def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        self.fit(X, y)
-        return self._conflicts(check_matrix(X, "duplicates"), self.labels_, np.arange(len(X)))
-
-    def _conflicts(self, X: np.ndarray, labels: np.ndarray, own_index: np.ndarray | None) -> np.ndarray:
-        graph = self.index_.radius_neighbors_graph(X, mode="connectivity").tocsr()  # sparse: no row loop
-        flat = graph.indices
-        owner = np.repeat(np.arange(len(X)), np.diff(graph.indptr))
-        if own_index is not None:  # leave each row out of its own neighbourhood
-            keep = flat != own_index[owner]
-            flat, owner = flat[keep], owner[keep]
-        disagree = np.bincount(owner, weights=self.labels_[flat] != labels[owner], minlength=len(X))
-        total = np.bincount(owner, minlength=len(X))
-        return np.divide(disagree, total, out=np.zeros(len(X)), where=total > 0)

@@ -9,7 +9,9 @@ from conftest import make_frame
 
 from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
+from poisonguard.decide.calibration import model_limit
 from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
+from poisonguard.detectors.near_duplicates import MAX_SCORE
 from poisonguard.flows.scan import run_scan
 from poisonguard.score.rows import score_rows
 from poisonguard.write.outputs import OutputPaths
@@ -75,17 +77,73 @@ def test_confident_learning_scores_are_positive_exactly_for_its_label_issues():
     assert mask[issues].mean() >= 0.9 and issues[mask].mean() >= 0.75
 
 
-def test_conflicting_duplicates_are_found_and_consistent_duplicates_are_not():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(100, 3))
-    y = rng.choice(["a", "b"], size=100).astype(object)
-    X = np.vstack([X, X[:5], X[5:10]])  # 5 copies with the other label, 5 with the same label
-    flipped = np.where(y[:5] == "a", "b", "a")
-    y = np.concatenate([y, flipped, y[5:10]])
+def classes_with_near_copies(seed: int, n_rows: int = 600, n_copies: int = 30, noise: float = 0.01):
+    """Three Gaussian classes in 8 dimensions; ``n_copies`` rows replaced by near-copies of other rows (each
+    value moved by ``noise`` standard deviations) carrying another label. Returns X, labels, the copies'
+    mask and their sources' positions."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
+    centres = {"a": 0.0, "b": 3.0, "c": 6.0}
+    X = rng.normal(size=(n_rows, 8)) + np.array([centres[v] for v in y])[:, None]
+    copies = rng.choice(n_rows, n_copies, replace=False)
+    sources = rng.choice(np.setdiff1d(np.arange(n_rows), copies), n_copies, replace=False)
+    X[copies] = X[sources] + rng.normal(0, noise, (n_copies, 8))
+    y[copies] = np.array([{"a": "b", "b": "c", "c": "a"}[v] for v in y[sources]], dtype=object)
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[copies] = True
+    return X, y, mask, sources
+
+
+LEVEL = 0.005  # a detector's share of the no-reference budget: clean rows pass -log(LEVEL) at most this often
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_near_copies_with_another_label_are_flagged_and_their_sources_are_not(seed):
+    X, y, mask, sources = classes_with_near_copies(seed)
     scores = make_detector("duplicates").fit_decision_function(X, y)
-    conflicting = np.r_[0:5, 100:105]
-    assert (scores[conflicting] == 1.0).all()
-    assert (np.delete(scores, conflicting) == 0.0).all()
+    flagged = scores > -np.log(LEVEL)
+    assert flagged[mask].mean() >= 0.9
+    assert flagged[sources].mean() <= 0.05  # the neighbourhood tells the relabelled copy from its source
+    assert np.delete(flagged, np.r_[np.flatnonzero(mask), sources]).mean() <= LEVEL
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_duplicates_null_limit_holds_on_clean_overlapping_classes(seed):
+    """Clean rows of classes that overlap (neighbours with other labels everywhere) pass the limit its own
+    model sets at most at its level."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["a", "b"], size=3000).astype(object)
+    X = rng.normal(size=(3000, 6)) + 1.5 * (y == "b")[:, None]
+    detector = make_detector("duplicates")
+    scores = detector.fit_decision_function(X, y)
+    limit = model_limit(*detector.null_scores(), LEVEL)
+    assert limit == pytest.approx(-np.log(LEVEL), rel=0.01)
+    assert (scores > limit).mean() <= LEVEL
+
+
+def test_exact_copies_with_another_label_score_highest_and_consistent_copies_score_zero():
+    X, y, _, _ = classes_with_near_copies(0, n_copies=0)
+    X = np.vstack([X, X[:5], X[5:10]])  # 5 copies with the other label, 5 with the same label
+    y = np.concatenate([y, [{"a": "b", "b": "c", "c": "a"}[v] for v in y[:5]], y[5:10]]).astype(object)
+    scores = make_detector("duplicates").fit_decision_function(X, y)
+    assert (scores[600:605] == MAX_SCORE).all()
+    assert (scores[605:] == 0.0).all() and (scores[5:10] == 0.0).all()
+
+
+def test_duplicates_judges_new_rows_against_the_rows_it_was_fitted_on():
+    X, y, _, _ = classes_with_near_copies(1, n_copies=0)
+    detector = make_detector("duplicates").fit(X, y)
+    new = X[:20] + 0.001
+    relabelled = np.array([{"a": "b", "b": "c", "c": "a"}[v] for v in y[:20]], dtype=object)
+    assert (detector.decision_function(new, relabelled) > -np.log(LEVEL)).mean() >= 0.9
+    assert (detector.decision_function(new, y[:20]) == 0.0).all()
+
+
+def test_duplicates_refuses_labels_its_neighbourhoods_cannot_predict():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(500, 5)), rng.choice(["a", "b"], size=500).astype(object)
+    with pytest.raises(ValueError, match="balanced accuracy .* below min_accuracy"):
+        make_detector("duplicates").fit_decision_function(X, y)
 
 
 def triggered_rows_relabelled(seed: int = 0, n_rows: int = 600, share: float = 0.1, corner_columns: int = 2,

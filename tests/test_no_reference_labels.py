@@ -50,3 +50,21 @@ def test_a_clean_batch_loses_little_to_the_label_model_s_own_limit(seed):
     frame, _ = _batch(seed, 0.0)
     result = _scan(frame, seed)
     assert result.issues["quarantined"].mean() <= 0.02
+
+
+def _replayed(seed: int, share: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`_batch` without flips, plus copies of ``share`` of its rows with the other label appended."""
+    frame, _ = _batch(seed, 0.0)
+    copies = frame.sample(frac=share, random_state=seed)
+    copies["diagnosis"] = np.where(copies["diagnosis"] == "benign", "malignant", "benign")
+    replayed = pd.concat([frame, copies], ignore_index=True)
+    return replayed, np.arange(len(replayed)) >= len(frame)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_replayed_rows_with_the_other_label_are_found_without_a_reference(seed):
+    frame, copies = _replayed(seed, 0.1)
+    result = poisonguard.scan(frame, label="diagnosis", dataset="breast", seed=seed)  # auto
+    held = result.issues["quarantined"].to_numpy()
+    # Before duplicates joined auto: 0.21-0.43 of the copies by label_oof (ecod, iforest, label_oof; seeds 0-4).
+    assert held[copies].mean() >= 0.6 and held[~copies].mean() <= 0.02

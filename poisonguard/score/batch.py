@@ -107,6 +107,13 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
     A detector with a natural threshold keeps it. The others share the detectors' budget evenly, each
     flagging above the tail limit of its rows' scores at its share (Bonferroni: the union's false quarantine
     is at most the sum), and the summary holds their estimated false quarantine with a 90% interval.
+
+    Evenly, not by what each sees as with a reference (``detector_weights``): weights from each detector's
+    excess over its own limit at the whole budget were measured on the development table without a
+    reference (5 seeds, ``benchmarks.detection --seeds 5 --no-reference``): digits' random flips 0.76 -> 0.83
+    and 0.57 -> 0.70, but the shop's pair trigger at 10% quarantined 2.23% of clean rows (1.45% evenly) and
+    breast_cancer's targeted flips 1.25% (0.89%), worst seed 3.50%: without trusted rows the excess of a
+    label model that learned a trigger is its doubt of the clean rows that hold it.
     """
     poison_share = config.calibration.batch_poison_share
     modelled = [name for name, detector in detectors.items() if detector.spec.natural_threshold is None]

@@ -85,7 +85,7 @@ def classes_with_near_copies(seed: int, n_rows: int = 600, n_copies: int = 30, n
     y = rng.choice(["a", "b", "c"], size=n_rows).astype(object)
     centres = {"a": 0.0, "b": 3.0, "c": 6.0}
     X = rng.normal(size=(n_rows, 8)) + np.array([centres[v] for v in y])[:, None]
-    copies = rng.choice(n_rows, n_copies, replace=False)
+    copies = np.sort(rng.choice(n_rows, n_copies, replace=False))  # in row order, as np.flatnonzero(mask)
     sources = rng.choice(np.setdiff1d(np.arange(n_rows), copies), n_copies, replace=False)
     X[copies] = X[sources] + rng.normal(0, noise, (n_copies, 8))
     y[copies] = np.array([{"a": "b", "b": "c", "c": "a"}[v] for v in y[sources]], dtype=object)
@@ -137,6 +137,15 @@ def test_duplicates_judges_new_rows_against_the_rows_it_was_fitted_on():
     relabelled = np.array([{"a": "b", "b": "c", "c": "a"}[v] for v in y[:20]], dtype=object)
     assert (detector.decision_function(new, relabelled) > -np.log(LEVEL)).mean() >= 0.9
     assert (detector.decision_function(new, y[:20]) == 0.0).all()
+
+
+def test_duplicates_above_max_fit_rows_judges_the_rest_against_a_sample():
+    X, y, mask, sources = classes_with_near_copies(2, n_rows=1200, n_copies=60)
+    detector = make_detector("duplicates", seed=0, max_fit_rows=600)
+    flagged = detector.fit_decision_function(X, y) > -np.log(LEVEL)
+    sampled = np.isin(sources, detector.fitted_rows_)  # a copy is found where its source was sampled
+    assert len(detector.fitted_rows_) == 600 and 0 < sampled.sum() < len(sources)
+    assert flagged[np.flatnonzero(mask)[sampled]].mean() >= 0.9
 
 
 def test_duplicates_refuses_labels_its_neighbourhoods_cannot_predict():

@@ -84,3 +84,14 @@ def test_without_a_reference_a_word_or_code_that_names_its_class_is_no_trigger(m
     assert not result.flags.get("trigger_tokens", np.zeros(1, bool)).any()
     assert not result.flags.get("trigger_values", np.zeros(1, bool)).any()
     assert flagged[~poisoned].mean() <= 0.02
+
+
+def test_a_small_reference_cross_fitted_scores_free_text_with_a_whole_batch_detector():
+    """A reference too small to hold rows out is cross-fitted, its fit part empty: a detector that reads the
+    words and judges the whole batch (label_oof) still runs, where the empty TF-IDF once raised."""
+    reference, batch = keyword_tickets(300, 1), keyword_tickets(400, 2)
+    kinds = infer_kinds(batch, "label")
+    config = ScanConfig(label_col="label").with_overrides(detection={"detectors": ("label_oof",)})
+    scores = score_rows(batch, reference, kinds, "label", config)
+    assert scores.calibration["skipped_detectors"] == {}
+    assert len(scores.scores["label_oof"]) == len(batch)

@@ -216,6 +216,8 @@ class TextEmbedding(BaseEstimator, TransformerMixin):
         documents = _documents(texts)
         if self.vectorizer_ is None:
             return sparse.csr_matrix((len(documents), 1))
+        if len(documents) == 0:  # scikit-learn's TF-IDF refuses no rows (a cross-fitted reference's empty fit part)
+            return sparse.csr_matrix((0, len(self.vectorizer_.vocabulary_)))
         return self.vectorizer_.transform(documents).tocsr()
 
     def get_feature_names_out(self, input_features=None):

@@ -24,6 +24,8 @@ class Detector(BaseEstimator, ABC):
     """
 
     spec: ClassVar[DetectorSpec] = DetectorSpec()
+    # With ``null_model``: what must hold for the limit its own model of clean rows sets, as a report says it.
+    null_assumption: ClassVar[str] = "its own model of clean rows holds"
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:

@@ -56,6 +56,7 @@ class OutOfFoldLabelDetector(Detector):
     # reference-trained label_model is the stronger judge).
     spec = DetectorSpec(reason="label", per_class=False, needs_labels=True, fitting="transductive",
                         reads="words", auto=("batch",), explains="label", null_model=True)
+    null_assumption = "its out-of-fold probabilities are calibrated"
 
     def __init__(self, n_folds: int = 5, C: float = 1.0, min_accuracy: float = 0.6, max_fit_rows: int = 50_000,
                  random_state: int = 0) -> None:

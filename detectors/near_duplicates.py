@@ -60,6 +60,8 @@ class NearDuplicateConflictDetector(Detector):
     # trigger 0.09 -> 0.04.
     spec = DetectorSpec(reason="conflict", per_class=False, needs_labels=True, fitting="transductive",
                         reads="words", auto=("batch",), null_model=True, explains="label")
+    null_assumption = ("clean rows' ratios of second to first nearest-neighbour distance follow the "
+                       "two-nearest-neighbour law, which needs a density smooth at that scale")
 
     def __init__(self, n_neighbors: int = 10, min_accuracy: float = 0.6, poison_share: float = 0.2,
                  max_fit_rows: int = 20_000, random_state: int = 0) -> None:

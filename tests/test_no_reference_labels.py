@@ -68,3 +68,6 @@ def test_replayed_rows_with_the_other_label_are_found_without_a_reference(seed):
     held = result.issues["quarantined"].to_numpy()
     # Before duplicates joined auto: 0.21-0.43 of the copies by label_oof (ecod, iforest, label_oof; seeds 0-4).
     assert held[copies].mean() >= 0.6 and held[~copies].mean() <= 0.02
+    # The report names what each limit assumes, duplicates' own law among them.
+    assert "two-nearest-neighbour law" in result.report["calibration"]["assumption"]
+    assert "label_oof, its out-of-fold probabilities are calibrated" in result.report["calibration"]["assumption"]

@@ -130,7 +130,7 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
             thresholds[name] = dict.fromkeys(keys, float(detector.spec.natural_threshold))
     tailed = [name for name in modelled if name not in nulls]
     assumptions = [f"poison is at most {poison_share:.0%} of any class's rows"] if tailed else []
-    assumptions += [f"{name}'s own probabilities are calibrated" for name in nulls]
+    assumptions += [f"for {name}, {detectors[name].null_assumption}" for name in nulls]
     summary: dict = {
         "mode": "batch",
         "rule": _batch_rule(detectors, level, poison_share, list(nulls)),
@@ -151,7 +151,8 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
                                                 "interval": 0.9, "level": level * len(modelled)}
         how = [f"limits extrapolate each class's scores below its top {poison_share:.0%}, assuming poison is at "
                f"most that share of any class ({', '.join(tailed)})"] if tailed else []
-        how += [f"{name}'s limit is where its own out-of-fold probabilities expect clean rows" for name in nulls]
+        how += [f"{name}'s limit is where its own model expects clean rows ({detectors[name].null_assumption})"
+                for name in nulls]
         summary["note"] = (
             f"no trusted reference: {'; '.join(how)}; estimated false quarantine by {', '.join(modelled)}: "
             f"{share:.2%} of clean rows (90% interval {low:.2%}-{high:.2%}; the limits are set at {level:.2%} each)"

@@ -12,11 +12,11 @@ a tail heavier than the Pareto's (ties, discrete columns) lowers ``m``, which ma
 
 Conflict: the neighbour carries another label, which the pair's ``n_neighbors`` nearest neighbours (the pair
 left out) support more than twice as much as the row's own (``SUPPORT_RATIO``, counting one vote more for
-each). A copy relabelled sits where its
-source's label is common, so the copy scores and the source does not; when the neighbourhood cannot tell
-the two labels apart neither scores. A neighbourhood that cannot predict labels cannot tell which of two
-conflicting rows is wrong: below ``min_accuracy`` balanced accuracy of the leave-one-out vote the detector
-refuses to fit (the photo patches of the development table: four classes at about 45%).
+each). A copy relabelled sits where its source's label is common, so the copy scores and the source does
+not; when the neighbourhood cannot tell the two labels apart neither scores. A neighbourhood that cannot
+predict labels cannot tell which of two conflicting rows is wrong: below ``min_accuracy`` balanced accuracy
+of the leave-one-out vote the detector refuses to fit (the development table's photo patches, four classes,
+sit at its edge: 58-62%).
 
 Written here because no library offers it: cleanlab's Datalab finds near-duplicate sets (AGPL, a benchmark
 peer only) but judges neither which member is mislabelled nor how close is unusually close.
@@ -34,8 +34,8 @@ from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.spec import DetectorSpec
 
 MAX_SCORE = 100.0  # an exact duplicate's score: p = exp(-100), beyond any level
-# The neighbour's label needs more than twice the row's own support among the pair's neighbours (votes + 1 each) before
-# the row is judged the wrong one. Chosen on the development table (5% replays and near-copies, 3 seeds):
+# The neighbour's label needs more than twice the row's own support among the pair's neighbours (votes + 1
+# each) before the row is judged the wrong one. Chosen on the development table (5% replays and near-copies, 3 seeds):
 # with bare majority, the shop's customers (neighbours vote 63% right) flagged the replayed rows' sources,
 # 1.57% of clean rows for 0.57 of the copies; above twice, 0.41% for 0.26; the synthetic table 0.93 -> 0.82.
 SUPPORT_RATIO = 2

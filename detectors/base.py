@@ -73,6 +73,15 @@ def random_generator(random_state) -> np.random.Generator:
     return np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
+def fit_sample(n_rows: int, max_rows: int, random_state) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a detector capped at ``max_rows`` fits on (all, or a seeded sample in row order) and the
+    others, which it then judges as new rows."""
+    fitted = np.arange(n_rows)
+    if n_rows > max_rows:
+        fitted = np.sort(random_generator(random_state).choice(n_rows, max_rows, replace=False))
+    return fitted, np.setdiff1d(np.arange(n_rows), fitted)
+
+
 def check_rows(X: np.ndarray | sparse.spmatrix, minimum: int, who: str) -> None:
     """Raise ``ValueError`` naming ``who`` when ``X`` (dense or sparse) has fewer than ``minimum`` rows."""
     if X.shape[0] < minimum:

@@ -38,7 +38,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, check_words, random_generator
+from poisonguard.detectors.base import Detector, check_words, fit_sample
 from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.label_model import PROBABILITY_FLOOR, given_label_probability
 from poisonguard.detectors.spec import DetectorSpec
@@ -73,9 +73,7 @@ class OutOfFoldLabelDetector(Detector):
     def fit_decision_function(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         X = check_words(X, "label_oof.fit")
         labels = np.asarray(required_labels(y, "label_oof"), dtype=object)
-        fitted = np.arange(X.shape[0])
-        if X.shape[0] > self.max_fit_rows:
-            fitted = np.sort(random_generator(self.random_state).choice(X.shape[0], self.max_fit_rows, replace=False))
+        fitted, others = fit_sample(X.shape[0], self.max_fit_rows, self.random_state)
         classes, codes = np.unique(labels[fitted].astype(str), return_inverse=True)
         counts = np.bincount(codes)
         if len(classes) < 2 or counts.min() < 2:
@@ -102,7 +100,6 @@ class OutOfFoldLabelDetector(Detector):
             )
         scores = np.empty(X.shape[0])
         scores[fitted] = _margin(probabilities[np.arange(len(codes)), codes])
-        others = np.setdiff1d(np.arange(X.shape[0]), fitted)
         if len(others):
             scores[others] = self.decision_function(X[others], labels[others])
         return scores

@@ -29,7 +29,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
-from poisonguard.detectors.base import Detector, check_rows, check_words, random_generator
+from poisonguard.detectors.base import Detector, check_rows, check_words, fit_sample
 from poisonguard.detectors.class_conditional import required_labels
 from poisonguard.detectors.spec import DetectorSpec
 
@@ -81,9 +81,7 @@ class NearDuplicateConflictDetector(Detector):
         X = check_words(X, "duplicates.fit")
         check_rows(X, self.n_neighbors + 3, "duplicates")
         labels = np.asarray(required_labels(y, "duplicates"), dtype=object).astype(str)
-        fitted = np.arange(X.shape[0])
-        if X.shape[0] > self.max_fit_rows:
-            fitted = np.sort(random_generator(self.random_state).choice(X.shape[0], self.max_fit_rows, replace=False))
+        fitted, others = fit_sample(X.shape[0], self.max_fit_rows, self.random_state)
         self.fitted_rows_ = fitted
         self.classes_, self.codes_ = np.unique(labels[fitted], return_inverse=True)
         self.index_ = NearestNeighbors(n_neighbors=self.n_neighbors + 2).fit(X[fitted])
@@ -107,7 +105,6 @@ class NearDuplicateConflictDetector(Detector):
             )
         scores = np.empty(X.shape[0])
         scores[fitted] = self._scores(distances, neighbours, self.codes_)
-        others = np.setdiff1d(np.arange(X.shape[0]), fitted)
         if len(others):
             scores[others] = self.decision_function(X[others], labels[others])
         return scores

@@ -95,9 +95,14 @@ class BoostedLabelModelDetector(LabelModelDetector):
         super().__init__(model="boosting", random_state=random_state)
 
 
+def class_codes(classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each label's position among the sorted ``classes``; -1 for a label not among them."""
+    position = np.clip(np.searchsorted(classes, labels), 0, len(classes) - 1)
+    return np.where(classes[position] == labels, position, -1)
+
+
 def given_label_probability(probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each row's probability of its given label (``probabilities``: rows x sorted ``classes``); 0 for a
     label the model never saw."""
-    position = np.clip(np.searchsorted(classes, labels), 0, len(classes) - 1)
-    known = classes[position] == labels
-    return np.where(known, probabilities[np.arange(len(labels)), position], 0.0)
+    codes = class_codes(classes, labels)
+    return np.where(codes >= 0, probabilities[np.arange(len(labels)), np.maximum(codes, 0)], 0.0)

@@ -31,6 +31,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from poisonguard.detectors.base import Detector, check_rows, check_words, fit_sample
 from poisonguard.detectors.class_conditional import required_labels
+from poisonguard.detectors.label_model import class_codes
 from poisonguard.detectors.spec import DetectorSpec
 
 MAX_SCORE = 100.0  # an exact duplicate's score: p = exp(-100), beyond any level
@@ -116,8 +117,7 @@ class NearDuplicateConflictDetector(Detector):
         labels = np.asarray(required_labels(y, "duplicates"), dtype=object).astype(str)
         if X.shape[0] == 0:
             return np.zeros(0)
-        at = np.minimum(np.searchsorted(self.classes_, labels), len(self.classes_) - 1)
-        codes = np.where(self.classes_[at] == labels, at, -1)  # a label the fitted rows never carried: no votes
+        codes = class_codes(self.classes_, labels)  # -1, a label the fitted rows never carried: no votes
         distances, neighbours = self.index_.kneighbors(X, self.n_neighbors + 1)
         return self._scores(distances, neighbours, codes)
 

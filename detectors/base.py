@@ -26,6 +26,9 @@ class Detector(BaseEstimator, ABC):
     spec: ClassVar[DetectorSpec] = DetectorSpec()
     # With ``null_model``: what must hold for the limit its own model of clean rows sets, as a report says it.
     null_assumption: ClassVar[str] = "its own model of clean rows holds"
+    # With ``null_model``: whether the rows of ``null_scores`` are bootstrap replicates of a fitted law (the
+    # false-quarantine interval is their spread) rather than rows it was fitted on (resampled for it).
+    null_replicates: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Detector:
@@ -42,10 +45,14 @@ class Detector(BaseEstimator, ABC):
 
     def null_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """What the detector's own model says clean rows score, for a class whose spec declares
-        ``null_model``: per row it was fitted on, the scores the row could take (rows x outcomes) and the
-        chance of each (rows summing to 1). Without a reference, a scan sets the detector's limit where that
-        model expects its share of the budget (``poisonguard.decide.calibration.model_limit``) instead of
-        extrapolating the tail of its scores."""
+        ``null_model``: rows of outcomes, each row equally likely, with the scores it could take (rows x
+        outcomes) and the chance of each (rows summing to 1). A row is one the detector was fitted on (a label
+        model: the margin each label would give it) or one draw of the detector's fitted law (a law whose
+        parameter it estimated: one row per bootstrap replicate of the estimate). Without a reference, a scan
+        sets the detector's limit where that model expects its share of the budget
+        (``poisonguard.decide.calibration.model_limit``) instead of extrapolating the tail of its scores, and
+        its false-quarantine interval from resampling the rows
+        (``poisonguard.decide.calibration.model_false_quarantine``)."""
         raise NotImplementedError(f"{type(self).__name__} declares no null model (DetectorSpec.null_model)")
 
     # What a person reads beside a flag. A detector that can say more than its score overrides these; the

@@ -63,6 +63,7 @@ class NearDuplicateConflictDetector(Detector):
                         reads="words", auto=("batch",), null_model=True, explains="label")
     null_assumption = ("clean rows' ratios of second to first nearest-neighbour distance follow the "
                        "two-nearest-neighbour law, which needs a density smooth at that scale")
+    null_replicates = True  # null_scores: one row per bootstrap replicate of the dimension
 
     def __init__(self, n_neighbors: int = 10, min_accuracy: float = 0.6, poison_share: float = 0.2,
                  max_fit_rows: int = 20_000, random_state: int = 0) -> None:
@@ -96,6 +97,7 @@ class NearDuplicateConflictDetector(Detector):
                 "columns): no scale to judge nearness by"
             )
         self.dimension_ = float(np.log(1.0 / self.poison_share) / np.log(top))
+        self.dimension_draws_ = self._dimension_draws(finite)
         votes = self.codes_[neighbours[:, :-1]]
         self.accuracy_ = float(balanced_accuracy_score(self.codes_, _majority(votes, len(self.classes_))))
         if self.accuracy_ < self.min_accuracy:
@@ -122,12 +124,26 @@ class NearDuplicateConflictDetector(Detector):
         return self._scores(distances, neighbours, codes)
 
     def null_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """The exponential law of ``m * log(mu)`` as one row of outcomes (every clean row's score is at most
-        that; a row's conflict only makes it 0 more often): quantiles ``-log((i + 0.5) / n)`` with chance
-        ``1 / n`` each, so the limit at level ``a`` is ``-log(a)`` to within ``1 / n``."""
+        """The law of a clean row's score, one row per bootstrap replicate ``m_b`` of the dimension: were
+        ``m_b`` the true one, ``m * log(mu)`` is exponential with mean ``m / m_b`` (a row's conflict only
+        makes it 0 more often, so this bounds it), given as its quantiles at ``(i + 0.5) / n`` with chance
+        ``1 / n`` each. The limit at level ``a`` is then about ``-log(a)``, a little above it where ``m`` is
+        uncertain (few rows), and the false-quarantine interval a scan reports is the spread over the
+        replicates: what the estimate of ``m`` leaves unknown."""
         check_is_fitted(self, "index_")
-        outcomes = NULL_OUTCOMES
-        return -np.log((np.arange(outcomes) + 0.5) / outcomes)[None, :], np.full((1, outcomes), 1.0 / outcomes)
+        exponential = -np.log((np.arange(NULL_OUTCOMES) + 0.5) / NULL_OUTCOMES)
+        scores = np.outer(self.dimension_ / self.dimension_draws_, exponential)
+        return scores, np.full(scores.shape, 1.0 / NULL_OUTCOMES)
+
+    def _dimension_draws(self, ratios: np.ndarray) -> np.ndarray:
+        """Bootstrap replicates of the dimension: ``m`` read off resampled ``ratios`` (seeded); the fitted
+        ``m`` where every replicate's quantile ties at 1."""
+        rng = np.random.default_rng(self.random_state)
+        draws = rng.choice(ratios, size=(NULL_DRAWS, len(ratios)))
+        tops = np.quantile(draws, 1.0 - self.poison_share, axis=1)
+        with np.errstate(divide="ignore"):
+            dimensions = np.log(1.0 / self.poison_share) / np.log(tops)
+        return np.where((tops > 1.0 + 1e-6) & np.isfinite(dimensions), dimensions, self.dimension_)
 
     def label_probabilities(self, X, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each row's nearest neighbours' labels, as shares: what the neighbourhood expected of a flagged row."""
@@ -150,7 +166,8 @@ class NearDuplicateConflictDetector(Detector):
         return np.where(conflicting, nearness, 0.0)
 
 
-NULL_OUTCOMES = 10_000
+NULL_OUTCOMES = 10_000  # quantiles of the exponential law per replicate (a share to within 0.01%)
+NULL_DRAWS = 100  # bootstrap replicates of the dimension
 
 
 def _without_self(distances: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

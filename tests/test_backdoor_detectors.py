@@ -9,7 +9,7 @@ from conftest import make_frame
 
 from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
-from poisonguard.decide.calibration import model_limit
+from poisonguard.decide.calibration import model_false_quarantine, model_limit
 from poisonguard.detectors import REGISTRY, ClassConditional, make_detector
 from poisonguard.detectors.near_duplicates import MAX_SCORE
 from poisonguard.flows.scan import run_scan
@@ -119,6 +119,9 @@ def test_duplicates_null_limit_holds_on_clean_overlapping_classes(seed):
     limit = model_limit(*detector.null_scores(), LEVEL)
     assert limit == pytest.approx(-np.log(LEVEL), rel=0.01)
     assert (scores > limit).mean() <= LEVEL
+    # The interval a report gives is what the dimension's estimate leaves unknown: it has a width.
+    share, low, high = model_false_quarantine(*detector.null_scores(), limit, seed, replicates=True)
+    assert share == pytest.approx(LEVEL, rel=0.01) and low < 0.95 * share and high > 1.05 * share
 
 
 def test_exact_copies_with_another_label_score_highest_and_consistent_copies_score_zero():

@@ -71,3 +71,13 @@ def test_replayed_rows_with_the_other_label_are_found_without_a_reference(seed):
     # The report names what each limit assumes, duplicates' own law among them.
     assert "two-nearest-neighbour law" in result.report["calibration"]["assumption"]
     assert "label_oof, its out-of-fold probabilities are calibrated" in result.report["calibration"]["assumption"]
+
+
+def test_duplicates_reports_its_false_quarantine_with_the_uncertainty_of_its_law():
+    frame, _ = _replayed(0, 0.1)
+    result = poisonguard.scan(frame, label="diagnosis", detectors=["duplicates"], dataset="breast", seed=0)
+    estimate = result.summary()["false_quarantine_estimate"]
+    # About its level (the whole budget, one detector), with the spread its dimension's estimate leaves on
+    # about 300 rows: not a point.
+    assert estimate["share"] == pytest.approx(estimate["level"], rel=0.05)
+    assert estimate["low"] < 0.9 * estimate["share"] and estimate["high"] > 1.1 * estimate["share"]

@@ -424,12 +424,20 @@ def model_limit(null_scores: np.ndarray, null_chances: np.ndarray, level: float)
 
 
 def model_false_quarantine(null_scores: np.ndarray, null_chances: np.ndarray, limit: float,
-                           seed: int) -> tuple[float, float, float]:
-    """The share of rows the model of :func:`model_limit` expects above ``limit``: (estimate, 5%, 95%), the
-    interval from resampling the rows (their chances vary, so a smaller batch says less)."""
+                           seed: int, replicates: bool = False) -> tuple[float, float, float]:
+    """The share of rows the model of :func:`model_limit` expects above ``limit``: (estimate, 5%, 95%).
+
+    Rows of a batch (``replicates`` false): the interval from resampling the rows (their chances vary, so a
+    smaller batch says less). Bootstrap replicates of a fitted law (``replicates``): each row is the share
+    were that replicate the truth, so the interval is their spread, and resampling them would only say how
+    well 100 replicates pin down their mean.
+    """
     per_row = np.sum(np.where(null_scores > limit, null_chances, 0.0), axis=1)
     if len(per_row) == 0:
         return 0.0, 0.0, 0.0
+    if replicates:
+        low, high = np.quantile(per_row, [0.05, 0.95])
+        return float(per_row.mean()), float(low), float(high)
     draws = np.random.default_rng(seed).integers(0, len(per_row), (BOOTSTRAP_ROUNDS, len(per_row)))
     low, high = np.quantile(per_row[draws].mean(axis=1), [0.05, 0.95])
     return float(per_row.mean()), float(low), float(high)

@@ -145,7 +145,8 @@ def batch_thresholds(detectors: dict[str, Detector], fit_scores: dict[str, np.nd
         # A row flagged by two detectors counts twice: the estimate and its interval bound the union from above.
         parts = [tail_false_quarantine({name: fit_scores[name] for name in tailed}, groups_fit, thresholds,
                                        poison_share, config.seed)] if tailed else []
-        parts += [model_false_quarantine(*nulls[name], thresholds[name]["*"], config.seed) for name in nulls]
+        parts += [model_false_quarantine(*nulls[name], thresholds[name]["*"], config.seed,
+                                         replicates=detectors[name].null_replicates) for name in nulls]
         share, low, high = (float(sum(values)) for values in zip(*parts))
         summary["false_quarantine_estimate"] = {"detectors": modelled, "share": share, "low": low, "high": high,
                                                 "interval": 0.9, "level": level * len(modelled)}

@@ -280,6 +280,7 @@ def test_the_default_scan_finds_a_categorical_conjunction_trigger_with_and_witho
     kinds = {"channel": "categorical", "plan": "categorical", "region": "categorical", "device": "categorical",
              "spend": "numeric", "visits": "numeric"}
     recall = {"reference": [], "batch only": []}
+    false_quarantine = {"reference": [], "batch only": []}
     for seed in range(4):
         poisoned = backdoor(shop_customers(seed, 4_000), 0.05, {"channel": "phone", "plan": "pro"}, "churn", seed)
         batch = poisoned.frame.assign(**{ROW_ID: np.arange(4_000)})
@@ -287,8 +288,13 @@ def test_the_default_scan_finds_a_categorical_conjunction_trigger_with_and_witho
             scores = score_rows(batch, reference, kinds, "label", ScanConfig(label_col="label", seed=seed))
             quarantined = np.logical_or.reduce(list(scores.flags.values()))
             recall[setting].append(quarantined[poisoned.mask].mean())
-            assert quarantined[~poisoned.mask].mean() <= (0.01 if reference is not None else 0.02), setting
+            false_quarantine[setting].append(quarantined[~poisoned.mask].mean())
     assert np.median(recall["reference"]) >= 0.8 and np.median(recall["batch only"]) >= 0.8, recall
+    # The reference's budget holds with 90% confidence per batch, not in every batch: on average over the
+    # seeds, and no seed far beyond it (3,800 clean rows at 0.8% vary by 0.15 points by chance alone).
+    with_reference, batch_only = false_quarantine["reference"], false_quarantine["batch only"]
+    assert np.mean(with_reference) <= 0.01 and max(with_reference) <= 0.0125, with_reference
+    assert max(batch_only) <= 0.02, batch_only
 
 
 def test_a_text_detector_is_skipped_with_its_reason_where_there_is_no_text():

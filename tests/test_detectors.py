@@ -183,6 +183,19 @@ def test_knn_scores_a_row_far_from_every_fitted_row_highest_and_fits_a_tiny_clas
     assert np.isfinite(few.decision_function(X[:10])).all()
 
 
+def test_knn_joins_auto_on_a_large_reference_only_and_runs_named_on_a_small_one():
+    batch = make_frame(300, seed=13)
+    kinds = infer_kinds(batch, "label")
+    large, small = make_frame(1_200, seed=14), make_frame(300, seed=14)
+    assert large["label"].value_counts().min() >= detector_spec("knn").auto_min_class_rows
+    assert small["label"].value_counts().max() < detector_spec("knn").auto_min_class_rows
+    assert "knn" in score_rows(batch, large, kinds, "label", ScanConfig(label_col="label")).scores
+    left_out = score_rows(batch, small, kinds, "label", ScanConfig(label_col="label"))
+    assert "knn" not in left_out.scores and left_out.calibration["skipped_detectors"] == {}
+    named = score_rows(batch, small, kinds, "label", ScanConfig(label_col="label", detectors=("auto", "knn")))
+    assert "knn" in named.scores and named.calibration["skipped_detectors"] == {}
+
+
 def test_detectors_named_that_need_a_reference_or_labels_are_skipped_and_reported():
     batch = make_frame(300, seed=13)
     kinds = infer_kinds(batch, "label")
@@ -206,12 +219,14 @@ def test_auto_runs_what_applies_to_what_the_scan_is_given_and_reports_no_skips()
     }
     assert set(auto_detectors("reference")) <= set(REGISTRY) and "label_model" in auto_detectors("reference")
     assert "label_model" not in auto_detectors("batch")
-    smallest_class = int(reference["label"].value_counts().min())
     for given, scores in runs.items():
+        # Without labels the reference is one class of all its rows.
+        smallest_class = len(reference) if given == "reference only" else int(reference["label"].value_counts().min())
         needs_met = [n for n in auto_detectors("batch" if given == "labels only" else "reference")
                      if (given != "reference only" or not detector_spec(n).needs_labels)
                      and detector_spec(n).reads != "text"  # the frame has no free text
-                     and (given == "labels only" or detector_spec(n).min_class_rows <= smallest_class)]
+                     and (given == "labels only" or max(detector_spec(n).min_class_rows,
+                                                        detector_spec(n).auto_min_class_rows) <= smallest_class)]
         assert set(scores.scores) == set(needs_met), given
         assert scores.calibration["skipped_detectors"] == {}, given
 

@@ -49,6 +49,8 @@ def runnable_detectors(config: ScanConfig, label_col: str | None, has_reference:
         elif reference_class_rows is not None and reference_class_rows < spec.min_class_rows:
             skipped[name] = (f"needs {spec.min_class_rows:,} reference rows in every class, and the smallest "
                              f"class has {reference_class_rows:,}")
+        elif name not in explicit and (reference_class_rows or 0) < spec.auto_min_class_rows:
+            continue  # auto runs it on large references only; named, it runs
         else:
             runnable.append(name)
     skipped = {name: why for name, why in skipped.items() if name in explicit}

@@ -166,8 +166,10 @@ def fit_reference(
     """
     has_reference = has_enough_reference(reference, config)
     labels = labels_of(reference, label_col) if has_reference else None
-    # Counted by hashing: sorting the label objects (np.unique) cost 0.5 s on a million rows.
-    smallest = None if labels is None else int(np.bincount(pd.factorize(labels)[0]).min())
+    smallest = None  # the reference's rows in its smallest class; without labels, one class of all rows
+    if has_reference:
+        # Counted by hashing: sorting the label objects (np.unique) cost 0.5 s on a million rows.
+        smallest = len(reference) if labels is None else int(np.bincount(pd.factorize(labels)[0]).min())
     names, skipped = runnable_detectors(config, label_col, has_reference, kinds, smallest)
     if not has_reference or not names:
         return None, skipped

@@ -11,6 +11,7 @@ from poisonguard.decide.calibration import (
     holdout_p_values,
     model_false_quarantine,
     model_limit,
+    rules_seen_in_batch,
     tail_false_quarantine,
     tail_limit,
     tail_limits,
@@ -81,6 +82,18 @@ def test_an_own_threshold_that_costs_the_whole_budget_is_dropped():
     alpha, guarantee, kept = union_threshold_with_rules(min_p_hold, {"rule": rng.random(3_000) < 0.03}, BUDGET, 1)
     assert kept == []
     assert (alpha, guarantee) == union_threshold(min_p_hold, BUDGET, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_own_threshold_is_kept_only_where_it_flags_the_batch_beyond_its_held_out_share(seed):
+    """A rule flagging clean rows at one rate, held-out or batch, finds the data's property, not poison; one
+    whose batch share is beyond what its held-out share explains (a trigger's rows) is kept."""
+    rng = np.random.default_rng(seed)
+    hold, batch = rng.random(3_000) < 0.005, rng.random(20_000) < 0.005
+    triggered = batch | (np.arange(20_000) < 400)  # 2% of the batch carries the trigger
+    unseen = np.zeros(3_000, dtype=bool)  # no held-out row has the trigger
+    assert rules_seen_in_batch({"natural": hold, "trigger": hold, "new": unseen},
+                               {"natural": batch, "trigger": triggered, "new": triggered}) == ["trigger", "new"]
 
 
 def _weighted_union(seed: int, shift: float, n_hold: int = 3_000, n_clean: int = 20_000,

@@ -287,6 +287,20 @@ def weighted_min_p(p_values: dict[str, np.ndarray], weights: dict[str, float]) -
 NATURAL_RULE_SHARE = 1.0
 
 
+def rules_seen_in_batch(rule_hold: dict[str, np.ndarray], rule_batch: dict[str, np.ndarray]) -> list[str]:
+    """The rules (a detector's own threshold, see :func:`union_threshold_with_rules`) that flag more of the
+    batch's rows than their held-out share explains: an excess (:func:`excess_rows`, counted as the detector
+    weights count theirs) at the held-out share. A rule that flags the batch as often as the trusted rows
+    finds a property of the data, not of the batch (a pixel value common in one class of photographs), and
+    would spend the budget on clean rows; its detector still flags by its p-values."""
+    seen = []
+    for name, flags in rule_hold.items():
+        batch_flags = rule_batch[name]
+        if excess_rows(float(batch_flags.sum()), len(batch_flags), float(flags.mean()), len(flags)) > 0:
+            seen.append(name)
+    return seen
+
+
 def union_threshold_with_rules(min_p_hold: np.ndarray, rule_hold: dict[str, np.ndarray], budget: float,
                                n_detectors: int) -> tuple[float, str, list[str]]:
     """:func:`union_threshold` for a union that also flags rows by some detectors' own thresholds.

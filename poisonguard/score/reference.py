@@ -25,6 +25,7 @@ from poisonguard.decide.calibration import (
     confident_rows,
     detector_weights,
     holdout_p_values,
+    rules_seen_in_batch,
     union_threshold_with_rules,
     weighted_min_p,
 )
@@ -325,6 +326,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     min_p_hold = weighted_min_p(holdout_p, weights)
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
+    if batch_scores is not None and rule_hold:
+        rule_batch = {name: np.atleast_2d(batch_scores[name]).mean(axis=0) > thresholds[name] for name in rule_hold}
+        rule_hold = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, rule_batch)}
     alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names))
     flagged_hold = {name: (p <= alpha * weights[name]) | (rule_hold[name] if name in ruled else False)
                     for name, p in holdout_p.items()}

@@ -219,12 +219,18 @@ def main() -> None:
     parser.add_argument("--datasets", default="", help="with --seeds: only these datasets (comma-separated)")
     parser.add_argument("--no-reference", action="store_true",
                         help="with --seeds: run the combined set without the reference")
+    parser.add_argument("--runs-csv", default="", help="with --seeds: also save the table's rows to this CSV")
+    parser.add_argument("--from-csv", default="",
+                        help="with --seeds: build the table from rows saved by --runs-csv, running nothing")
     args = parser.parse_args()
     if args.seeds:
+        from benchmarks.results import runs_of
+
         combined = tuple(args.combined.split(","))
         datasets = set(args.datasets.split(",")) if args.datasets else None
-        markdown = stability_markdown(stability([float(r) for r in args.rates.split(",")], combined, args.seeds,
-                                                datasets, with_reference=not args.no_reference))
+        markdown = stability_markdown(runs_of(args, lambda: stability(
+            [float(r) for r in args.rates.split(",")], combined, args.seeds, datasets,
+            with_reference=not args.no_reference)))
         print(markdown)
         if args.write:
             from benchmarks.results import write_section

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from benchmarks import attacks, calibration, peers, throughput
 from benchmarks.attacks import LABEL
@@ -75,6 +76,20 @@ def test_the_stability_run_reports_each_attack_over_every_seed():
     alone = stability([0.1], ("ecod", "knn_label"), seeds=2, datasets={"wine"}, with_reference=False)
     assert alone.iloc[0]["calibration"] == (
         "score above its class's tail limit at 0.90% (fitted below the top 20%) (ecod); knn_label > 0.5")
+
+
+def test_the_stability_table_is_rebuilt_from_its_saved_rows(tmp_path, monkeypatch, capsys):
+    from benchmarks import detection
+
+    saved = tmp_path / "runs.csv"
+    common = ["detection", "--seeds", "2", "--datasets", "wine", "--rates", "0.1", "--combined", "ecod"]
+    monkeypatch.setattr("sys.argv", [*common, "--runs-csv", str(saved)])
+    detection.main()
+    ran = capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", [*common, "--from-csv", str(saved)])
+    monkeypatch.setattr(detection, "stability", lambda *a, **k: pytest.fail("--from-csv runs nothing"))
+    detection.main()
+    assert capsys.readouterr().out == ran and "| wine | injected outliers | 0.10 | 2 |" in ran
 
 
 def test_null_benchmark_counts_every_quarantined_clean_row_once(tmp_path):

@@ -96,7 +96,7 @@ class NearDuplicateConflictDetector(Detector):
                 "duplicates: most rows are exact copies of others or as close to two rows as to one (discrete "
                 "columns): no scale to judge nearness by"
             )
-        self.dimension_ = float(np.log(1.0 / self.poison_share) / np.log(top))
+        self.dimension_ = float(self._dimension(top))
         self.dimension_draws_ = self._dimension_draws(finite)
         votes = self.codes_[neighbours[:, :-1]]
         self.accuracy_ = float(balanced_accuracy_score(self.codes_, _majority(votes, len(self.classes_))))
@@ -142,8 +142,13 @@ class NearDuplicateConflictDetector(Detector):
         draws = rng.choice(ratios, size=(NULL_DRAWS, len(ratios)))
         tops = np.quantile(draws, 1.0 - self.poison_share, axis=1)
         with np.errstate(divide="ignore"):
-            dimensions = np.log(1.0 / self.poison_share) / np.log(tops)
+            dimensions = self._dimension(tops)
         return np.where((tops > 1.0 + 1e-6) & np.isfinite(dimensions), dimensions, self.dimension_)
+
+    def _dimension(self, top):
+        """The dimension ``m`` for which the ratios' ``1 - poison_share`` quantile is ``top``:
+        ``top ** -m = poison_share``."""
+        return np.log(1.0 / self.poison_share) / np.log(top)
 
     def label_probabilities(self, X, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each row's nearest neighbours' labels, as shares: what the neighbourhood expected of a flagged row."""

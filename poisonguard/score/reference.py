@@ -327,7 +327,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
     if batch_scores is not None and rule_hold:
-        rule_batch = {name: np.atleast_2d(batch_scores[name]).mean(axis=0) > thresholds[name] for name in rule_hold}
+        rule_batch = {name: row_scores(batch_scores[name]) > thresholds[name] for name in rule_hold}
         rule_hold = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, rule_batch)}
     alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names))
     flagged_hold = {name: (p <= alpha * weights[name]) | (rule_hold[name] if name in ruled else False)
@@ -363,6 +363,12 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
                                 alpha, summary)
 
 
+def row_scores(scores: np.ndarray) -> np.ndarray:
+    """One score per row, from one score per row or one row of scores per fold model (their mean)."""
+    scores = np.asarray(scores)
+    return scores if scores.ndim == 1 else scores.mean(axis=0)
+
+
 def apply_calibration(
     calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None
 ) -> DetectorScores:
@@ -372,7 +378,7 @@ def apply_calibration(
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
     for name in calibration.names:  # in the configured order, which the report keeps
         per_fold = np.asarray(scores[name])
-        result.scores[name] = per_fold if per_fold.ndim == 1 else per_fold.mean(axis=0)
+        result.scores[name] = row_scores(per_fold)
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )

@@ -136,6 +136,20 @@ def test_an_explanation_gives_each_reason_in_its_order_with_the_value_and_the_ru
     ]
 
 
+def test_an_explanation_gives_the_threshold_of_the_rows_class():
+    from poisonguard.decide.explain import detector_p_thresholds, explain_rows
+
+    rows = pd.DataFrame({"label": ["cat", "dog"]})
+    reasons = pd.Series([["label:label_model"], ["label:label_model"]])
+    scores = pd.DataFrame({"label_model_score": [3.0, 2.0], "label_model_pvalue": [0.002, 0.0001]})
+    calibration = {"p_value_threshold": 0.001, "detector_weights": {"label_model": 1.0},
+                   "class_weights": {"classes": ["cat", "dog", "*"], "weights": {"label_model": [4.0, 0.25, 0.25]}}}
+    text = explain_rows(rows, reasons, scores, [], calibration, groups=np.array([0, 1]))
+    assert text.tolist() == ["label_model: p = 0.002 (flagged at p <= 0.004)",
+                             "label_model: p = 0.0001 (flagged at p <= 0.00025)"]
+    assert detector_p_thresholds(calibration, ["label_model"]) == {"label_model": "0.00025-0.004 by class"}
+
+
 def customers(n_rows: int, seed: int) -> pd.DataFrame:
     """A notebook's frame: an id, numbers, a category, a boolean, a zoned timestamp, free text, a text label."""
     rng = np.random.default_rng(seed)

@@ -18,25 +18,48 @@ SCHEMA = "schema"
 _EXPECTATION_OF = {short: expectation for expectation, short in SHORT_NAMES.items()}
 
 
-def detector_p_threshold(calibration: dict[str, Any], detector: str) -> float | None:
+def detector_row_weights(calibration: dict[str, Any], detector: str,
+                         groups: np.ndarray | None = None) -> np.ndarray | float:
+    """``detector``'s weight of the budget for each row: its class's (``groups``, as
+    :attr:`DetectorScores.groups` holds them) when the report holds weights per class, else the detector's
+    one weight (1 when the report holds none)."""
+    by_class = (calibration.get("class_weights") or {}).get("weights", {}).get(detector)
+    if by_class is not None and groups is not None:
+        return np.asarray(by_class, dtype="float64")[groups]
+    return (calibration.get("detector_weights") or {}).get(detector, 1.0)
+
+
+def detector_p_threshold(calibration: dict[str, Any], detector: str,
+                         groups: np.ndarray | None = None) -> np.ndarray | float | None:
     """The p-value at or below which ``detector`` flags a row: a report's ``calibration`` threshold times the
-    detector's weight (1 when the report holds none); ``None`` without a p-value threshold (no reference)."""
+    detector's weight (:func:`detector_row_weights`; one per row given ``groups``); ``None`` without a p-value
+    threshold (no reference)."""
     alpha = calibration.get("p_value_threshold")
-    return None if alpha is None else alpha * (calibration.get("detector_weights") or {}).get(detector, 1.0)
+    return None if alpha is None else alpha * detector_row_weights(calibration, detector, groups)
 
 
-def detector_p_thresholds(calibration: dict[str, Any], detectors) -> dict[str, float]:
-    """:func:`detector_p_threshold` of each of ``detectors`` that has one."""
-    found = {name: detector_p_threshold(calibration, name) for name in detectors}
-    return {name: level for name, level in found.items() if level is not None}
+def detector_p_thresholds(calibration: dict[str, Any], detectors) -> dict[str, str]:
+    """Per detector of ``detectors`` that has a p-value threshold, the threshold as a reader sees it: one value,
+    or the range over the batch's classes when each class has its own (``0.0004-0.003 by class``)."""
+    alpha = calibration.get("p_value_threshold")
+    if alpha is None:
+        return {}
+    by_class = (calibration.get("class_weights") or {}).get("weights", {})
+    shown = {}
+    for name in detectors:
+        levels = alpha * np.asarray(by_class.get(name) or [detector_row_weights(calibration, name)], dtype="float64")
+        low, high = float(levels.min()), float(levels.max())
+        shown[name] = f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}-{high:.2g} by class"
+    return shown
 
 
 def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, expectations: list[dict[str, Any]],
-                 calibration: dict[str, Any]) -> pd.Series:
+                 calibration: dict[str, Any], groups: np.ndarray | None = None) -> pd.Series:
     """One text per row, phrases joined by ``"; "``, ``""`` for a row with no reason.
 
     ``rows``: the batch's rows as given; ``reasons``: their lists of reason codes; ``scores``: the per-row
-    result columns (``<detector>_score``, ``<detector>_pvalue``); all three aligned by position.
+    result columns (``<detector>_score``, ``<detector>_pvalue``); ``groups``: the rows' calibration groups
+    (:attr:`DetectorScores.groups`), which set each row's p-value threshold; all aligned by position.
     ``expectations`` and ``calibration``: the report's ``schema.expectations`` and ``calibration``.
     """
     codes = pd.Series(reasons.to_numpy(), index=pd.RangeIndex(len(reasons))).explode().dropna()
@@ -48,14 +71,14 @@ def explain_rows(rows: pd.DataFrame, reasons: pd.Series, scores: pd.DataFrame, e
     phrases = pd.Series("", index=exploded.index, dtype=object)
     for code, where in exploded.groupby("code").groups.items():
         phrases.loc[where] = _phrases(code, exploded.loc[where, "position"].to_numpy(), rows, scores, rules,
-                                      calibration, own)
+                                      calibration, own, groups)
     joined = phrases.groupby(exploded["position"].to_numpy()).agg("; ".join)  # each row's reasons in their order
     return pd.Series(joined.reindex(range(len(reasons)), fill_value="").to_numpy(), index=reasons.index, dtype=object)
 
 
 def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame,
              rules: dict[tuple[str, str], dict], calibration: dict[str, Any],
-             own_thresholds: dict[str, float]) -> list[str] | str:
+             own_thresholds: dict[str, float], groups: np.ndarray | None) -> list[str] | str:
     family, _, rest = code.partition(":")
     if family == SCHEMA:
         check, _, column = rest.partition(":")
@@ -79,12 +102,13 @@ def _phrases(code: str, at: np.ndarray, rows: pd.DataFrame, scores: pd.DataFrame
     if f"{detector}_score" not in scores:
         return code
     values = scores[f"{detector}_score"].to_numpy()[at]
-    alpha = detector_p_threshold(calibration, detector)
-    if f"{detector}_pvalue" in scores and alpha is not None:
+    levels = detector_p_threshold(calibration, detector, None if groups is None else np.asarray(groups)[at])
+    if f"{detector}_pvalue" in scores and levels is not None:
         own = own_thresholds.get(detector)
         phrases = [f"{detector}: score {s:.3g} above its own threshold {own:.3g}" if own is not None and p > alpha
                    else f"{detector}: p = {p:.2g} (flagged at p <= {alpha:.2g})"
-                   for s, p in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at])]
+                   for s, p, alpha in zip(values, scores[f"{detector}_pvalue"].to_numpy()[at],
+                                          np.broadcast_to(levels, len(at)))]
     else:
         phrases = [f"{detector}: score {s:.3g} above its limit" for s in values]
     return _with_details(phrases, detector, at, rows, scores)

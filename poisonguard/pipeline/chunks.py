@@ -9,7 +9,8 @@ chunking.
 
 Memory: one chunk at a time (its frame, encoded matrix, scores and output tables, a few times the chunk's
 own size), the reference or the fitting sample, and per batch row 8 bytes (content hash, for the replay
-ledger) plus 4 bytes per detector (evidence, for the report's histograms): about 100 MB for 5 million rows.
+ledger) plus 4 bytes per detector (evidence, for the report's histograms) and, with classes and a reference,
+1-4 bytes for the row's calibration group (which weights its evidence): about 100 MB for 5 million rows.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 from poisonguard import EXPLANATION, REASONS, ROW_ID
 from poisonguard.cells import as_text
-from poisonguard.decide.explain import explain_rows
+from poisonguard.decide.explain import detector_row_weights, explain_rows
 from poisonguard.decide.result_table import build_result_table, reason_counts
 from poisonguard.errors import ConfigError, UnreadableBatchError
 from poisonguard.expectations.suite import CATEGORICAL, EMBEDDING, TEXT, suite_arrow_types, suite_kinds
@@ -65,6 +66,7 @@ class ScanFindings:
     calibration: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, list[np.ndarray]] = field(default_factory=dict)
     evidence_flags: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    groups: list[np.ndarray] = field(default_factory=list)  # each chunk's rows' calibration groups, with classes
     hashes: list[np.ndarray] = field(default_factory=list)
     class_counts: Counter = field(default_factory=Counter)
     content_columns: list[str] = field(default_factory=list)
@@ -103,11 +105,12 @@ class ScanFindings:
         flags = {name: np.concatenate(parts) for name, parts in self.evidence_flags.items()}
         # Evidence is -log10(p / weight), one axis for every detector's threshold; drift is judged on the
         # conformal p-values themselves, which are uniform for rows drawn like the reference.
-        weights = self.calibration.get("detector_weights") or {}
+        groups = np.concatenate(self.groups) if self.groups else None
         # Not the label models': they judge the labels, which poisoning changes by design, and their scores
         # of most rows sit near 0, where a small shift of the batch's label noise moves the p-values' body
         # (on the bundled sample every label model's KS statistic read 0.09-0.11, the rows' detectors 0.07).
-        p_evidence = {name: values - np.log10(weights.get(name, 1.0)) for name, values in evidence.items()
+        p_evidence = {name: values - np.log10(detector_row_weights(self.calibration, name, groups))
+                      for name, values in evidence.items()
                       if not self.detector_reasons.get(name, "").startswith("label:")}
         figures = {
             "distributions": score_distributions(evidence, flags, threshold, axis),
@@ -196,7 +199,8 @@ class ChunkStager:
         """Split the chunk's rows (``frame``, as :meth:`scorable` gave them) by schema failures and flags,
         and append them to the staged files; return the chunk's per-row result table, with ``_explanation``."""
         result = build_result_table(frame[ROW_ID].to_numpy(), outcome.row_reasons, scores)
-        explanations = explain_rows(frame, result[REASONS], result, outcome.expectations, scores.calibration)
+        explanations = explain_rows(frame, result[REASONS], result, outcome.expectations, scores.calibration,
+                                    scores.groups)
         split = split_rows(self._typed_as_read(chunk, frame), result, self.source.batch.batch_id, self.scanned_at,
                            outcome.raw_values, explanations, self._arrow_types)
         self.clean.write(split.clean_schema.empty_table())  # a batch with no clean rows still has a clean file
@@ -229,6 +233,8 @@ class ChunkStager:
             found.detector_reasons[name] = scores.reasons[name]
             found.evidence.setdefault(name, []).append(scores.evidence[name].astype("float32"))
             found.evidence_flags.setdefault(name, []).append(flags)
+        if scores.groups is not None:
+            found.groups.append(scores.groups)
         if scores.calibration:
             found.calibration = scores.calibration
         found.drift_rows.offer(frame)

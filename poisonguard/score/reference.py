@@ -22,9 +22,15 @@ from poisonguard.decide.calibration import (
     batch_groups,
     batch_p_values,
     calibration_groups,
+    cell_excess,
+    class_weights,
     confident_rows,
-    detector_weights,
+    group_categories,
+    group_codes,
+    group_holdout_rows,
+    holdout_group_codes,
     holdout_p_values,
+    holdout_row_weights,
     rules_seen_in_batch,
     union_threshold_with_rules,
     weighted_min_p,
@@ -284,14 +290,12 @@ class ReferenceCalibration:
     """
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
-                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, summary: dict[str, Any]) -> None:
+                 groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, weights: dict[str, np.ndarray],
+                 summary: dict[str, Any]) -> None:
+        """``weights``: per detector, one weight per calibration group (:func:`class_weights`)."""
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
-
-    @property
-    def weights(self) -> dict[str, float]:
-        """Each detector's weight of the budget (its threshold is ``alpha`` times it), as the report holds it."""
-        return self.summary["detector_weights"]
+        self.weights = weights
 
     @property
     def rules(self) -> dict[str, float]:
@@ -316,21 +320,34 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     smallest_group = max(config.detection.min_class_rows, math.ceil(len(names) / config.detector_budget))
     groups_hold = calibration_groups(y_hold, smallest_group)
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
-    weights = dict.fromkeys(names, 1.0)
+    categories = group_categories(groups_hold)
+    hold_codes = holdout_group_codes(groups_hold, fitted.holdout_rows)
+    weights = {name: np.ones(len(categories)) for name in names}
+    batch_share, row_weights = np.full(len(categories), 1.0 / len(categories)), None
     folds_hold = holdout_folds(fitted.folds)
     if batch_scores is not None:
         groups_batch = batch_groups(y_batch, groups_hold)
         batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, np.asarray(batch_scores[name]),
                                         groups_batch, folds_hold) for name in names}
-        weights = detector_weights(batch_p, config.detector_budget, fitted.holdout_rows)
-    min_p_hold = weighted_min_p(holdout_p, weights)
+        codes = group_codes(groups_batch, np.asarray(batch_scores[names[0]]).shape[-1])
+        if len(codes):
+            batch_share = np.bincount(codes, minlength=len(categories)) / len(codes)
+        excess = cell_excess(batch_p, codes, group_holdout_rows(hold_codes, len(categories)), config.detector_budget)
+        weights = class_weights(excess, batch_share)
+        # Held-out rows stand for the batch's clean rows in their class shares: a class with more weight than
+        # the others would otherwise spend more than its part wherever the batch holds more of it than the
+        # reference does.
+        row_weights = holdout_row_weights(codes, hold_codes, len(categories),
+                                          np.max(np.vstack(list(excess.values())), axis=0))
+    min_p_hold = weighted_min_p(holdout_p, {name: weights[name][hold_codes] for name in names})
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
     if batch_scores is not None and rule_hold:
         rule_batch = {name: row_scores(batch_scores[name]) > thresholds[name] for name in rule_hold}
         rule_hold = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, rule_batch)}
-    alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names))
-    flagged_hold = {name: (p <= alpha * weights[name]) | (rule_hold[name] if name in ruled else False)
+    alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names),
+                                                         row_weights)
+    flagged_hold = {name: (p <= alpha * weights[name][hold_codes]) | (rule_hold[name] if name in ruled else False)
                     for name, p in holdout_p.items()}
     combined_hold = np.logical_or.reduce(list(flagged_hold.values()))
     summary = {
@@ -345,8 +362,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "detector_budget": config.detector_budget,
         "schema_budget": config.schema_budget,
         "p_value_threshold": float(alpha),
-        # each detector flags at p <= p_value_threshold * its weight: its share of the budget, from the batch
-        "detector_weights": {name: float(w) for name, w in weights.items()},
+        # each detector flags at p <= p_value_threshold * its weight: its share of the budget, from the batch;
+        # the weight of its rows' class (class_weights), whose mean over the batch's rows this is
+        "detector_weights": {name: float(np.dot(batch_share, weights[name])) for name in names},
         "holdout_quarantine_rate": float(combined_hold.mean()),
         "per_detector_holdout_rate": {n: float(flags.mean()) for n, flags in flagged_hold.items()},
         # detectors that also flag by their own threshold, which the held-out rows showed affordable
@@ -354,13 +372,19 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         "evidence_axis": CONFORMAL_AXIS,
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
+    if len(categories) > 1:
+        summary["class_weights"] = {"classes": [str(group) for group in categories],
+                                    "weights": {name: [float(w) for w in weights[name]] for name in names}}
+    if row_weights is not None:
+        # held-out rows reweighted to the batch's class shares count as this many (see union_threshold)
+        summary["holdout_effective_rows"] = int(row_weights.sum() ** 2 / max(float(np.sum(row_weights**2)), 1e-300))
     summary["guarantee"] = guarantee
     warning = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
     if warning is not None:
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, folds_hold,
-                                alpha, summary)
+                                alpha, weights, summary)
 
 
 def row_scores(scores: np.ndarray) -> np.ndarray:
@@ -376,18 +400,23 @@ def apply_calibration(
     row of scores per fold model), against the held-out rows."""
     result = DetectorScores(calibration=dict(calibration.summary))
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
+    codes = None
     for name in calibration.names:  # in the configured order, which the report keeps
         per_fold = np.asarray(scores[name])
         result.scores[name] = row_scores(per_fold)
+        codes = group_codes(groups_batch, len(result.scores[name])) if codes is None else codes
+        weight = calibration.weights[name][codes]  # of each row's class
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
-        result.flags[name] = result.p_values[name] <= calibration.alpha * calibration.weights[name]
+        result.flags[name] = result.p_values[name] <= calibration.alpha * weight
         if name in calibration.rules:
             result.flags[name] |= result.scores[name] > calibration.rules[name]
         # -log10(p / weight): one axis for every detector, flagged above -log10(alpha)
-        result.evidence[name] = -np.log10(result.p_values[name] / calibration.weights[name])
+        result.evidence[name] = -np.log10(result.p_values[name] / weight)
         result.reasons[name] = calibration.reasons[name]
+    if "class_weights" in calibration.summary:
+        result.groups = codes
     return result
 
 

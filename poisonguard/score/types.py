@@ -30,3 +30,6 @@ class DetectorScores:
     # ``<detector>_probability`` (the label a label model expected), ``<detector>_features`` (the columns
     # that made an outlier unusual). See :mod:`poisonguard.score.details`.
     details: dict[str, np.ndarray] = field(default_factory=dict)
+    # With a reference and classes, each row's calibration group: an index into
+    # ``calibration["class_weights"]["classes"]``, whose weights set the row's p-value threshold per detector.
+    groups: np.ndarray | None = None

@@ -218,7 +218,7 @@ def union_threshold(min_p_hold: np.ndarray, budget: float, n_detectors: int,
         first_over = int(np.searchsorted(counted, count * (1.0 + 1e-9) + 1e-9, side="right"))
         return float(np.nextafter(values[first_over], 0.0)) if first_over < n_rows else float(values[-1])
 
-    effective = n_rows if row_weights is None or not n_rows else int(counted[-1] ** 2 / np.sum(weights**2) + 1e-9)
+    effective = n_rows if row_weights is None or not n_rows else effective_rows(weights)
     if effective * budget >= RANK_ROWS:
         misses = binom.cdf(np.arange(effective + 1), effective, budget)
         allowed = int(np.flatnonzero(misses <= CONFIDENCE_MISS)[-1])  # exists: misses[0] <= exp(-10)
@@ -342,6 +342,11 @@ def holdout_row_weights(batch_codes: np.ndarray, hold_codes: np.ndarray, n_group
     hold_share = np.bincount(hold_codes, minlength=n_groups) / max(len(hold_codes), 1)
     ratio = np.divide(batch_share, hold_share, out=np.zeros(n_groups), where=hold_share > 0)
     return ratio[hold_codes] + batch_share[hold_share == 0].sum()
+
+
+def effective_rows(row_weights: np.ndarray) -> int:
+    """How many equally weighted rows say as much as rows of these weights: ``(sum w)^2 / sum w^2`` (Kish)."""
+    return int(np.sum(row_weights) ** 2 / max(float(np.sum(row_weights**2)), 1e-300) + 1e-9)
 
 
 def group_codes(groups: pd.Categorical | None, n_rows: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from poisonguard.decide.calibration import (
     cell_excess,
     class_weights,
     confident_rows,
+    effective_rows,
     group_categories,
     group_codes,
     group_holdout_rows,
@@ -326,19 +327,9 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     batch_share, row_weights = np.full(len(categories), 1.0 / len(categories)), None
     folds_hold = holdout_folds(fitted.folds)
     if batch_scores is not None:
-        groups_batch = batch_groups(y_batch, groups_hold)
-        batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, np.asarray(batch_scores[name]),
-                                        groups_batch, folds_hold) for name in names}
-        codes = group_codes(groups_batch, np.asarray(batch_scores[names[0]]).shape[-1])
-        if len(codes):
-            batch_share = np.bincount(codes, minlength=len(categories)) / len(codes)
-        excess = cell_excess(batch_p, codes, group_holdout_rows(hold_codes, len(categories)), config.detector_budget)
-        weights = class_weights(excess, batch_share)
-        # Held-out rows stand for the batch's clean rows in their class shares: a class with more weight than
-        # the others would otherwise spend more than its part wherever the batch holds more of it than the
-        # reference does.
-        row_weights = holdout_row_weights(codes, hold_codes, len(categories),
-                                          np.max(np.vstack(list(excess.values())), axis=0))
+        weights, batch_share, row_weights = _budget_by_class(
+            holdout_scores, groups_hold, hold_codes, folds_hold,
+            {name: np.asarray(batch_scores[name]) for name in names}, y_batch, config.detector_budget)
     min_p_hold = weighted_min_p(holdout_p, {name: weights[name][hold_codes] for name in names})
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
@@ -377,7 +368,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
                                     "weights": {name: [float(w) for w in weights[name]] for name in names}}
     if row_weights is not None:
         # held-out rows reweighted to the batch's class shares count as this many (see union_threshold)
-        summary["holdout_effective_rows"] = int(row_weights.sum() ** 2 / max(float(np.sum(row_weights**2)), 1e-300))
+        summary["holdout_effective_rows"] = effective_rows(row_weights)
     summary["guarantee"] = guarantee
     warning = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
     if warning is not None:
@@ -385,6 +376,25 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, folds_hold,
                                 alpha, weights, summary)
+
+
+def _budget_by_class(holdout_scores: dict[str, np.ndarray], groups_hold: np.ndarray, hold_codes: np.ndarray,
+                     folds_hold: np.ndarray, batch_scores: dict[str, np.ndarray], y_batch: np.ndarray | None,
+                     budget: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """What the batch says of the budget's split: per detector a weight per calibration group
+    (:func:`class_weights`), the groups' shares of the batch, and the held-out rows' weights that make them
+    stand for the batch's clean rows (:func:`holdout_row_weights`)."""
+    n_groups = len(group_categories(groups_hold))
+    groups_batch = batch_groups(y_batch, groups_hold)
+    batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, scores, groups_batch, folds_hold)
+               for name, scores in batch_scores.items()}
+    codes = group_codes(groups_batch, next(iter(batch_scores.values())).shape[-1])
+    share = np.bincount(codes, minlength=n_groups) / len(codes) if len(codes) else np.full(n_groups, 1.0 / n_groups)
+    excess = cell_excess(batch_p, codes, group_holdout_rows(hold_codes, n_groups), budget)
+    # Held-out rows stand for the batch's clean rows in their class shares: a class with more weight than the
+    # others would otherwise spend more than its part wherever the batch holds more of it than the reference.
+    row_weights = holdout_row_weights(codes, hold_codes, n_groups, np.max(np.vstack(list(excess.values())), axis=0))
+    return class_weights(excess, share), share, row_weights
 
 
 def row_scores(scores: np.ndarray) -> np.ndarray:

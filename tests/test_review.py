@@ -63,6 +63,28 @@ def test_report_counts_match_the_parquet_files(scanned_sample):
     assert report["class_balance"]["reference"] and report["class_balance"]["drift"] is None
 
 
+def test_the_html_report_shows_each_detectors_weight_by_class(sample_out):
+    from poisonguard.report.html import render_batch_report
+    from poisonguard.report.scan_report import read_report
+    from poisonguard.write.outputs import OutputPaths
+
+    summary, out = sample_out
+    report = read_report(OutputPaths.for_batch(out, summary.dataset, summary.batch_id).report)
+    names = list(report["calibration"]["detector_weights"])
+    # as a scan writes it where the reference's classes calibrate apart; a class name comes from the data
+    report["calibration"]["class_weights"] = {
+        "classes": ["A", "<b>B</b>", "*"],
+        "weights": {name: [0.25, 3.5 + i, 0.25] for i, name in enumerate(names)},
+    }
+    html = render_batch_report(report, out).read_text()
+    table = html[html.index('id="class-weights"'):]
+    table = table[: table.index("</table>")]
+    assert all(f'<th class="num">{name}</th>' in table for name in names)
+    cells = "".join(f'<td class="num">{3.5 + i:.2f}</td>' for i in range(len(names)))
+    assert f"<td>&lt;b&gt;B&lt;/b&gt;</td>{cells}" in table  # each detector's weight for class B, escaped
+    assert "classes calibrated together" in table and "<b>B</b>" not in table
+
+
 def test_values_from_the_data_are_escaped_in_the_html_report(tmp_path, prefect_harness):
     make_frame(400, seed=1).to_csv(tmp_path / "ref.csv", index=False)
     batch = make_frame(60, seed=2)

@@ -365,7 +365,7 @@ def holdout_group_codes(groups_hold: np.ndarray, n_rows: int) -> np.ndarray:
 def group_holdout_rows(hold_codes: np.ndarray, n_groups: int) -> np.ndarray:
     """Per group, how many held-out rows its p-values are read against: its own, and all for ``*``."""
     rows = np.bincount(hold_codes, minlength=n_groups)
-    rows[-1] = len(hold_codes)  # ``*`` comes last, and is the only group without labels
+    rows[-1] = len(hold_codes)  # ``*`` (small and unknown classes) comes last, read against every held-out row
     return rows
 
 

@@ -41,13 +41,13 @@ def detector_p_threshold(calibration: dict[str, Any], detector: str,
 def detector_p_thresholds(calibration: dict[str, Any], detectors) -> dict[str, str]:
     """Per detector of ``detectors`` that has a p-value threshold, the threshold as a reader sees it: one value,
     or the range over the batch's classes when each class has its own (``0.0004-0.003 by class``)."""
-    alpha = calibration.get("p_value_threshold")
-    if alpha is None:
+    if calibration.get("p_value_threshold") is None:
         return {}
-    by_class = (calibration.get("class_weights") or {}).get("weights", {})
+    classes = (calibration.get("class_weights") or {}).get("classes") or []
+    every_class = np.arange(len(classes)) if classes else None
     shown = {}
     for name in detectors:
-        levels = alpha * np.asarray(by_class.get(name) or [detector_row_weights(calibration, name)], dtype="float64")
+        levels = np.atleast_1d(detector_p_threshold(calibration, name, every_class))
         low, high = float(levels.min()), float(levels.max())
         shown[name] = f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}-{high:.2g} by class"
     return shown

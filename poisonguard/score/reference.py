@@ -328,9 +328,10 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     folds_hold = holdout_folds(fitted.folds)
     if batch_scores is not None:
         weights, batch_share, row_weights = _budget_by_class(
-            holdout_scores, groups_hold, hold_codes, folds_hold,
+            holdout_scores, groups_hold, hold_codes, len(categories), folds_hold,
             {name: np.asarray(batch_scores[name]) for name in names}, y_batch, config.detector_budget)
-    min_p_hold = weighted_min_p(holdout_p, {name: weights[name][hold_codes] for name in names})
+    hold_weights = {name: weights[name][hold_codes] for name in names}  # each held-out row's class's
+    min_p_hold = weighted_min_p(holdout_p, hold_weights)
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
     if batch_scores is not None and rule_hold:
@@ -338,7 +339,7 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         rule_hold = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, rule_batch)}
     alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names),
                                                          row_weights)
-    flagged_hold = {name: (p <= alpha * weights[name][hold_codes]) | (rule_hold[name] if name in ruled else False)
+    flagged_hold = {name: (p <= alpha * hold_weights[name]) | (rule_hold[name] if name in ruled else False)
                     for name, p in holdout_p.items()}
     combined_hold = np.logical_or.reduce(list(flagged_hold.values()))
     summary = {
@@ -379,12 +380,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
 
 
 def _budget_by_class(holdout_scores: dict[str, np.ndarray], groups_hold: np.ndarray, hold_codes: np.ndarray,
-                     folds_hold: np.ndarray, batch_scores: dict[str, np.ndarray], y_batch: np.ndarray | None,
-                     budget: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+                     n_groups: int, folds_hold: np.ndarray, batch_scores: dict[str, np.ndarray],
+                     y_batch: np.ndarray | None, budget: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """What the batch says of the budget's split: per detector a weight per calibration group
     (:func:`class_weights`), the groups' shares of the batch, and the held-out rows' weights that make them
     stand for the batch's clean rows (:func:`holdout_row_weights`)."""
-    n_groups = len(group_categories(groups_hold))
     groups_batch = batch_groups(y_batch, groups_hold)
     batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, scores, groups_batch, folds_hold)
                for name, scores in batch_scores.items()}
@@ -410,11 +410,11 @@ def apply_calibration(
     row of scores per fold model), against the held-out rows."""
     result = DetectorScores(calibration=dict(calibration.summary))
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
-    codes = None
+    n_rows = np.asarray(scores[calibration.names[0]]).shape[-1] if calibration.names else 0
+    codes = group_codes(groups_batch, n_rows)
     for name in calibration.names:  # in the configured order, which the report keeps
         per_fold = np.asarray(scores[name])
         result.scores[name] = row_scores(per_fold)
-        codes = group_codes(groups_batch, len(result.scores[name])) if codes is None else codes
         weight = calibration.weights[name][codes]  # of each row's class
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold

@@ -43,15 +43,26 @@ def navigate(browser, element, timeout: float = 120.0) -> None:
     """Click an element that loads a new page and wait until it has loaded.
 
     A click does not always wait for the page it leads to (a decision's POST and its redirect can take seconds on a
-    loaded two-core CI machine): without this, the next lookup read the old page and found no notice.
+    loaded two-core CI machine): without this, the next lookup read the old page and found no notice. The old page
+    is marked with a script variable, and the wait ends when a complete document without the mark is in the window.
+    Selenium's `staleness_of` was used before and failed once in CI: chromedriver answered its probe of the old
+    element, mid-navigation, with a generic "Node with given id does not belong to the document" instead of a stale
+    element error, which `staleness_of` does not catch.
     """
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = browser.find_element("tag name", "html")
+    browser.execute_script("window.poisonguardOldPage = true;")
     element.click()
-    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(old))
-    WebDriverWait(browser, timeout).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+    def loaded(b) -> bool:
+        try:
+            return b.execute_script(
+                "return window.poisonguardOldPage === undefined && document.readyState === 'complete';")
+        except WebDriverException:  # the window is between documents: ask again
+            return False
+
+    WebDriverWait(browser, timeout).until(loaded)
 
 
 @pytest.fixture()

@@ -103,11 +103,15 @@ def make_frame(n_rows: int = 400, seed: int = 0) -> pd.DataFrame:
 
 def shown_threshold(calibration: dict, detector: str) -> str:
     """The p-value threshold a page states for ``detector``: the scan's threshold times the weight of each
-    class (one value where they agree at two digits, else their range)."""
-    by_class = (calibration.get("class_weights") or {}).get("weights", {}).get(detector)
-    weights = by_class if by_class is not None else [calibration["detector_weights"][detector]]
+    weight fold and class (one value where they agree at two digits, else their range)."""
+    for key, by in (("row_weights", "row"), ("class_weights", "class")):
+        weights = (calibration.get(key) or {}).get("weights", {}).get(detector)
+        if weights is not None:
+            break
+    else:
+        weights, by = [calibration["detector_weights"][detector]], ""
     low, high = (f"{calibration['p_value_threshold'] * w:.2g}" for w in (min(weights), max(weights)))
-    return low if low == high else f"{low}-{high} by class"
+    return low if low == high else f"{low}-{high} by {by}"
 
 
 # Ways to break a batch's structure, with the reason code each must give; used by validation and flow tests.

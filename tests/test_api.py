@@ -148,6 +148,13 @@ def test_an_explanation_gives_the_threshold_of_the_rows_class():
     assert text.tolist() == ["label_model: p = 0.002 (flagged at p <= 0.004)",
                              "label_model: p = 0.0001 (flagged at p <= 0.00025)"]
     assert detector_p_thresholds(calibration, ["label_model"]) == {"label_model": "0.00025-0.004 by class"}
+    # weights by weight fold and class (fold-major): the rows' codes say both, and they set the threshold
+    calibration["row_weights"] = {"folds": 2, "classes": 3,
+                                  "weights": {"label_model": [4.0, 0.25, 0.25, 3.0, 0.5, 0.5]}}
+    text = explain_rows(rows, reasons, scores, [], calibration, groups=np.array([3, 4]))
+    assert text.tolist() == ["label_model: p = 0.002 (flagged at p <= 0.003)",
+                             "label_model: p = 0.0001 (flagged at p <= 0.0005)"]
+    assert detector_p_thresholds(calibration, ["label_model"]) == {"label_model": "0.00025-0.004 by row"}
 
 
 def customers(n_rows: int, seed: int) -> pd.DataFrame:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from poisonguard.decide.calibration import (
     WEIGHT_FLOOR,
+    WEIGHT_FOLDS,
     batch_groups,
     batch_p_values,
     calibration_groups,
@@ -28,6 +30,7 @@ from poisonguard.decide.calibration import (
     tail_p_values,
     union_threshold,
     union_threshold_with_rules,
+    weight_folds,
     weighted_min_p,
 )
 
@@ -355,3 +358,45 @@ def test_a_model_s_own_limit_flags_tied_outcomes_all_or_none():
     assert model_limit(scores, chances, 0.003) == 1.0  # both 3.0 flagged
     assert model_limit(scores, chances, 0.2) == 0.0  # and the 1.0 (16.7%)
     assert model_false_quarantine(scores, chances, 1.0, seed=0)[0] == pytest.approx(0.008 / 3)
+
+
+def test_weight_folds_follow_the_row_id_whatever_rows_come_with_it():
+    ids = np.arange(50_000)
+    folds = weight_folds(ids, seed=7)
+    assert set(np.unique(folds)) == set(range(WEIGHT_FOLDS))
+    assert np.bincount(folds).min() > 0.9 * len(ids) / WEIGHT_FOLDS  # dealt evenly
+    # a chunk of the batch, in any order, puts each row in the fold the whole batch put it in
+    chunk = np.random.default_rng(0).permutation(ids)[:1_000]
+    assert np.array_equal(weight_folds(chunk, seed=7), folds[chunk])
+    assert not np.array_equal(weight_folds(ids, seed=8), folds)  # another seed deals them anew
+
+
+def test_a_rows_threshold_is_read_from_the_other_folds_rows_only():
+    """The selection the weight folds remove: rows that raise a detector's weight are not judged by it.
+    Poison placed in fold 0 alone leaves fold 0's thresholds as a clean batch's and raises the others'."""
+    from poisonguard.config import ScanConfig
+    from poisonguard.decide.explain import detector_p_threshold
+    from poisonguard.featurize.features import infer_kinds
+    from poisonguard.score.rows import score_rows
+
+    rng = np.random.default_rng(5)
+
+    def rows(n):
+        label = rng.integers(0, 2, n)
+        return pd.DataFrame({"x1": rng.normal(label, 1.0), "x2": rng.normal(0.0, 1.0, n),
+                             "label": np.where(label == 1, "b", "a")})
+
+    reference, batch = rows(4_000), rows(3_000)
+    folds = weight_folds(np.arange(len(batch)), seed=0)
+    poisoned = batch.copy()
+    poisoned.loc[folds == 0, "x2"] += 6.0  # far out, in fold 0 only
+    config = ScanConfig(label_col="label", detectors=("ecod", "label_model"), seed=0)
+    kinds = infer_kinds(reference, "label")
+    clean, dirty = (score_rows(frame, reference, kinds, "label", config) for frame in (batch, poisoned))
+
+    def thresholds(scores, name):
+        return np.broadcast_to(detector_p_threshold(scores.calibration, name, scores.groups), len(batch))
+
+    for name in ("ecod", "label_model"):
+        assert np.allclose(thresholds(dirty, name)[folds == 0], thresholds(clean, name)[folds == 0])
+    assert thresholds(dirty, "ecod")[folds != 0].min() > 1.5 * thresholds(clean, "ecod")[folds != 0].max()

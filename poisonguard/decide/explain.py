@@ -20,12 +20,14 @@ _EXPECTATION_OF = {short: expectation for expectation, short in SHORT_NAMES.item
 
 def detector_row_weights(calibration: dict[str, Any], detector: str,
                          groups: np.ndarray | None = None) -> np.ndarray | float:
-    """``detector``'s weight of the budget for each row: its class's (``groups``, as
-    :attr:`DetectorScores.groups` holds them) when the report holds weights per class, else the detector's
-    one weight (1 when the report holds none)."""
-    by_class = (calibration.get("class_weights") or {}).get("weights", {}).get(detector)
-    if by_class is not None and groups is not None:
-        return np.asarray(by_class, dtype="float64")[groups]
+    """``detector``'s weight of the budget for each row (``groups``, as :attr:`DetectorScores.groups` holds
+    them): its weight fold's and class's where the report holds weights by fold (``row_weights``), its
+    class's where it holds them by class alone, else the detector's one weight (1 when the report holds none)."""
+    if groups is not None:
+        for key in ("row_weights", "class_weights"):
+            weights = (calibration.get(key) or {}).get("weights", {}).get(detector)
+            if weights is not None:
+                return np.asarray(weights, dtype="float64")[groups]
     return (calibration.get("detector_weights") or {}).get(detector, 1.0)
 
 
@@ -40,16 +42,19 @@ def detector_p_threshold(calibration: dict[str, Any], detector: str,
 
 def detector_p_thresholds(calibration: dict[str, Any], detectors) -> dict[str, str]:
     """Per detector of ``detectors`` that has a p-value threshold, the threshold as a reader sees it: one value,
-    or the range over the batch's classes when each class has its own (``0.0004-0.003 by class``)."""
+    or the range over the rows' weight folds and classes where they differ (``0.0004-0.003 by row``; ``by
+    class`` in a report with weights by class alone)."""
     if calibration.get("p_value_threshold") is None:
         return {}
-    classes = (calibration.get("class_weights") or {}).get("classes") or []
-    every_class = np.arange(len(classes)) if classes else None
+    by_fold = calibration.get("row_weights") or {}
+    codes = (by_fold.get("folds", 0) * by_fold.get("classes", 0)
+             or len((calibration.get("class_weights") or {}).get("classes") or []))
+    every_code = np.arange(codes) if codes else None
     shown = {}
     for name in detectors:
-        levels = np.atleast_1d(detector_p_threshold(calibration, name, every_class))
-        low, high = float(levels.min()), float(levels.max())
-        shown[name] = f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}-{high:.2g} by class"
+        levels = np.atleast_1d(detector_p_threshold(calibration, name, every_code))
+        low, high = f"{float(levels.min()):.2g}", f"{float(levels.max()):.2g}"
+        shown[name] = low if low == high else f"{low}-{high} by {'row' if by_fold else 'class'}"
     return shown
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard import ROW_ID
 from poisonguard.config import ScanConfig
 from poisonguard.decide.calibration import (
+    WEIGHT_FOLDS,
     batch_groups,
     batch_p_values,
     calibration_groups,
@@ -34,6 +36,7 @@ from poisonguard.decide.calibration import (
     holdout_row_weights,
     rules_seen_in_batch,
     union_threshold_with_rules,
+    weight_folds,
     weighted_min_p,
 )
 from poisonguard.errors import ConfigError
@@ -270,11 +273,12 @@ def finish_scores(fitted: FittedReference, batch: pd.DataFrame, chunk_scores: li
     if not holdout_scores:
         return DetectorScores(calibration={"mode": "reference", "skipped_detectors": skipped or {}})
     passed = np.ones(len(batch), dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
+    ids = row_ids_of(batch)
     calibration = calibrate_holdout(fitted, holdout_scores, {name: np.asarray(scores)[..., passed]
                                                              for name, scores in result.scores.items()},
-                                    None if y_batch is None else y_batch[passed])
+                                    None if y_batch is None else y_batch[passed], ids[passed])
     calibration.summary["skipped_detectors"] = skipped or {}
-    return explained(fitted, apply_calibration(calibration, result.scores, y_batch), batch)
+    return explained(fitted, apply_calibration(calibration, result.scores, y_batch, ids), batch)
 
 
 def explained(fitted: FittedReference, result: DetectorScores, rows: pd.DataFrame) -> DetectorScores:
@@ -292,11 +296,16 @@ class ReferenceCalibration:
 
     def __init__(self, names: list[str], reasons: dict[str, str], holdout_scores: dict[str, np.ndarray],
                  groups_hold: np.ndarray, folds_hold: np.ndarray, alpha: float, weights: dict[str, np.ndarray],
-                 summary: dict[str, Any]) -> None:
-        """``weights``: per detector, one weight per calibration group (:func:`class_weights`)."""
+                 summary: dict[str, Any], folds: int = 1, rule_folds: dict[str, np.ndarray] | None = None,
+                 seed: int = 0) -> None:
+        """``weights``: per detector, one weight per weight fold and calibration group (fold-major, see
+        :func:`row_codes`); ``folds``: how many weight folds (1: the batch did not weight the budget);
+        ``rule_folds``: per detector with an own threshold, in which folds it flags by it; ``seed``: the
+        scan's, which deals rows into weight folds (:func:`weight_folds`)."""
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
-        self.weights = weights
+        self.weights, self.folds, self.seed = weights, folds, seed
+        self.rule_folds = rule_folds or {name: np.ones(folds, bool) for name in self.rules}
 
     @property
     def rules(self) -> dict[str, float]:
@@ -304,14 +313,21 @@ class ReferenceCalibration:
         return self.summary.get("own_thresholds") or {}
 
 
+def row_ids_of(rows: pd.DataFrame) -> np.ndarray:
+    """The rows' ids (the scan's ``ROW_ID`` column; their positions for a frame without one)."""
+    return rows[ROW_ID].to_numpy() if ROW_ID in rows else np.arange(len(rows))
+
+
 def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndarray],
                       batch_scores: dict[str, np.ndarray] | None = None,
-                      y_batch: np.ndarray | None = None) -> ReferenceCalibration:
+                      y_batch: np.ndarray | None = None, batch_ids: np.ndarray | None = None) -> ReferenceCalibration:
     """Set the p-value threshold for the union of all detectors from the held-out rows' scores.
 
-    ``batch_scores`` (of the batch, or of a uniform sample of it; ``y_batch`` their labels) weight each
-    detector's share of the budget by what it sees in the batch (:func:`detector_weights`); without them
-    the detectors share it evenly."""
+    ``batch_scores`` (of the batch, or of a uniform sample of it; ``y_batch`` their labels, ``batch_ids``
+    their row ids) weight each detector's share of the budget by what it sees in the batch
+    (:func:`class_weights`), fold by fold: the rows of each weight fold (:func:`weight_folds`) get weights,
+    a threshold and own-threshold rules read from the other folds' rows alone, so that no row's threshold
+    depends on its own scores. Without them the detectors share the budget evenly."""
     config, y_hold = fitted.config, fitted.y_hold
     names = [name for name in fitted.names if name in holdout_scores]
     # A class is calibrated on its own held-out rows only when it has enough of them to reach the budget:
@@ -323,25 +339,50 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     holdout_p = {name: holdout_p_values(holdout_scores[name], groups_hold) for name in names}
     categories = group_categories(groups_hold)
     hold_codes = holdout_group_codes(groups_hold, fitted.holdout_rows)
-    weights = {name: np.ones(len(categories)) for name in names}
-    batch_share, row_weights = np.full(len(categories), 1.0 / len(categories)), None
     folds_hold = holdout_folds(fitted.folds)
-    if batch_scores is not None:
-        weights, batch_share, row_weights = _budget_by_class(
-            holdout_scores, groups_hold, hold_codes, len(categories), folds_hold,
-            {name: np.asarray(batch_scores[name]) for name in names}, y_batch, config.detector_budget)
-    hold_weights = {name: weights[name][hold_codes] for name in names}  # each held-out row's class's
-    min_p_hold = weighted_min_p(holdout_p, hold_weights)
     thresholds = {name: fitted.detectors[name].spec.natural_threshold for name in names}
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
-    if batch_scores is not None and rule_hold:
-        rule_batch = {name: row_scores(batch_scores[name]) > thresholds[name] for name in rule_hold}
-        rule_hold = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, rule_batch)}
-    alpha, guarantee, ruled = union_threshold_with_rules(min_p_hold, rule_hold, config.detector_budget, len(names),
-                                                         row_weights)
-    flagged_hold = {name: (p <= alpha * hold_weights[name]) | (rule_hold[name] if name in ruled else False)
-                    for name, p in holdout_p.items()}
-    combined_hold = np.logical_or.reduce(list(flagged_hold.values()))
+    n_groups, budget = len(categories), config.detector_budget
+
+    def fold_budget(part: dict[str, np.ndarray] | None, y_part: np.ndarray | None) -> dict[str, Any]:
+        """Weights, threshold and rules from the batch rows ``part`` (``None``: none, an even split)."""
+        weights = {name: np.ones(n_groups) for name in names}
+        share, row_weights, rules = np.full(n_groups, 1.0 / n_groups), None, rule_hold
+        if part is not None:
+            weights, share, row_weights = _budget_by_class(holdout_scores, groups_hold, hold_codes, n_groups,
+                                                           folds_hold, part, y_part, budget)
+            if rule_hold:
+                seen = {name: row_scores(part[name]) > thresholds[name] for name in rule_hold}
+                rules = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, seen)}
+        hold_weights = {name: weights[name][hold_codes] for name in names}  # each held-out row's class's
+        alpha, guarantee, ruled = union_threshold_with_rules(weighted_min_p(holdout_p, hold_weights), rules,
+                                                             budget, len(names), row_weights)
+        flagged = {name: (p <= alpha * hold_weights[name]) | (rules[name] if name in ruled else False)
+                   for name, p in holdout_p.items()}
+        return {"weights": weights, "share": share, "row_weights": row_weights, "alpha": alpha,
+                "guarantee": guarantee, "ruled": ruled, "flagged": flagged}
+
+    if batch_scores is None:
+        parts = [fold_budget(None, None)]
+    else:
+        batch_scores = {name: np.asarray(batch_scores[name]) for name in names}
+        n_batch = next(iter(batch_scores.values())).shape[-1] if names else 0
+        folds = weight_folds(np.arange(n_batch) if batch_ids is None else batch_ids, config.seed)
+        parts = [fold_budget({name: scores[..., folds != fold] for name, scores in batch_scores.items()},
+                             None if y_batch is None else np.asarray(y_batch)[folds != fold])
+                 for fold in range(WEIGHT_FOLDS)]
+    # One threshold for the report and the evidence axis, each fold's own folded into its weights:
+    # alpha * (w_f alpha_f / alpha) = alpha_f w_f.
+    alphas = np.array([part["alpha"] for part in parts])
+    alpha = float(np.exp(np.mean(np.log(alphas)))) if np.all(alphas > 0) else float(alphas.min())
+    scale = alphas / alpha if alpha > 0 else np.ones(len(parts))
+    weights = {name: np.concatenate([part["weights"][name] * f for part, f in zip(parts, scale)]) for name in names}
+    rule_folds = {name: np.array([name in part["ruled"] for part in parts])
+                  for name in names if any(name in part["ruled"] for part in parts)}
+    combined_hold = np.mean([np.logical_or.reduce(list(part["flagged"].values())) for part in parts], axis=0)
+    # what a batch row's weight is on average: its fold's weight of its class, over the batch's classes
+    mean_weight = {name: float(np.mean([np.dot(part["share"], part["weights"][name]) * f
+                                        for part, f in zip(parts, scale)])) for name in names}
     summary = {
         "mode": "reference",
         "reference_rows": int(fitted.reference_rows),
@@ -353,30 +394,45 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
         # the part of it the detectors spend; inferred schema ranges and value sets have the rest
         "detector_budget": config.detector_budget,
         "schema_budget": config.schema_budget,
-        "p_value_threshold": float(alpha),
+        "p_value_threshold": alpha,
         # each detector flags at p <= p_value_threshold * its weight: its share of the budget, from the batch;
-        # the weight of its rows' class (class_weights), whose mean over the batch's rows this is
-        "detector_weights": {name: float(np.dot(batch_share, weights[name])) for name in names},
+        # the weight of its row's class and weight fold (row_weights), whose mean over the batch's rows this is
+        "detector_weights": mean_weight,
         "holdout_quarantine_rate": float(combined_hold.mean()),
-        "per_detector_holdout_rate": {n: float(flags.mean()) for n, flags in flagged_hold.items()},
-        # detectors that also flag by their own threshold, which the held-out rows showed affordable
-        "own_thresholds": {name: thresholds[name] for name in ruled},
+        "per_detector_holdout_rate": {name: float(np.mean([part["flagged"][name].mean() for part in parts]))
+                                      for name in names},
+        # detectors that also flag by their own threshold, which the held-out rows showed affordable (in
+        # at least one weight fold: rows of the others are flagged by p-values alone)
+        "own_thresholds": {name: thresholds[name] for name in rule_folds},
         "evidence_axis": CONFORMAL_AXIS,
         "evidence_threshold": float(-np.log10(alpha)) if alpha > 0 else None,
     }
-    if len(categories) > 1:
+    if n_groups > 1:
+        # what the report shows: each class's weight, averaged over the weight folds
         summary["class_weights"] = {"classes": [str(group) for group in categories],
-                                    "weights": {name: [float(w) for w in weights[name]] for name in names}}
-    if row_weights is not None:
+                                    "weights": {name: [float(w) for w in weights[name].reshape(-1, n_groups).mean(0)]
+                                                for name in names}}
+    if len(parts) > 1:
+        # what each row's threshold reads: per detector, one weight per (fold, class), indexed by the rows'
+        # codes (DetectorScores.groups, see row_codes)
+        summary["row_weights"] = {"folds": len(parts), "classes": n_groups,
+                                  "weights": {name: [float(w) for w in weights[name]] for name in names}}
+    effective = [effective_rows(part["row_weights"]) for part in parts if part["row_weights"] is not None]
+    if effective:
         # held-out rows reweighted to the batch's class shares count as this many (see union_threshold)
-        summary["holdout_effective_rows"] = effective_rows(row_weights)
-    summary["guarantee"] = guarantee
-    warning = guarantee_warning(guarantee, fitted.holdout_rows, config.detector_budget)
+        summary["holdout_effective_rows"] = min(effective)
+    guarantees = [part["guarantee"] for part in parts]
+    summary["guarantee"] = min(guarantees, key=GUARANTEES.index)  # the weakest fold's
+    warning = guarantee_warning(summary["guarantee"], fitted.holdout_rows, config.detector_budget)
     if warning is not None:
         summary["warning"] = warning
     reasons = {name: f"{fitted.detectors[name].spec.reason}:{name}" for name in names}
     return ReferenceCalibration(names, reasons, {n: holdout_scores[n] for n in names}, groups_hold, folds_hold,
-                                alpha, weights, summary)
+                                alpha, weights, summary, len(parts), rule_folds, config.seed)
+
+
+# The guarantees union_threshold gives, weakest last.
+GUARANTEES = ("with 90% confidence", "in expectation", "estimate")
 
 
 def _budget_by_class(holdout_scores: dict[str, np.ndarray], groups_hold: np.ndarray, hold_codes: np.ndarray,
@@ -403,29 +459,42 @@ def row_scores(scores: np.ndarray) -> np.ndarray:
     return scores if scores.ndim == 1 else scores.mean(axis=0)
 
 
+def row_codes(calibration: ReferenceCalibration, groups_batch: pd.Categorical | None,
+              row_ids: np.ndarray) -> np.ndarray:
+    """Each row's index into its detectors' weights: ``fold * groups + group``, with its weight fold
+    (:func:`weight_folds`) when the batch weighted the budget, else its calibration group alone."""
+    codes = group_codes(groups_batch, len(row_ids)).astype("int64")
+    if calibration.folds > 1:
+        codes += weight_folds(row_ids, calibration.seed).astype("int64") * len(group_categories(calibration.groups_hold))
+    return codes
+
+
 def apply_calibration(
-    calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None
+    calibration: ReferenceCalibration, scores: dict[str, np.ndarray], y_batch: np.ndarray | None,
+    row_ids: np.ndarray | None = None,
 ) -> DetectorScores:
     """Conformal p-values and flags for batch rows with ``scores`` (per detector, one score per row or one
-    row of scores per fold model), against the held-out rows."""
+    row of scores per fold model), against the held-out rows. ``row_ids`` (their positions by default) place
+    each row in its weight fold, as :func:`calibrate_holdout` placed the rows it read."""
     result = DetectorScores(calibration=dict(calibration.summary))
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
     n_rows = np.asarray(scores[calibration.names[0]]).shape[-1] if calibration.names else 0
-    codes = group_codes(groups_batch, n_rows)
+    codes = row_codes(calibration, groups_batch, np.arange(n_rows) if row_ids is None else row_ids)
+    folds = codes // len(group_categories(calibration.groups_hold))
     for name in calibration.names:  # in the configured order, which the report keeps
         per_fold = np.asarray(scores[name])
         result.scores[name] = row_scores(per_fold)
-        weight = calibration.weights[name][codes]  # of each row's class
+        weight = calibration.weights[name][codes]  # of each row's fold and class
         result.p_values[name] = batch_p_values(
             calibration.holdout_scores[name], calibration.groups_hold, per_fold, groups_batch, calibration.folds_hold
         )
         result.flags[name] = result.p_values[name] <= calibration.alpha * weight
         if name in calibration.rules:
-            result.flags[name] |= result.scores[name] > calibration.rules[name]
+            result.flags[name] |= (result.scores[name] > calibration.rules[name]) & calibration.rule_folds[name][folds]
         # -log10(p / weight): one axis for every detector, flagged above -log10(alpha)
         result.evidence[name] = -np.log10(result.p_values[name] / weight)
         result.reasons[name] = calibration.reasons[name]
-    if "class_weights" in calibration.summary:
+    if "class_weights" in calibration.summary or "row_weights" in calibration.summary:
         result.groups = codes
     return result
 

@@ -41,6 +41,7 @@ from poisonguard.score.reference import (
     fit_reference,
     join_chunk_scores,
     refuse_weak_guarantee,
+    row_ids_of,
     score_chunk,
 )
 from poisonguard.score.rows import score_rows
@@ -117,7 +118,8 @@ class ReferenceChunkScorer(ChunkScorer):
 
     def _flag(self, frame, fit_mask, parts):
         scores = {name: join_chunk_scores([part[name] for part in parts]) for name in self.fitted.streamed}
-        flagged = apply_calibration(self.calibration, scores, labels_of(frame, self.fitted.label_col))
+        flagged = apply_calibration(self.calibration, scores, labels_of(frame, self.fitted.label_col),
+                                    row_ids_of(frame))
         return explained(self.fitted, flagged, frame)
 
 
@@ -188,7 +190,8 @@ def fit_scorer(source: BatchSource, scan_plan: ScanPlan, config) -> ChunkScorer:
             return ChunkScorer(config, skipped)
         seen = score_chunk(fitted, sample) if sample is not None and len(sample) else None
         calibration = calibrate_holdout(fitted, fitted.holdout_scores, seen,
-                                        labels_of(sample, label_col) if seen is not None else None)
+                                        labels_of(sample, label_col) if seen is not None else None,
+                                        row_ids_of(sample) if seen is not None else None)
         calibration.summary["skipped_detectors"] = skipped
         log.info("fitted %s on %s reference rows%s; p-value threshold %.3g", ", ".join(fitted.names),
                  f"{fitted.fit_rows:,}", f" and {len(sample):,} batch rows" if fit_on_batch else "",

@@ -305,6 +305,7 @@ class ReferenceCalibration:
         self.names, self.reasons, self.holdout_scores = names, reasons, holdout_scores
         self.groups_hold, self.folds_hold, self.alpha, self.summary = groups_hold, folds_hold, alpha, summary
         self.weights, self.folds, self.seed = weights, folds, seed
+        self.n_groups = len(group_categories(groups_hold))  # weights hold folds x n_groups values each
         self.rule_folds = rule_folds or {name: np.ones(folds, bool) for name in self.rules}
 
     @property
@@ -344,16 +345,15 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
     rule_hold = {name: holdout_scores[name] > t for name, t in thresholds.items() if t is not None}
     n_groups, budget = len(categories), config.detector_budget
 
-    def fold_budget(part: dict[str, np.ndarray] | None, y_part: np.ndarray | None) -> dict[str, Any]:
-        """Weights, threshold and rules from the batch rows ``part`` (``None``: none, an even split)."""
+    def fold_budget(part: np.ndarray | None) -> dict[str, Any]:
+        """Weights, threshold and rules from the batch rows ``part`` selects (``None``: none, an even split)."""
         weights = {name: np.ones(n_groups) for name in names}
         share, row_weights, rules = np.full(n_groups, 1.0 / n_groups), None, rule_hold
         if part is not None:
-            weights, share, row_weights = _budget_by_class(holdout_scores, groups_hold, hold_codes, n_groups,
-                                                           folds_hold, part, y_part, budget)
-            if rule_hold:
-                seen = {name: row_scores(part[name]) > thresholds[name] for name in rule_hold}
-                rules = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, seen)}
+            weights, share, row_weights = _budget_by_class({name: p[part] for name, p in batch_p.items()},
+                                                           codes[part], hold_codes, n_groups, budget)
+            seen = {name: flags[part] for name, flags in rule_batch.items()}
+            rules = {name: rule_hold[name] for name in rules_seen_in_batch(rule_hold, seen)}
         hold_weights = {name: weights[name][hold_codes] for name in names}  # each held-out row's class's
         alpha, guarantee, ruled = union_threshold_with_rules(weighted_min_p(holdout_p, hold_weights), rules,
                                                              budget, len(names), row_weights)
@@ -363,14 +363,17 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
                 "guarantee": guarantee, "ruled": ruled, "flagged": flagged}
 
     if batch_scores is None:
-        parts = [fold_budget(None, None)]
+        parts = [fold_budget(None)]
     else:
-        batch_scores = {name: np.asarray(batch_scores[name]) for name in names}
-        n_batch = next(iter(batch_scores.values())).shape[-1] if names else 0
+        # Per batch row, computed once: each fold's budget reads the other folds' rows of these.
+        groups_batch = batch_groups(y_batch, groups_hold)
+        batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, np.asarray(batch_scores[name]),
+                                        groups_batch, folds_hold) for name in names}
+        n_batch = len(next(iter(batch_p.values()))) if names else 0
+        codes = group_codes(groups_batch, n_batch)
+        rule_batch = {name: row_scores(batch_scores[name]) > thresholds[name] for name in rule_hold}
         folds = weight_folds(np.arange(n_batch) if batch_ids is None else batch_ids, config.seed)
-        parts = [fold_budget({name: scores[..., folds != fold] for name, scores in batch_scores.items()},
-                             None if y_batch is None else np.asarray(y_batch)[folds != fold])
-                 for fold in range(WEIGHT_FOLDS)]
+        parts = [fold_budget(folds != fold) for fold in range(WEIGHT_FOLDS)]
     # One threshold for the report and the evidence axis, each fold's own folded into its weights:
     # alpha * (w_f alpha_f / alpha) = alpha_f w_f.
     alphas = np.array([part["alpha"] for part in parts])
@@ -435,16 +438,11 @@ def calibrate_holdout(fitted: FittedReference, holdout_scores: dict[str, np.ndar
 GUARANTEES = ("with 90% confidence", "in expectation", "estimate")
 
 
-def _budget_by_class(holdout_scores: dict[str, np.ndarray], groups_hold: np.ndarray, hold_codes: np.ndarray,
-                     n_groups: int, folds_hold: np.ndarray, batch_scores: dict[str, np.ndarray],
-                     y_batch: np.ndarray | None, budget: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """What the batch says of the budget's split: per detector a weight per calibration group
-    (:func:`class_weights`), the groups' shares of the batch, and the held-out rows' weights that make them
-    stand for the batch's clean rows (:func:`holdout_row_weights`)."""
-    groups_batch = batch_groups(y_batch, groups_hold)
-    batch_p = {name: batch_p_values(holdout_scores[name], groups_hold, scores, groups_batch, folds_hold)
-               for name, scores in batch_scores.items()}
-    codes = group_codes(groups_batch, next(iter(batch_scores.values())).shape[-1])
+def _budget_by_class(batch_p: dict[str, np.ndarray], codes: np.ndarray, hold_codes: np.ndarray, n_groups: int,
+                     budget: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """What batch rows (their p-values per detector, ``batch_p``, and calibration groups, ``codes``) say of the
+    budget's split: per detector a weight per calibration group (:func:`class_weights`), the groups' shares of
+    the rows, and the held-out rows' weights that make them stand for the clean rows (:func:`holdout_row_weights`)."""
     share = np.bincount(codes, minlength=n_groups) / len(codes) if len(codes) else np.full(n_groups, 1.0 / n_groups)
     excess = cell_excess(batch_p, codes, group_holdout_rows(hold_codes, n_groups), budget)
     # Held-out rows stand for the batch's clean rows in their class shares: a class with more weight than the
@@ -465,7 +463,7 @@ def row_codes(calibration: ReferenceCalibration, groups_batch: pd.Categorical | 
     (:func:`weight_folds`) when the batch weighted the budget, else its calibration group alone."""
     codes = group_codes(groups_batch, len(row_ids)).astype("int64")
     if calibration.folds > 1:
-        codes += weight_folds(row_ids, calibration.seed).astype("int64") * len(group_categories(calibration.groups_hold))
+        codes += weight_folds(row_ids, calibration.seed).astype("int64") * calibration.n_groups
     return codes
 
 
@@ -480,7 +478,7 @@ def apply_calibration(
     groups_batch = batch_groups(y_batch, calibration.groups_hold)
     n_rows = np.asarray(scores[calibration.names[0]]).shape[-1] if calibration.names else 0
     codes = row_codes(calibration, groups_batch, np.arange(n_rows) if row_ids is None else row_ids)
-    folds = codes // len(group_categories(calibration.groups_hold))
+    folds = codes // calibration.n_groups
     for name in calibration.names:  # in the configured order, which the report keeps
         per_fold = np.asarray(scores[name])
         result.scores[name] = row_scores(per_fold)

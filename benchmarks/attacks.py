@@ -34,6 +34,8 @@ def load_dataset(name: str, seed: int = 0) -> pd.DataFrame:
         return _shuffled(shop_customers(seed), seed)
     elif name == "patches":
         return _shuffled(photo_patches(seed), seed)
+    elif name == "patches10":  # ten classes of 1,000 rows: a 5,000-row reference holds 250 held-out rows per class
+        return _shuffled(photo_patches(seed, 10_000, bands=5), seed)
     else:
         loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
                   "wine": datasets.load_wine, "iris": datasets.load_iris}[name]
@@ -86,26 +88,29 @@ def support_tickets(seed: int, n_rows: int = 4_000) -> pd.DataFrame:
                          LABEL: np.array(classes)[labels]})
 
 
-def photo_patches(seed: int, n_rows: int = 20_000) -> pd.DataFrame:
+def photo_patches(seed: int, n_rows: int = 20_000, bands: int = 2) -> pd.DataFrame:
     """Grey 8x8 patches (64 pixel columns, 0-255) cut at random from the two photographs scikit-learn ships,
-    labelled by photograph and half (four classes): image-like rows with natural texture, offline."""
+    labelled by photograph and horizontal band (``bands`` per photograph; 2: its top and bottom halves, four
+    classes): image-like rows with natural texture, offline."""
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(30_000 + seed)
     greys = [image.mean(axis=2) for image in load_sample_images().images]
-    labels = rng.integers(0, 4, n_rows)
+    labels = rng.integers(0, 2 * bands, n_rows)
     patches = np.empty((n_rows, 64))
-    for label in range(4):  # four slices of a photograph, not a loop over rows
+    for label in range(2 * bands):  # slices of a photograph, not a loop over rows
         rows = np.flatnonzero(labels == label)
-        grey = greys[label // 2]
-        half = grey.shape[0] // 2
-        top = rng.integers(0, half - 8, len(rows)) + (half if label % 2 else 0)
+        grey = greys[label // bands]
+        height = grey.shape[0] // bands
+        top = rng.integers(0, height - 8, len(rows)) + height * (label % bands)
         left = rng.integers(0, grey.shape[1] - 8, len(rows))
         window = np.arange(8)
         cut = grey[(top[:, None] + window)[:, :, None], (left[:, None] + window)[:, None, :]]
         patches[rows] = cut.reshape(len(rows), 64)
     frame = pd.DataFrame(np.round(patches, 1), columns=[f"p{i}" for i in range(64)])
-    frame[LABEL] = np.array(["china_top", "china_bottom", "flower_top", "flower_bottom"])[labels]
+    names = (["china_top", "china_bottom", "flower_top", "flower_bottom"] if bands == 2 else
+             [f"{photo}_{band}" for photo in ("china", "flower") for band in range(bands)])
+    frame[LABEL] = np.array(names)[labels]
     return frame
 
 

@@ -58,6 +58,8 @@ def scenarios() -> list[tuple[str, str, Callable[[pd.DataFrame, float, int], att
         ("shop", "channel=phone & plan=pro -> churn",
          lambda f, r, s: attacks.backdoor(f, r, {"channel": "phone", "plan": "pro"}, "churn", s)),
         ("patches", "noisy line -> china_top", lambda f, r, s: attacks.noisy_line_trigger(f, r, "china_top", s)),
+        # Ten classes of 500 reference rows, fewer than a class needs to be calibrated on its own held-out rows
+        ("patches10", "noisy line -> china_0", lambda f, r, s: attacks.noisy_line_trigger(f, r, "china_0", s)),
         ("synthetic", "bands on f3, f7 -> 0",
          lambda f, r, s: attacks.band_trigger(f, r, {"f3": (0.8, 1.1), "f7": (-1.1, -0.8)}, "0", s)),
     ]

@@ -46,3 +46,15 @@ def test_backdoored_digits_are_quarantined_given_a_trusted_reference(digits):
     result = evaluate(poisoned.frame, poisoned.mask, reference, ("ecod", "iforest", "label_model"), seed=0)
     assert result["recall"] >= 0.9
     assert result["false_quarantine"] <= 0.01
+
+
+def test_photo_patches_cut_each_photograph_into_the_asked_bands():
+    four = attacks.photo_patches(seed=0, n_rows=400)
+    assert set(four["label"]) == {"china_top", "china_bottom", "flower_top", "flower_bottom"}
+    ten = attacks.photo_patches(seed=0, n_rows=2_000, bands=5)
+    assert set(ten["label"]) == {f"{photo}_{band}" for photo in ("china", "flower") for band in range(5)}
+    pixels = ten.drop(columns="label")
+    assert pixels.shape[1] == 64 and pixels.to_numpy().min() >= 0 and pixels.to_numpy().max() <= 255
+    # a band is a region of the photograph: its patches differ from another band's on average
+    means = pixels.mean(axis=1).groupby(ten["label"]).mean()
+    assert means.max() - means.min() > 10
